@@ -1,0 +1,59 @@
+"""``semiamort``: ab-initio cryo-EM reconstruction with semi-amortized pose inference.
+
+Sub-commands (``semiamort COMMAND --help`` for each):
+
+  reconstruct   reconstruct a map from a particle STAR file (or --resume a run)
+  simulate      simulate a particle stack with known poses from a map or an atomic model
+  fsc           FSC between two maps, and pose errors against known poses
+  demo          simulate the bundled molecule, reconstruct it and report the errors
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+_COMMANDS = {
+    "reconstruct": "napari_semiamort.cli.reconstruct",
+    "simulate": "napari_semiamort.cli.simulate",
+    "fsc": "napari_semiamort.cli.fsc",
+    "demo": "napari_semiamort.cli.demo",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="semiamort", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Sub-command modules (and torch) load only for the command that runs.
+    name = next((a for a in argv if not a.startswith("-")), None)
+    for cmd, mod in _COMMANDS.items():
+        if cmd == name:
+            module = importlib.import_module(mod)
+            p = sub.add_parser(cmd, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+            module.add_args(p)
+            p.set_defaults(func=module.main)
+        else:
+            sub.add_parser(cmd, help=importlib.import_module("napari_semiamort.cli").SUMMARIES[cmd])
+    args = parser.parse_args(argv)
+    if args.version:
+        from napari_semiamort import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"semiamort {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Fourier shell correlation and the resolution where it crosses a threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..physics.fourier import fft_centered, radial_frequency_index_3d
+
+__all__ = ["fsc", "resolution_at"]
+
+
+def fsc(map1: torch.Tensor, map2: torch.Tensor) -> np.ndarray:
+    """FSC per shell `(L // 2 + 1,)` (shell ``s`` = ``s / L`` cycles per voxel) of two maps `(L, L, L)`."""
+    if map1.shape != map2.shape:
+        raise ValueError(f"maps differ in shape: {tuple(map1.shape)} vs {tuple(map2.shape)}")
+    size = map1.shape[-1]
+    f1 = fft_centered(torch.as_tensor(map1, dtype=torch.float64), 3)
+    f2 = fft_centered(torch.as_tensor(map2, dtype=torch.float64), 3)
+    shells = radial_frequency_index_3d(size).flatten()
+    n = size // 2 + 1
+    keep = shells < n
+    shells = shells[keep]
+    f1, f2 = f1.flatten()[keep], f2.flatten()[keep]
+    num = torch.zeros(n, dtype=torch.float64).index_add_(0, shells, (f1 * f2.conj()).real)
+    p1 = torch.zeros(n, dtype=torch.float64).index_add_(0, shells, f1.abs() ** 2)
+    p2 = torch.zeros(n, dtype=torch.float64).index_add_(0, shells, f2.abs() ** 2)
+    return (num / torch.sqrt(p1 * p2).clamp_min(1e-30)).numpy()
+
+
+def resolution_at(curve: np.ndarray, size: int, pixel_size: float, threshold: float) -> float:
+    """Resolution in Å where ``curve`` first falls below ``threshold`` (linear interpolation in shells).
+
+    Returns Nyquist (``2 × pixel_size``) when it never does.
+    """
+    for s in range(1, len(curve)):
+        if curve[s] < threshold:
+            c0, c1 = curve[s - 1], curve[s]
+            frac = (c0 - threshold) / (c0 - c1) if c0 != c1 else 0.0
+            shell = s - 1 + frac
+            return float(size * pixel_size / max(shell, 1e-6))
+    return 2.0 * pixel_size

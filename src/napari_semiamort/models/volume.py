@@ -1,0 +1,84 @@
+"""The explicit Hartley-space volume decoder (paper, Supp. D): ``H = m · exp(e)`` on an L³ grid."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..physics.fourier import hartley_centered, ihartley_centered, radial_frequency_index_3d
+from ..physics.slicing import slice_volume
+
+__all__ = ["HartleyVolume"]
+
+
+class HartleyVolume(nn.Module):
+    """Hartley coefficients of the map on a centred ``L³`` grid, stored as mantissa × exp(exponent).
+
+    The split keeps both fields in a narrow range whatever the dynamic range of the spectrum, so one Adam
+    learning rate suits low and high frequencies alike.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.mantissa = nn.Parameter(torch.zeros(size, size, size))
+        self.exponent = nn.Parameter(torch.zeros(size, size, size))
+
+    @torch.no_grad()
+    def initialize(self, radial_amplitude: torch.Tensor, generator: torch.Generator, noise: float = 0.1):
+        """Exponent from a radial amplitude profile `(n_shells,)`; mantissa random with std ``noise``.
+
+        A random mantissa breaks the symmetry between poses from the first step; the exponent sets the
+        scale at each frequency so that Adam's steps on the mantissa are relative to the expected amplitude.
+        """
+        shells = radial_frequency_index_3d(self.size).clamp_max(radial_amplitude.numel() - 1)
+        amp = radial_amplitude.to(torch.float32).clamp_min(float(radial_amplitude.max()) * 1e-4)
+        self.exponent.copy_(torch.log(amp)[shells])
+        self.mantissa.copy_(noise * torch.randn(self.mantissa.shape, generator=generator))
+
+    @torch.no_grad()
+    def set_from_map(self, density: torch.Tensor) -> None:
+        """Set the coefficients to those of a real-space map `(L, L, L)` (mantissa ±1 × |H|)."""
+        h = hartley_centered(density.to(torch.float32), 3)
+        self.exponent.copy_(torch.log(h.abs().clamp_min(float(h.abs().max()) * 1e-8)))
+        self.mantissa.copy_(torch.sign(h) + (h == 0).float())
+
+    def hartley(self) -> torch.Tensor:
+        """The coefficients ``H`` `(L, L, L)`."""
+        return self.mantissa * torch.exp(self.exponent)
+
+    def slice(
+        self, freqs_xy: torch.Tensor, rotations: torch.Tensor, hartley: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Central slices `(..., P)` at image frequencies `(P, 2)` for poses `(..., 3, 3)`."""
+        h = self.hartley() if hartley is None else hartley
+        return slice_volume(h, freqs_xy, rotations)
+
+    @torch.no_grad()
+    def real_space(self) -> torch.Tensor:
+        """The map `(L, L, L)` in real space, ``[z, y, x]`` with origin at ``L // 2``."""
+        return ihartley_centered(self.hartley(), 3)
+
+    @staticmethod
+    def radial_amplitude_from_images(
+        hartley_images: torch.Tensor, shells: torch.Tensor, n_shells: int, ctf: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Root-mean-square image amplitude per shell `(n_shells,)`, divided by the rms CTF where given.
+
+        Images `(B, P)` at frequencies with shell index ``shells`` `(P,)`. A projection's transform is a
+        slice of the volume's, so this is the expected scale of the volume's coefficients (an
+        overestimate at high frequency where noise dominates; the fit brings it down).
+        """
+        p2 = torch.zeros(n_shells, dtype=torch.float64).index_add_(
+            0, shells, (hartley_images.to(torch.float64) ** 2).mean(0)
+        )
+        cnt = torch.zeros(n_shells, dtype=torch.float64).index_add_(
+            0, shells, torch.ones_like(shells, dtype=torch.float64)
+        )
+        amp = torch.sqrt(p2 / cnt.clamp_min(1))
+        if ctf is not None:
+            c2 = torch.zeros(n_shells, dtype=torch.float64).index_add_(
+                0, shells, (ctf.to(torch.float64) ** 2).mean(0)
+            )
+            amp = amp / torch.sqrt((c2 / cnt.clamp_min(1)).clamp_min(0.05))
+        return amp.to(torch.float32)

@@ -1,0 +1,91 @@
+"""The run's typed configuration, with the paper's defaults where they fit a CPU and notes where not."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ReconstructionConfig"]
+
+
+@dataclass
+class ReconstructionConfig:
+    """Every knob of a reconstruction. Saved as ``config.json`` in the run folder."""
+
+    particles: str = ""
+    datadir: str | None = None
+    pixel_size: float | None = None  # Å; overrides the STAR's
+    use_ctf: bool = True
+
+    # Encoder (paper, Sec. 3: M = 7 synthetic / 15 real, VGG16 features, Adam 1e-4)
+    heads: int = 7
+    backbone: str = "light"  # "vgg16" is the paper's; "light" is ~40× cheaper and suits a CPU
+    hidden: int = 256
+    encoder_lr: float = 1e-4
+
+    # Volume decoder (paper: Adam 0.05, then 0.02 after the switch; the public code uses 10× lower)
+    volume_lr: float = 0.05
+    volume_lr_autodecode: float = 0.02
+    volume_init_noise: float = 0.1
+
+    # Auto-decoding (paper: Adam 0.05 on ω, 5 pose steps per volume step)
+    pose_lr: float = 0.05
+    pose_steps: int = 5
+    shift_lr: float = 0.05  # pixels
+
+    # Schedule (paper: 20 epochs, switch after 7, on 50,000 images; see docs for the CPU-scale choice)
+    epochs: int = 20
+    switch_epoch: int = 7
+    batch_size: int = 64
+
+    # Likelihood
+    loss: str = "gaussian"  # "gaussian" (paper, Eq. 2) or "l1" (the public code's mean |ΔF|)
+    noise_model: str = "shell"  # "shell": σ² per frequency shell, re-estimated each epoch; "white"
+    max_freq: float = 1.0  # fraction of Nyquist used in the loss after the switch
+    autoencode_max_freq: float = 1.0  # fraction of Nyquist used before the switch
+
+    # Shifts (paper: not estimated on synthetic data; the public code never estimates them)
+    estimate_shifts: bool = False
+    max_shift: float = 0.1  # fraction of the box
+
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU
+    threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+    watch: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    snapshot_every: int = 0  # steps between full snapshots (volume, candidates); 0: at epoch ends only
+    reference_map: str | None = None  # ground truth, for FSC in the log (synthetic data)
+
+    def validate(self) -> None:
+        checks = [
+            (self.heads >= 1, "heads must be at least 1"),
+            (self.backbone in ("light", "vgg16"), "backbone must be 'light' or 'vgg16'"),
+            (self.loss in ("gaussian", "l1"), "loss must be 'gaussian' or 'l1'"),
+            (self.noise_model in ("shell", "white"), "noise_model must be 'shell' or 'white'"),
+            (0 <= self.switch_epoch <= self.epochs, "switch_epoch must lie in [0, epochs]"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.pose_steps >= 1, "pose_steps must be at least 1"),
+            (0 < self.max_freq <= 1 and 0 < self.autoencode_max_freq <= 1, "max_freq must lie in (0, 1]"),
+            (min(self.encoder_lr, self.volume_lr, self.volume_lr_autodecode, self.pose_lr) > 0,
+             "learning rates must be positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"invalid configuration: {msg}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReconstructionConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReconstructionConfig:
+        data = json.loads(Path(path).read_text())
+        return cls.from_dict(data.get("config", data))

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..physics.so3 import s2s2_to_matrix
 
-__all__ = ["MultiHeadEncoder", "build_backbone"]
+__all__ = ["MultiHeadEncoder", "build_backbone", "spread_rotations"]
 
 # VGG16's convolutional configuration ("D" in Simonyan & Zisserman); "M" is a 2×2 max-pool.
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -30,11 +30,33 @@ def build_backbone(kind: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def spread_rotations(m: int) -> torch.Tensor:
+    """``m`` rotations `(m, 3, 3)` whose viewing directions (third rows) cover the sphere evenly.
+
+    Directions follow a Fibonacci lattice; in-plane angles are arbitrary (they are searched anyway).
+    """
+    i = torch.arange(m, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / m
+    phi = torch.pi * (1 + 5**0.5) * i
+    r = torch.sqrt(1 - z * z)
+    d = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)  # (m, 3)
+    helper = torch.where((d[:, 2:3].abs() < 0.9), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+                         torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    e1 = torch.nn.functional.normalize(torch.linalg.cross(helper, d, dim=-1), dim=-1)
+    e2 = torch.linalg.cross(d, e1, dim=-1)
+    return torch.stack([e1, e2, d], dim=-2).to(torch.float32)
+
+
 class MultiHeadEncoder(nn.Module):
     """Image `(B, L, L)` → M candidate rotations `(B, M, 3, 3)` (S2S2) and shifts `(B, M, 2)` or None.
 
     Shifts are in pixels, RELION's origin convention (the image is the projection shifted by −origin),
     bounded to ``±max_shift`` by a tanh.
+
+    Each head's last layer starts with small weights and a bias that encodes a rotation looking along
+    one of M evenly spread directions, so the heads begin spread over the sphere rather than all near one
+    pose: the winner-takes-all loss starts from M distinct hypotheses for every image, and each head's
+    specialisation to a region of the sphere (paper, Supp. F) starts from there.
     """
 
     def __init__(
@@ -59,6 +81,13 @@ class MultiHeadEncoder(nn.Module):
             nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
             for _ in range(heads)
         )
+        with torch.no_grad():
+            anchors = spread_rotations(heads)
+            for head, a in zip(self.head_layers, anchors):
+                last = head[-1]
+                last.weight.mul_(0.1)
+                last.bias.zero_()
+                last.bias[:6] = torch.cat([a[:, 0], a[:, 1]])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = self.trunk(self.backbone(images[:, None]))

@@ -73,6 +73,18 @@ class PoseTable:
             self._ms[idx], self._vs[idx] = ms, vs
             self.shifts[idx] = t.detach() - self.shift_lr * upd_s
 
+    @torch.no_grad()
+    def reset(self, idx: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> None:
+        """Move rows ``idx`` to new poses and restart their optimiser state."""
+        self.rotations[idx] = rotations
+        self._m[idx] = 0
+        self._v[idx] = 0
+        self._step[idx] = 0
+        if shifts is not None and self.shifts is not None:
+            self.shifts[idx] = shifts
+            self._ms[idx] = 0
+            self._vs[idx] = 0
+
     def state_dict(self) -> dict:
         state = {"rotations": self.rotations, "m": self._m, "v": self._v, "step": self._step}
         if self.shifts is not None:

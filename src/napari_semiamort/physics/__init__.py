@@ -4,6 +4,7 @@ from .ctf import CTFParams, compute_ctf, electron_wavelength_in_angstroms
 from .fourier import (
     fft_centered,
     flip_frequencies,
+    fourier_crop_2d,
     fourier_to_hartley,
     frequency_grid_2d,
     hartley_centered,
@@ -37,6 +38,7 @@ __all__ = sorted(
         "exp_so3",
         "fft_centered",
         "flip_frequencies",
+        "fourier_crop_2d",
         "fourier_to_hartley",
         "frequency_grid_2d",
         "gaussian_nll",

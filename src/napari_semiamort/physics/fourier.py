@@ -13,6 +13,7 @@ import torch
 __all__ = [
     "fft_centered",
     "flip_frequencies",
+    "fourier_crop_2d",
     "fourier_to_hartley",
     "frequency_grid_2d",
     "hartley_centered",
@@ -110,3 +111,18 @@ def shift_hartley(
     """
     phase = -2.0 * torch.pi * (shift[..., None, :] * freqs).sum(-1)  # (..., P)
     return torch.cos(phase) * h - torch.sin(phase) * h_flipped
+
+
+def fourier_crop_2d(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Downsample images `(..., L, L)` to `(..., size, size)` by cropping their centred transform.
+
+    The band kept is |k| < size/2 of the original pixels; the pixel size grows by ``L / size``. Values are
+    scaled so that a constant image keeps its value.
+    """
+    full = images.shape[-1]
+    if size == full:
+        return images
+    f = fft_centered(images, 2)
+    lo = full // 2 - size // 2
+    f = f[..., lo : lo + size, lo : lo + size]
+    return ifft_centered(f, 2).real * (size / full) ** 2

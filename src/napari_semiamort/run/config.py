@@ -20,31 +20,39 @@ class ReconstructionConfig:
     use_ctf: bool = True
 
     # Encoder (paper, Sec. 3: M = 7 synthetic / 15 real, VGG16 features, Adam 1e-4)
-    heads: int = 7
+    heads: int = 48  # paper: 7 (synthetic) / 15 (real); see docs/method.md for the CPU-scale choice
     backbone: str = "light"  # "vgg16" is the paper's; "light" is ~40× cheaper and suits a CPU
     hidden: int = 256
-    encoder_lr: float = 1e-4
+    encoder_lr: float = 1e-3  # paper 1e-4; ~10× fewer images and steps here (docs/method.md)
+    inplane_search: int = 36  # >1: each head's in-plane angle is searched on this many angles; 0: off
 
     # Volume decoder (paper: Adam 0.05, then 0.02 after the switch; the public code uses 10× lower)
     volume_lr: float = 0.05
-    volume_lr_autodecode: float = 0.02
+    volume_lr_autodecode: float = 0.005  # paper 0.02; see docs/method.md
     volume_init_noise: float = 0.1
 
     # Auto-decoding (paper: Adam 0.05 on ω, 5 pose steps per volume step)
     pose_lr: float = 0.05
     pose_steps: int = 5
+    reassign_epochs: int = 3  # first stage-2 epochs in which the encoder's candidates may replace a pose
+    reassign_steps: int = 10  # pose steps refining a candidate before it competes
+    reassign_candidates: int = 4  # how many of the encoder's best candidates per image compete
+    volume_lr_final_fraction: float = 0.1  # the stage-2 volume step decays linearly to this fraction
     shift_lr: float = 0.05  # pixels
 
     # Schedule (paper: 20 epochs, switch after 7, on 50,000 images; see docs for the CPU-scale choice)
-    epochs: int = 20
-    switch_epoch: int = 7
+    epochs: int = 25
+    switch_epoch: int = 15
     batch_size: int = 64
 
     # Likelihood
     loss: str = "gaussian"  # "gaussian" (paper, Eq. 2) or "l1" (the public code's mean |ΔF|)
-    noise_model: str = "shell"  # "shell": σ² per frequency shell, re-estimated each epoch; "white"
+    # "shell": σ² per frequency shell from the images' background; "shell-residual": re-estimated from the
+    # residuals each stage-2 epoch; "white": one σ² for all frequencies
+    noise_model: str = "shell"
     max_freq: float = 1.0  # fraction of Nyquist used in the loss after the switch
-    autoencode_max_freq: float = 1.0  # fraction of Nyquist used before the switch
+    autoencode_min_freq: float = 0.15  # stage-1 band at the first epoch (fraction of Nyquist) ...
+    autoencode_max_freq: float = 0.4  # ... growing linearly to this at the switch (frequency marching)
 
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them)
     estimate_shifts: bool = False
@@ -62,11 +70,13 @@ class ReconstructionConfig:
             (self.heads >= 1, "heads must be at least 1"),
             (self.backbone in ("light", "vgg16"), "backbone must be 'light' or 'vgg16'"),
             (self.loss in ("gaussian", "l1"), "loss must be 'gaussian' or 'l1'"),
-            (self.noise_model in ("shell", "white"), "noise_model must be 'shell' or 'white'"),
+            (self.noise_model in ("shell", "shell-residual", "white"),
+             "noise_model must be 'shell', 'shell-residual' or 'white'"),
             (0 <= self.switch_epoch <= self.epochs, "switch_epoch must lie in [0, epochs]"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
-            (0 < self.max_freq <= 1 and 0 < self.autoencode_max_freq <= 1, "max_freq must lie in (0, 1]"),
+            (0 < self.max_freq <= 1 and 0 < self.autoencode_min_freq <= self.autoencode_max_freq <= 1,
+             "frequency fractions must lie in (0, 1], autoencode_min_freq ≤ autoencode_max_freq"),
             (min(self.encoder_lr, self.volume_lr, self.volume_lr_autodecode, self.pose_lr) > 0,
              "learning rates must be positive"),
         ]

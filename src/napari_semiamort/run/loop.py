@@ -25,9 +25,9 @@ from ..models.encoder import MultiHeadEncoder
 from ..models.poses import PoseTable
 from ..models.volume import HartleyVolume
 from ..physics.ctf import compute_ctf
-from ..physics.fourier import hartley_centered, ihartley_centered
+from ..physics.fourier import fourier_crop_2d, hartley_centered, ihartley_centered
 from ..physics.likelihood import ShellNoiseModel, gaussian_nll, l1_loss, winner_takes_all
-from ..physics.so3 import geodesic_distance
+from ..physics.so3 import exp_so3, geodesic_distance
 from .config import ReconstructionConfig
 from .snapshot import Snapshot, WatchedParticle
 
@@ -94,19 +94,27 @@ class Reconstruction:
         self.size = size
         torch.manual_seed(cfg.seed)
         dev = self.device
-        self.freqs = {
-            STAGE1: _Frequencies(size, cfg.autoencode_max_freq, dev),
-            STAGE2: _Frequencies(size, cfg.max_freq, dev),
-        }
+        self._freq_cache: dict[float, _Frequencies] = {}
+        self.freqs = {STAGE2: self._frequencies(cfg.max_freq)}
+        # The encoder sees the images low-passed to the band the stage-1 loss uses (and downsampled to it):
+        # finer detail cannot inform the poses it is trained on, and a smaller input is cheaper.
+        band = int(np.ceil(cfg.autoencode_max_freq * size / 2))
+        self.encoder_size = min(size, max(16, 2 * band + 2))
         self.encoder = MultiHeadEncoder(
-            size, cfg.heads, cfg.backbone, cfg.hidden, cfg.estimate_shifts, cfg.max_shift * size
+            self.encoder_size, cfg.heads, cfg.backbone, cfg.hidden, cfg.estimate_shifts, cfg.max_shift * size
         ).to(dev)
         self.volume = HartleyVolume(size).to(dev)
+        self._inplane = None
+        if cfg.inplane_search > 1:
+            angles = torch.arange(cfg.inplane_search) * (2 * torch.pi / cfg.inplane_search)
+            z = torch.zeros_like(angles)
+            self._inplane = exp_so3(torch.stack([z, z, angles], -1)).to(dev)  # (K, 3, 3) about the optical axis
         self.noise = ShellNoiseModel(self.freqs[STAGE2].shells, size // 2 + 1)
         self._init_from_data()
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.encoder_lr)
         self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=cfg.volume_lr)
         self.poses = torch.eye(3).repeat(n, 1, 1)  # current best estimate per image (CPU)
+        self.winners = torch.zeros(n, dtype=torch.long)  # winning head per image in stage 1
         self.shifts = torch.zeros(n, 2) if cfg.estimate_shifts else None
         self._previous_poses: torch.Tensor | None = None
         self.table: PoseTable | None = None
@@ -121,9 +129,29 @@ class Reconstruction:
             self.reference_map = torch.from_numpy(ref)
 
     # ---------------------------------------------------------------- set-up
-    def _batch(self, idx: torch.Tensor, stage: str):
+    def _frequencies(self, fraction: float) -> _Frequencies:
+        key = round(fraction, 4)
+        if key not in self._freq_cache:
+            self._freq_cache[key] = _Frequencies(self.size, key, self.device)
+        return self._freq_cache[key]
+
+    def stage1_band(self, epoch: int) -> float:
+        """Fraction of Nyquist in the stage-1 loss: grows linearly over stage 1 (frequency marching)."""
+        cfg = self.config
+        if cfg.switch_epoch <= 1:
+            return cfg.autoencode_max_freq
+        t = min(1.0, epoch / (cfg.switch_epoch - 1))
+        band = cfg.autoencode_min_freq + t * (cfg.autoencode_max_freq - cfg.autoencode_min_freq)
+        # whole Fourier pixels: the band changes in steps, so few frequency sets are built
+        return max(2.0, round(band * self.size / 2)) / (self.size / 2)
+
+    def _stage1_frequencies(self) -> _Frequencies:
+        return self._frequencies(self.stage1_band(self.epoch))
+
+    def _batch(self, idx: torch.Tensor, fr: _Frequencies | str):
         """Images `(B, L, L)`, their Hartley coefficients `(B, P)` and CTF `(B, P)` on the device."""
-        fr = self.freqs[stage]
+        if isinstance(fr, str):
+            fr = self.freqs[fr]
         imgs = self.data.read(idx.numpy()).to(self.device)
         obs = hartley_centered(imgs, 2).flatten(1)[:, fr.flat_index]
         if self.data.ctf is not None:
@@ -156,13 +184,17 @@ class Reconstruction:
         self.volume.initialize(amp * 0.1**0.5, gen, self.config.volume_init_noise)
         self.volume.to(self.device)
 
+    def _encode(self, imgs: torch.Tensor):
+        return self.encoder(fourier_crop_2d(imgs, self.encoder_size))
+
     def _loss(self, pred, obs, inv_var):
         fn = gaussian_nll if self.config.loss == "gaussian" else l1_loss
         return fn(pred, obs, inv_var)
 
-    def _predict(self, hartley, rotations, shifts, ctf, stage):
+    def _predict(self, hartley, rotations, shifts, ctf, fr):
         """CTF-modulated, shifted slices `(..., P)`; ``ctf`` broadcasts against rotations' batch dims."""
-        fr = self.freqs[stage]
+        if isinstance(fr, str):
+            fr = self.freqs[fr]
         pred = self.volume.slice(fr.grid, rotations, hartley) * ctf
         if shifts is not None:
             from ..physics.fourier import shift_hartley
@@ -170,29 +202,71 @@ class Reconstruction:
             pred = shift_hartley(pred, pred[..., fr.negative], fr.per_pixel, -shifts)
         return pred
 
+    def _inv_var_for(self, fr: _Frequencies) -> torch.Tensor:
+        """``1/σ²`` at the frequencies ``fr`` (the noise model is kept per shell)."""
+        return (1.0 / self.noise.variance.to(self.device))[fr.shells]
+
     def _inv_var(self, stage):
-        # noise shells follow the STAGE2 list; map onto this stage's frequencies by shell index
-        return (1.0 / self.noise.variance.to(self.device))[self.freqs[stage].shells]
+        return self._inv_var_for(self.freqs[stage])
 
     # ---------------------------------------------------------------- steps
+    def _inplane_scores(self, slices, imgs, idx, fr) -> torch.Tensor:
+        """Gaussian scores `(B, M, K)` of every head's slice `(B, M, P)` at every in-plane angle.
+
+        Turning the pose in-plane, ``R → Rz(φ) R``, turns its slice: ``S(k) → S(Rz(φ)ᵀ k)``. Comparing that
+        with the image equals comparing the unturned slice with the image and CTF sampled at ``Rz(φ) q``,
+        so one slice per head serves all K angles and the scores are three matrix products.
+        """
+        size = self.size
+        k2 = self._inplane[:, :2, :2]  # (K, 2, 2)
+        q = fr.grid  # (P, 2)
+        rq = torch.einsum("kij,pj->kpi", k2, q)  # (K, P, 2) in Fourier pixels
+        h = hartley_centered(imgs, 2)[:, None]  # (B, 1, L, L)
+        grid = ((rq + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
+        img_k = torch.nn.functional.grid_sample(h, grid, mode="bilinear", align_corners=True)[:, 0]  # (B, K, P)
+        if self.data.ctf is not None:
+            ctf_k = compute_ctf(self.data.ctf.index(idx), (rq / size).cpu(), self.data.pixel_size).to(self.device)
+        else:
+            ctf_k = torch.ones_like(img_k)
+        w = self._inv_var_for(fr)
+        quad = torch.einsum("bmp,bkp->bmk", slices * slices, w * ctf_k * ctf_k)
+        cross = torch.einsum("bmp,bkp->bmk", slices, w * ctf_k * img_k)
+        const = (w * img_k * img_k).sum(-1)[:, None, :]
+        return 0.5 * (quad - 2 * cross + const) / q.shape[0]
+
     def _step_autoencode(self, idx: torch.Tensor) -> float:
-        imgs, obs, ctf = self._batch(idx, STAGE1)
+        fr = self._stage1_frequencies()
+        imgs, obs, ctf = self._batch(idx, fr)
         self.encoder.train()
-        rot, sh = self.encoder(imgs)  # (B, M, 3, 3), (B, M, 2)
-        pred = self._predict(None, rot, sh, ctf[:, None], STAGE1)
-        losses = self._loss(pred, obs[:, None], self._inv_var(STAGE1))  # (B, M)
-        best, head = winner_takes_all(losses)
+        rot, sh = self._encode(imgs)  # (B, M, 3, 3), (B, M, 2)
+        inv_var = self._inv_var_for(fr)
+        b = torch.arange(len(idx), device=self.device)
+        if self._inplane is None:
+            pred = self._predict(None, rot, sh, ctf[:, None], fr)
+            best, head = winner_takes_all(self._loss(pred, obs[:, None], inv_var))  # (B,), over M heads
+        else:
+            # Each head proposes a view; its in-plane angle is searched on a grid (no gradient), then the
+            # winning (head, angle) pair is evaluated again with gradients for encoder and volume.
+            with torch.no_grad():
+                slices = self.volume.slice(fr.grid, rot.detach())  # (B, M, P)
+                scores = self._inplane_scores(slices, imgs, idx, fr).flatten(1)  # (B, M·K)
+                k_count = self._inplane.shape[0]
+                head, turn = scores.argmin(1) // k_count, scores.argmin(1) % k_count
+            rot = self._inplane[turn][:, None] @ rot  # every head of an image turned by its winning angle
+            best = self._loss(
+                self._predict(None, rot[b, head], None if sh is None else sh[b, head], ctf, fr), obs, inv_var
+            )
         loss = best.mean()
         self.opt_encoder.zero_grad(set_to_none=True)
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_encoder.step()
         self.opt_volume.step()
-        b = torch.arange(len(idx), device=self.device)
         self.poses[idx] = rot[b, head].detach().cpu()
+        self.winners[idx] = head.cpu()
         if sh is not None:
             self.shifts[idx] = sh[b, head].detach().cpu()
-        return float(loss)
+        return float(loss.detach())
 
     def _step_autodecode(self, idx: torch.Tensor) -> float:
         _, obs, ctf = self._batch(idx, STAGE2)
@@ -215,26 +289,87 @@ class Reconstruction:
         self.poses[idx] = rot.cpu()
         if sh is not None:
             self.shifts[idx] = sh.cpu()
-        return float(loss)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _candidates(self, imgs: torch.Tensor, idx: torch.Tensor, fr: _Frequencies):
+        """Each head's pose at its best in-plane angle `(B, M, 3, 3)`, its shift, and its score `(B, M)`."""
+        self.encoder.eval()
+        rot, sh = self._encode(imgs)
+        self.encoder.train()
+        if self._inplane is None:
+            _, obs, ctf = self._batch(idx, fr)
+            return rot, sh, self._loss(self._predict(None, rot, sh, ctf[:, None], fr), obs[:, None],
+                                       self._inv_var_for(fr))
+        scores = self._inplane_scores(self.volume.slice(fr.grid, rot), imgs, idx, fr)  # (B, M, K)
+        best, turn = scores.min(-1)
+        return self._inplane[turn] @ rot, sh, best
+
+    def _exact_loss(self, rotations, shifts, obs, ctf, fr) -> torch.Tensor:
+        """Loss `(B,)` of one pose per image, sliced exactly (the in-plane search interpolates the image)."""
+        return self._loss(self._predict(None, rotations, shifts, ctf, fr), obs, self._inv_var_for(fr))
+
+    def _reassign(self) -> int:
+        """Let each image's refined pose compete with the encoder's best candidates; returns how many moved.
+
+        Local refinement cannot leave a wrong basin; the frozen encoder's candidates, scored against the
+        sharper volume of stage 2, can. The best few candidates are refined by the same pose steps first, so
+        that both compete at their local optimum; images that move restart their optimiser state.
+        """
+        n = len(self.data)
+        fr1 = self._frequencies(self.config.autoencode_max_freq)
+        fr2 = self.freqs[STAGE2]
+        hartley = self.volume.hartley().detach()
+        moved = 0
+        for s in range(0, n, 256):
+            idx = torch.arange(s, min(s + 256, n))
+            dev_idx = idx.to(self.device)
+            imgs, _, _ = self._batch(idx, fr1)
+            k = min(self.config.reassign_candidates, self.config.heads)
+            with torch.no_grad():
+                rot, sh, scores = self._candidates(imgs, idx, fr1)
+                top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
+                b = torch.arange(len(idx), device=self.device)[:, None]
+                cand = PoseTable(rot[b, top].flatten(0, 1), None if sh is None else sh[b, top].flatten(0, 1),
+                                 lr=self.config.pose_lr, shift_lr=self.config.shift_lr)
+            _, obs, ctf = self._batch(idx, fr2)
+            obs_k, ctf_k = obs.repeat_interleave(k, 0), ctf.repeat_interleave(k, 0)
+            rows = torch.arange(len(idx) * k, device=self.device)
+            inv_var = self._inv_var_for(fr2)
+            for _ in range(self.config.reassign_steps):
+                w, t = cand.perturbation(rows)
+                pred = self._predict(hartley, cand.poses(rows, w), t, ctf_k, fr2)
+                self._loss(pred, obs_k, inv_var).sum().backward()
+                cand.step(rows, w, t)
+            with torch.no_grad():
+                new = self._exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr2).reshape(-1, k)
+                new, pick = new.min(1)
+                pick = torch.arange(len(idx), device=self.device) * k + pick
+                cur_sh = None if self.table.shifts is None else self.table.shifts[dev_idx]
+                take = new < self._exact_loss(self.table.rotations[dev_idx], cur_sh, obs, ctf, fr2)
+                if bool(take.any()):
+                    self.table.reset(dev_idx[take], cand.rotations[pick][take],
+                                     None if cand.shifts is None else cand.shifts[pick][take])
+                    moved += int(take.sum())
+        self.poses = self.table.rotations.cpu().clone()
+        return moved
 
     @torch.no_grad()
     def _switch_to_autodecode(self) -> None:
-        """Each image starts from its best head's pose under the current volume (paper, Sec. 2.2)."""
-        self.encoder.eval()
+        """Each image starts from its best candidate under the current volume (paper, Sec. 2.2)."""
         n = len(self.data)
+        fr = self._frequencies(self.config.autoencode_max_freq)
         for s in range(0, n, 256):
             idx = torch.arange(s, min(s + 256, n))
-            imgs, obs, ctf = self._batch(idx, STAGE2)
-            rot, sh = self.encoder(imgs)
-            pred = self._predict(None, rot, sh, ctf[:, None], STAGE2)
-            losses = self._loss(pred, obs[:, None], self._inv_var(STAGE2))
-            # Keep the stage-1 winner too: a head's current guess can be worse than its earlier one.
-            prev = self._predict(None, self.poses[idx].to(self.device),
-                                 None if sh is None else self.shifts[idx].to(self.device), ctf, STAGE2)
-            prev_loss = self._loss(prev, obs, self._inv_var(STAGE2))
-            best, head = winner_takes_all(losses)
+            imgs, obs, ctf = self._batch(idx, fr)
+            rot, sh, scores = self._candidates(imgs, idx, fr)
+            _, head = winner_takes_all(scores)
             b = torch.arange(len(idx), device=self.device)
-            take = (best < prev_loss).cpu()
+            best = self._exact_loss(rot[b, head], None if sh is None else sh[b, head], obs, ctf, fr)
+            # The pose each image won with during the last epoch competes too: a head's current guess can
+            # be worse than its earlier one.
+            prev_sh = None if sh is None else self.shifts[idx].to(self.device)
+            take = (best < self._exact_loss(self.poses[idx].to(self.device), prev_sh, obs, ctf, fr)).cpu()
             self.poses[idx[take]] = rot[b, head].cpu()[take]
             if sh is not None:
                 self.shifts[idx[take]] = sh[b, head].cpu()[take]
@@ -250,43 +385,32 @@ class Reconstruction:
     # ---------------------------------------------------------------- snapshots
     @torch.no_grad()
     def _watched(self, stage: str) -> tuple[WatchedParticle, ...]:
+        """Full-band projections (CTF applied) of the watched particles' candidates, or refined pose."""
         ids = [i for i in self.config.watch if 0 <= i < len(self.data)]
         if not ids:
             return ()
         idx = torch.tensor(ids)
         size = self.size
-        imgs = self.data.read(idx.numpy()).to(self.device)
-        obs = hartley_centered(imgs, 2).flatten(1)
-        fr = _Frequencies(size, 1.0, self.device)
-        if self.data.ctf is not None:
-            ctf = compute_ctf(self.data.ctf.index(idx), fr.per_pixel.cpu(), self.data.pixel_size).to(self.device)
-        else:
-            ctf = torch.ones(len(ids), len(fr), device=self.device)
+        fr = self._frequencies(1.0)
+        imgs, obs, ctf = self._batch(idx, fr)
         if stage == STAGE1:
-            self.encoder.eval()
-            rot, sh = self.encoder(imgs)
-            self.encoder.train()
+            rot, sh, _ = self._candidates(imgs, idx, self._stage1_frequencies())
         else:
-            rot = self.table.rotations[idx.to(self.device)][:, None]
-            sh = None if self.table.shifts is None else self.table.shifts[idx.to(self.device)][:, None]
-        pred = self.volume.slice(fr.grid, rot) * ctf[:, None]
-        if sh is not None:
-            from ..physics.fourier import shift_hartley
-
-            pred = shift_hartley(pred, pred[..., fr.negative], fr.per_pixel, -sh)
+            dev_idx = idx.to(self.device)
+            rot = self.table.rotations[dev_idx][:, None]
+            sh = None if self.table.shifts is None else self.table.shifts[dev_idx][:, None]
+        pred = self._predict(None, rot, sh, ctf[:, None], fr)  # (W, M, P)
+        losses = self._loss(pred, obs[:, None], self._inv_var_for(fr))
         full = torch.zeros(*pred.shape[:2], size * size, device=self.device)
         full[..., fr.flat_index] = pred
         proj = ihartley_centered(full.reshape(*pred.shape[:2], size, size), 2)
-        inv_var = (1.0 / self.noise.variance.to(self.device))[fr.shells]
-        losses = self._loss(pred, obs[:, None, fr.flat_index], inv_var)
-        out = []
-        for j, i in enumerate(ids):
-            out.append(WatchedParticle(
+        return tuple(
+            WatchedParticle(
                 index=i, image=imgs[j].cpu().numpy(), candidates=proj[j].cpu().numpy(),
-                losses=losses[j].cpu().numpy(), winner=int(losses[j].argmin()),
-                rotations=rot[j].cpu().numpy(),
-            ))
-        return tuple(out)
+                losses=losses[j].cpu().numpy(), winner=int(losses[j].argmin()), rotations=rot[j].cpu().numpy(),
+            )
+            for j, i in enumerate(ids)
+        )
 
     def volume_map(self) -> np.ndarray:
         return self.volume.real_space().cpu().numpy()
@@ -329,8 +453,16 @@ class Reconstruction:
         steps_per_epoch = (n + bs - 1) // bs
         while self.epoch < cfg.epochs:
             stage = STAGE1 if self.epoch < cfg.switch_epoch else STAGE2
+            reassigned = None
             if stage == STAGE2 and self.table is None:
                 self._switch_to_autodecode()
+            elif stage == STAGE2 and self.epoch - cfg.switch_epoch < cfg.reassign_epochs:
+                reassigned = self._reassign()
+            if stage == STAGE2:
+                # linear decay of the volume step over stage 2: averages the noise out of late updates
+                t = (self.epoch - cfg.switch_epoch) / max(1, cfg.epochs - cfg.switch_epoch)
+                for g in self.opt_volume.param_groups:
+                    g["lr"] = cfg.volume_lr_autodecode * (1 - (1 - cfg.volume_lr_final_fraction) * t)
             order = self._order()
             losses: list[float] = []
             t_epoch = time.perf_counter()
@@ -345,7 +477,7 @@ class Reconstruction:
                 last = s == steps_per_epoch - 1
                 full = cfg.snapshot_every > 0 and self.step_count % cfg.snapshot_every == 0
                 if last:
-                    metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch)
+                    metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch, reassigned)
                     yield Snapshot(self.epoch - 1, self.step_count, steps_per_epoch, cfg.epochs, stage, loss,
                                    ips, True, self.volume_map(), self._watched(stage), metrics)
                 elif full:
@@ -354,10 +486,14 @@ class Reconstruction:
                 else:
                     yield Snapshot(self.epoch, self.step_count, steps_per_epoch, cfg.epochs, stage, loss, ips)
 
-    def _finish_epoch(self, stage: str, losses: list[float], seconds: float) -> dict:
-        if self.config.noise_model == "shell" and stage == STAGE2:
+    def _finish_epoch(self, stage: str, losses: list[float], seconds: float, reassigned: int | None) -> dict:
+        if self.config.noise_model == "shell-residual" and stage == STAGE2:
             self.noise.update()  # from the residuals: only once poses are settled enough to trust them
         metrics = self._epoch_metrics(stage, losses, seconds)
+        if stage == STAGE1:
+            metrics["band_fraction"] = self.stage1_band(self.epoch)
+        if reassigned is not None:
+            metrics["reassigned"] = reassigned
         self.history.append(metrics)
         self.epoch += 1
         if self.run_dir is not None:

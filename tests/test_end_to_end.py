@@ -41,3 +41,33 @@ def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     err = [s.metrics["pose_error_median_deg"] for s in ends]
     assert err[-1] < err[cfg.switch_epoch - 1]
     assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_runs_with_the_same_seed_are_identical_and_another_seed_differs(tiny_dataset):
+    def run(seed):
+        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=2, switch_epoch=1,
+                                   heads=4, seed=seed, threads=1, reassign_epochs=0)
+        r = Reconstruction(cfg)
+        losses = [s.loss for s in r]
+        return losses, r.volume_map()
+
+    a, b, c = run(3), run(3), run(4)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    assert a[0] != c[0]
+
+
+def test_snapshots_carry_volume_and_watched_candidates(tiny_dataset):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=2, switch_epoch=1, heads=3,
+                               threads=1, snapshot_every=5, watch=[0, 7], reassign_epochs=0)
+    snaps = list(Reconstruction(cfg))
+    full = [s for s in snaps if s.volume is not None]
+    assert len(full) >= 3 and all(s.volume.shape == (32, 32, 32) for s in full)
+    stage1 = next(s for s in full if s.stage == "autoencode")
+    assert [w.index for w in stage1.watched] == [0, 7]
+    assert stage1.watched[0].candidates.shape == (3, 32, 32)
+    assert stage1.watched[0].winner == int(np.argmin(stage1.watched[0].losses))
+    stage2 = next(s for s in full if s.stage == "autodecode")
+    assert stage2.watched[0].candidates.shape == (1, 32, 32)
+    assert not np.array_equal(full[0].volume, full[-1].volume)
+    with pytest.raises(AttributeError):
+        full[0].loss = 0.0  # snapshots are immutable

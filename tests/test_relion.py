@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -13,7 +12,7 @@ from conftest import SHARED
 from napari_semiamort.data.mrc import read_map, write_mrc
 from napari_semiamort.data.star import read_particle_star, write_particle_star
 from napari_semiamort.physics.ctf import CTFParams, compute_ctf
-from napari_semiamort.physics.fourier import fft_centered, frequency_grid_2d, ifft_centered
+from napari_semiamort.physics.fourier import frequency_grid_2d, ifft_centered
 from napari_semiamort.physics.so3 import euler_relion_to_matrix
 from napari_semiamort.sim.project import PaddedProjector
 from napari_semiamort.sim.simulate import SimulationConfig, resample_map, simulate_dataset

@@ -58,10 +58,10 @@ def main(args: argparse.Namespace) -> int:
     molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
     sim = SimulationConfig(n_particles=args.n, box=args.box, snr=args.snr, seed=args.seed)
     info = simulate_dataset(str(molecule), out / "data", sim)
-    print(f"simulated {args.n} images of the 80S ribosome (6ZU5), box {args.box}, {info['pixel_size']:.2f} Å/px, SNR {args.snr} "
-          f"({time.perf_counter() - t0:.0f} s)")
-    cfg = ReconstructionConfig(particles=str((out / "data" / "particles.star").resolve()),
-                               reference_map=str((out / "data" / "truth.mrc").resolve()),
+    print(f"simulated {args.n} images of the 80S ribosome (6ZU5), box {args.box}, "
+          f"{info['pixel_size']:.2f} Å/px, SNR {args.snr} ({time.perf_counter() - t0:.0f} s)")
+    data = (out / "data").resolve()
+    cfg = ReconstructionConfig(particles=str(data / "particles.star"), reference_map=str(data / "truth.mrc"),
                                device=args.device, threads=args.threads, seed=args.seed)
     if args.epochs is not None:
         cfg.epochs = args.epochs

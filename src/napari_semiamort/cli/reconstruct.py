@@ -14,6 +14,7 @@ poses are written.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..run.config import ReconstructionConfig
@@ -62,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
 
 
 def format_metrics(m: dict) -> str:
-    parts = [f"epoch {m['epoch']:3d}", f"{m['stage']:10s}", f"loss {m['loss']:.5f}",
+    parts = [f"restart {m['restart'] + 1}" if "restart" in m else "", f"epoch {m['epoch']:3d}", f"{m['stage']:10s}",
+             f"loss {m['loss']:.5f}",
              f"{m['images_per_second']:7.0f} img/s"]
     if "pose_change_deg" in m:
         parts.append(f"pose change {m['pose_change_deg']:6.2f}°")
@@ -70,7 +72,7 @@ def format_metrics(m: dict) -> str:
         parts.append(f"pose error mean {m['pose_error_mean_deg']:6.2f}° median {m['pose_error_median_deg']:6.2f}°")
     if "fsc_0.5_angstrom" in m:
         parts.append(f"FSC=0.5 {m['fsc_0.5_angstrom']:.2f} Å")
-    return "  ".join(parts)
+    return "  ".join(p for p in parts if p)
 
 
 def train(run, run_dir: Path, quiet: bool = False) -> None:
@@ -79,15 +81,20 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
 
     from ..run.outputs import write_outputs
 
-    cfg = run.config
-    total = cfg.epochs * ((len(run.data) + cfg.batch_size - 1) // cfg.batch_size)
-    bar = tqdm(total=total, initial=run.step_count, unit="step", disable=quiet, dynamic_ncols=True)
+    total = run.total_steps
+    # The bar is for terminals; in a log file (nohup, a cluster job) the epoch lines alone are kept.
+    bar = tqdm(total=total, initial=run.step_count, unit="step", dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty())
+    last_restart = None
     try:
         for snap in run:
+            if last_restart is not None and snap.restart is None:
+                bar.write(f"kept restart {run.history[-1]['chosen_restart'] + 1} (lowest loss)", file=sys.stdout)
+            last_restart = snap.restart
             bar.update(1)
             bar.set_postfix(epoch=snap.epoch + 1, stage=snap.stage, loss=f"{snap.loss:.4f}")
             if snap.epoch_end:
-                bar.write(format_metrics(snap.metrics))
+                bar.write(format_metrics(snap.metrics), file=sys.stdout)
     except KeyboardInterrupt:
         bar.write(f"interrupted: writing the map and poses reached so far to {run_dir}")
         run.save_checkpoint()

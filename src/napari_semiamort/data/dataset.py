@@ -113,7 +113,7 @@ class ParticleDataset:
             absent = [c for c in _CTF_COLUMNS if c not in cols]
             if absent:
                 raise ValueError(f"{path}: CTF columns missing: {', '.join(absent)} (or run with --no-ctf)")
-            get = lambda c, d: np.asarray(cols.get(c, np.full(n, d)), dtype=np.float64)  # noqa: E731
+            get = lambda c, d: np.array(cols.get(c, np.full(n, d)), dtype=np.float64)  # noqa: E731  (a writable copy)
             ctf_columns = {
                 "rlnDefocusU": get("rlnDefocusU", 0),
                 "rlnDefocusV": get("rlnDefocusV", 0),

@@ -44,7 +44,7 @@ def read_particle_star(path: str | Path) -> dict[str, np.ndarray]:
     cols = {c: particles[c].to_numpy() for c in particles.columns}
     optics = blocks.get("optics")
     if optics is not None and "rlnOpticsGroup" in cols:
-        groups = {int(g): row for g, row in zip(optics["rlnOpticsGroup"], optics.to_dict("records"))}
+        groups = {int(g): row for g, row in zip(optics["rlnOpticsGroup"], optics.to_dict("records"), strict=False)}
         for name in _OPTICS_TO_PARTICLE:
             if name in optics.columns and name not in cols:
                 cols[name] = np.array([groups[int(g)][name] for g in cols["rlnOpticsGroup"]])

@@ -83,7 +83,7 @@ class MultiHeadEncoder(nn.Module):
         )
         with torch.no_grad():
             anchors = spread_rotations(heads)
-            for head, a in zip(self.head_layers, anchors):
+            for head, a in zip(self.head_layers, anchors, strict=False):
                 last = head[-1]
                 last.weight.mul_(0.1)
                 last.bias.zero_()

@@ -44,6 +44,8 @@ class ReconstructionConfig:
     epochs: int = 25
     switch_epoch: int = 15
     batch_size: int = 64
+    restarts: int = 3  # initialisations tried for the first restart_epochs epochs; the lowest loss goes on
+    restart_epochs: int = 5
 
     # Likelihood
     loss: str = "gaussian"  # "gaussian" (paper, Eq. 2) or "l1" (the public code's mean |ΔF|)

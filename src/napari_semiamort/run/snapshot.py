@@ -27,7 +27,7 @@ class Snapshot:
 
     epoch: int  # 0-based epoch in progress (or just finished when ``epoch_end``)
     step: int  # global step count
-    steps_per_epoch: int
+    total_steps: int  # of the whole run, restarts included
     epochs: int
     stage: str  # "autoencode" or "autodecode"
     loss: float  # this step's mean loss
@@ -36,7 +36,8 @@ class Snapshot:
     volume: np.ndarray | None = None  # (L, L, L) real-space map
     watched: tuple[WatchedParticle, ...] = ()
     metrics: dict = field(default_factory=dict)  # epoch metrics on epoch ends
+    restart: int | None = None  # which initialisation is training, during the restarts
 
     @property
     def progress(self) -> float:
-        return min(1.0, self.step / max(1, self.steps_per_epoch * self.epochs))
+        return min(1.0, self.step / max(1, self.total_steps))

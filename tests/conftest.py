@@ -6,7 +6,7 @@ import torch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATA = Path(__file__).resolve().parent / "data"
 
-# One intra-op thread: measured faster for these small workloads on 2 cores (docs/performance.md).
+# One intra-op thread: the same arithmetic order on every machine (runs set their own threads).
 torch.set_num_threads(1)
 
 

@@ -16,7 +16,7 @@ from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
 def tiny_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
-    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=1000, box=32, snr=0.3, seed=7))
+    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=1000, box=32, snr=1.0, seed=7))
     return out
 
 
@@ -24,22 +24,26 @@ def tiny_dataset(tmp_path_factory):
 @pytest.mark.timeout(600)
 def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     cfg = ReconstructionConfig(
-        particles=str(tiny_dataset / "particles.star"), epochs=16, switch_epoch=10, seed=1, threads=1, heads=24,
+        particles=str(tiny_dataset / "particles.star"), epochs=24, switch_epoch=16, seed=1, threads=1, heads=24,
+        batch_size=32,
         reference_map=str(tiny_dataset / "truth.mrc"),
     )
     run = Reconstruction(cfg, run_dir=tmp_path)
     snapshots = list(run)
-    ends = [s for s in snapshots if s.epoch_end]
-    assert [s.metrics["epoch"] for s in ends] == list(range(1, 17))
+    trials = [s for s in snapshots if s.epoch_end and s.restart is not None]
+    assert [(s.restart, s.metrics["epoch"]) for s in trials] == [(k, e) for k in range(3) for e in range(1, 6)]
+    ends = [s for s in snapshots if s.epoch_end and s.restart is None]
+    assert [s.metrics["epoch"] for s in ends] == list(range(6, 25))
+    assert snapshots[-1].progress == 1.0
     assert {s.stage for s in ends} == {"autoencode", "autodecode"}
     al = align_poses(run.poses, run.data.reference_rotations)
-    assert al.median_error < 6.0
+    assert al.median_error < 4.0 and al.mean_error < 15.0
     truth, _ = read_map(tiny_dataset / "truth.mrc")
     aligned = rotate_map(torch.from_numpy(run.volume_map()), al.transform).numpy()
-    assert np.corrcoef(aligned.ravel(), truth.ravel())[0, 1] > 0.85
+    assert np.corrcoef(aligned.ravel(), truth.ravel())[0, 1] > 0.9
     # the pose error falls after the switch
-    err = [s.metrics["pose_error_median_deg"] for s in ends]
-    assert err[-1] < err[cfg.switch_epoch - 1]
+    err = {s.metrics["epoch"]: s.metrics["pose_error_median_deg"] for s in ends}
+    assert err[24] < 0.5 * err[cfg.switch_epoch]
     assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
 
 

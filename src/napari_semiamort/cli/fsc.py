@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
             missing = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c not in cols]
             if missing:
                 raise ValueError(f"{path}: no angle columns {', '.join(missing)}")
-            ang = [torch.deg2rad(torch.as_tensor(cols[c], dtype=torch.float64))
+            ang = [torch.deg2rad(torch.tensor(np.array(cols[c], dtype=np.float64)))
                    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
             return euler_relion_to_matrix(*ang)
         est, ref = rotations(args.poses), rotations(args.reference_poses)

@@ -136,11 +136,11 @@ class ParticleDataset:
             )
         rot = shifts = None
         if all(c in cols for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
-            ang = [torch.deg2rad(torch.as_tensor(cols[c], dtype=torch.float64)) for c in
+            ang = [torch.deg2rad(torch.tensor(np.array(cols[c], dtype=np.float64))) for c in
                    ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
             rot = euler_relion_to_matrix(*ang).to(torch.float32)
             if "rlnOriginXAngst" in cols:
-                shifts = torch.as_tensor(
+                shifts = torch.tensor(
                     np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1) / pixel_size,
                     dtype=torch.float32,
                 )

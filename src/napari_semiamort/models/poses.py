@@ -56,8 +56,9 @@ class PoseTable:
         b1, b2 = self.betas
         m = b1 * m + (1 - b1) * grad
         v = b2 * v + (1 - b2) * grad * grad
-        mhat = m / (1 - b1 ** step[:, None].double()).float()
-        vhat = v / (1 - b2 ** step[:, None].double()).float()
+        t = step[:, None].to(m.dtype)  # float32 works on every device (MPS has no float64)
+        mhat = m / (1 - b1**t)
+        vhat = v / (1 - b2**t)
         return m, v, mhat / (torch.sqrt(vhat) + self.eps)
 
     @torch.no_grad()

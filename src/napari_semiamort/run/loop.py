@@ -35,6 +35,7 @@ from .snapshot import Snapshot, WatchedParticle
 __all__ = ["Reconstruction", "select_device"]
 
 STAGE1, STAGE2 = "autoencode", "autodecode"
+_MIN_BAND_PIXELS = 5
 
 
 def select_device(name: str) -> torch.device:
@@ -97,7 +98,7 @@ class Reconstruction:
         self.freqs = {STAGE2: self._frequencies(cfg.max_freq)}
         # The encoder sees the images low-passed to the band the stage-1 loss uses (and downsampled to it):
         # finer detail cannot inform the poses it is trained on, and a smaller input is cheaper.
-        band = int(np.ceil(cfg.autoencode_max_freq * size / 2))
+        band = max(_MIN_BAND_PIXELS, int(np.ceil(cfg.autoencode_max_freq * size / 2)))
         self.encoder_size = min(size, max(16, 2 * band + 2))
         self._inplane = None
         if cfg.inplane_search > 1:
@@ -130,8 +131,9 @@ class Reconstruction:
             return cfg.autoencode_max_freq
         t = min(1.0, epoch / (cfg.switch_epoch - 1))
         band = cfg.autoencode_min_freq + t * (cfg.autoencode_max_freq - cfg.autoencode_min_freq)
-        # whole Fourier pixels: the band changes in steps, so few frequency sets are built
-        return max(2.0, round(band * self.size / 2)) / (self.size / 2)
+        # Whole Fourier pixels (few frequency sets are built), and at least 5: below ~80 frequencies an
+        # image says too little about its pose (box 32 with the 0.15 start failed to break symmetry).
+        return min(1.0, max(_MIN_BAND_PIXELS, round(band * self.size / 2)) / (self.size / 2))
 
     def _stage1_frequencies(self) -> _Frequencies:
         return self._frequencies(self.stage1_band(self.epoch))
@@ -160,6 +162,9 @@ class Reconstruction:
         bg = hartley_centered(imgs * ring, 2).flatten(1)[:, fr.flat_index] / float(ring.mean()) ** 0.5
         self.noise.accumulate(bg)
         self.noise.update()
+        # The per-image normalisation zeroes the background's mean, hence its DC: take the next shell's value
+        # (a near-zero σ² would weight the DC term a thousand-fold).
+        self.noise.variance[0] = self.noise.variance[1]
         if self.config.noise_model == "white":
             self.noise.variance.fill_(float(self.noise.variance.mean()))
 
@@ -488,7 +493,9 @@ class Reconstruction:
             if best is None or loss < best[0]:
                 best = (loss, copy.deepcopy(self.state_dict()))
         self.trial = None
+        steps = self.step_count
         self.load_state_dict(best[1])
+        self.step_count = steps  # the steps of every restart were taken
         self.history[-1]["chosen_restart"] = best[1]["trial"]
         if self.run_dir is not None:
             self.save_checkpoint()

@@ -34,6 +34,9 @@ def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     assert [(s.restart, s.metrics["epoch"]) for s in trials] == [(k, e) for k in range(3) for e in range(1, 6)]
     ends = [s for s in snapshots if s.epoch_end and s.restart is None]
     assert [s.metrics["epoch"] for s in ends] == list(range(6, 25))
+    # the restart that goes on is the one with the lowest loss at its last epoch
+    last = {s.restart: s.metrics["loss"] for s in trials if s.metrics["epoch"] == 5}
+    assert run.history[4]["chosen_restart"] == min(last, key=last.get)
     assert snapshots[-1].progress == 1.0
     assert {s.stage for s in ends} == {"autoencode", "autodecode"}
     al = align_poses(run.poses, run.data.reference_rotations)

@@ -26,7 +26,7 @@ from ..models.encoder import MultiHeadEncoder
 from ..models.poses import PoseTable
 from ..models.volume import HartleyVolume
 from ..physics.ctf import compute_ctf
-from ..physics.fourier import fourier_crop_2d, hartley_centered, ihartley_centered
+from ..physics.fourier import fourier_crop_2d, hartley_centered, ihartley_centered, shift_hartley
 from ..physics.likelihood import ShellNoiseModel, gaussian_nll, l1_loss, winner_takes_all
 from ..physics.so3 import exp_so3, geodesic_distance
 from .config import ReconstructionConfig
@@ -210,8 +210,6 @@ class Reconstruction:
             fr = self.freqs[fr]
         pred = self.volume.slice(fr.grid, rotations, hartley) * ctf
         if shifts is not None:
-            from ..physics.fourier import shift_hartley
-
             pred = shift_hartley(pred, pred[..., fr.negative], fr.per_pixel, -shifts)
         return pred
 

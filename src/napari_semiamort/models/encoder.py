@@ -15,15 +15,20 @@ _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 _LIGHT = [16, 16, "M", 32, 32, "M", 64, 64, "M", 128, 128, "M"]
 
 
-def build_backbone(kind: str) -> nn.Sequential:
-    """VGG-style convolutional features; ``kind`` is ``"vgg16"`` (the paper's) or ``"light"``."""
+def build_backbone(kind: str, size: int = 64) -> nn.Sequential:
+    """VGG-style convolutional features; ``kind`` is ``"vgg16"`` (the paper's) or ``"light"``.
+
+    A pool that would shrink the feature map below 1 × 1 is left out, so small (downsampled) inputs work.
+    """
     if kind not in ("vgg16", "light"):
         raise ValueError(f"unknown encoder backbone {kind!r}: use 'vgg16' or 'light'")
     layers: list[nn.Module] = []
     channels = 1
     for item in _VGG16 if kind == "vgg16" else _LIGHT:
         if item == "M":
-            layers.append(nn.MaxPool2d(2))
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
         else:
             layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
             channels = item
@@ -72,9 +77,10 @@ class MultiHeadEncoder(nn.Module):
         self.heads = heads
         self.estimate_shifts = estimate_shifts
         self.max_shift = max_shift
-        self.backbone = build_backbone(backbone)
+        self.backbone = build_backbone(backbone, size)
         with torch.no_grad():
-            n_features = self.backbone(torch.zeros(1, 1, size, size)).numel()
+            n_features = self.backbone.eval()(torch.zeros(1, 1, size, size)).numel()
+        self.backbone.train()
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(n_features, hidden), nn.ReLU(inplace=True))
         out = 8 if estimate_shifts else 6
         self.head_layers = nn.ModuleList(

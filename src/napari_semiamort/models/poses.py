@@ -26,12 +26,14 @@ class PoseTable:
         shift_lr: float = 0.5,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        max_shift: float | None = None,
     ):
         n = rotations.shape[0]
         dev = rotations.device
         self.rotations = rotations.detach().clone()
         self.shifts = None if shifts is None else shifts.detach().clone()
         self.lr, self.shift_lr, self.betas, self.eps = lr, shift_lr, betas, eps
+        self.max_shift = max_shift  # shifts are clamped to ±max_shift pixels per axis
         self._m = torch.zeros(n, 3, device=dev)
         self._v = torch.zeros(n, 3, device=dev)
         self._step = torch.zeros(n, dtype=torch.long, device=dev)
@@ -72,7 +74,10 @@ class PoseTable:
         if t is not None and self.shifts is not None and t.grad is not None:
             ms, vs, upd_s = self._adam(self._ms[idx], self._vs[idx], t.grad, step)
             self._ms[idx], self._vs[idx] = ms, vs
-            self.shifts[idx] = t.detach() - self.shift_lr * upd_s
+            new = t.detach() - self.shift_lr * upd_s
+            if self.max_shift is not None:
+                new = new.clamp(-self.max_shift, self.max_shift)
+            self.shifts[idx] = new
 
     @torch.no_grad()
     def reset(self, idx: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> None:

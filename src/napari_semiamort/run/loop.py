@@ -342,7 +342,8 @@ class Reconstruction:
                 top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
                 b = torch.arange(len(idx), device=self.device)[:, None]
                 cand = PoseTable(rot[b, top].flatten(0, 1), None if sh is None else sh[b, top].flatten(0, 1),
-                                 lr=self.config.pose_lr, shift_lr=self.config.shift_lr)
+                                 lr=self.config.pose_lr, shift_lr=self.config.shift_lr,
+                                 max_shift=self.config.max_shift * self.size)
             _, obs, ctf = self._batch(idx, fr2)
             obs_k, ctf_k = obs.repeat_interleave(k, 0), ctf.repeat_interleave(k, 0)
             rows = torch.arange(len(idx) * k, device=self.device)
@@ -389,6 +390,7 @@ class Reconstruction:
             None if self.shifts is None else self.shifts.to(self.device),
             lr=self.config.pose_lr,
             shift_lr=self.config.shift_lr,
+            max_shift=self.config.max_shift * self.size,
         )
         for g in self.opt_volume.param_groups:
             g["lr"] = self.config.volume_lr_autodecode
@@ -471,7 +473,9 @@ class Reconstruction:
         epochs = cfg.epochs
         if cfg.restarts > 1 and 0 < cfg.restart_epochs < cfg.switch_epoch:
             epochs += (cfg.restarts - 1) * cfg.restart_epochs
-        return epochs * ((len(self.data) + cfg.batch_size - 1) // cfg.batch_size)
+        n, bs = len(self.data), cfg.batch_size
+        steps = (n + bs - 1) // bs - (1 if n % bs == 1 and n > bs else 0)
+        return epochs * steps
 
     def _restarts(self) -> Iterator[Snapshot]:
         """Train ``restarts`` initialisations for ``restart_epochs`` epochs each; keep the lowest loss.
@@ -502,6 +506,8 @@ class Reconstruction:
         cfg = self.config
         n, bs = len(self.data), cfg.batch_size
         steps_per_epoch = (n + bs - 1) // bs
+        if n % bs == 1 and steps_per_epoch > 1:
+            steps_per_epoch -= 1  # a last batch of one image joins the one before (batch norm needs two)
         while self.epoch < until:
             stage = STAGE1 if self.epoch < cfg.switch_epoch else STAGE2
             reassigned = None
@@ -518,7 +524,7 @@ class Reconstruction:
             losses: list[float] = []
             t_epoch = time.perf_counter()
             for s in range(steps_per_epoch):
-                idx = order[s * bs : (s + 1) * bs]
+                idx = order[s * bs : (s + 1) * bs if s < steps_per_epoch - 1 else n]
                 t0 = time.perf_counter()
                 step = self._step_autoencode if stage == STAGE1 else self._step_autodecode
                 loss = step(idx)
@@ -589,7 +595,8 @@ class Reconstruction:
         self.history = list(state["history"])
         if state["table"] is not None:
             self.table = PoseTable(self.poses.to(self.device), lr=self.config.pose_lr,
-                                   shift_lr=self.config.shift_lr)
+                                   shift_lr=self.config.shift_lr,
+                                   max_shift=self.config.max_shift * self.size)
             self.table.load_state_dict({k: v.to(self.device) for k, v in state["table"].items()})
 
     def save_checkpoint(self) -> Path:

@@ -86,7 +86,9 @@ def test_snapshots_carry_volume_and_watched_candidates(tiny_dataset):
         {"estimate_shifts": True},
         {"loss": "l1", "noise_model": "white"},
         {"noise_model": "shell-residual", "backbone": "vgg16"},
-        {"inplane_search": 0, "heads": 7},  # the paper's stage 1: heads alone propose the poses
+        # the paper's stage 1: heads alone propose the poses, full band, no restarts or reassignment
+        {"inplane_search": 0, "heads": 7, "spread_heads": False, "autoencode_min_freq": 1.0,
+         "autoencode_max_freq": 1.0, "reassign_epochs": 0},
     ],
     ids=["shifts", "l1-white", "residual-noise-vgg16", "paper-stage1"],
 )
@@ -95,7 +97,7 @@ def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_datase
     from napari_semiamort.run.outputs import write_outputs
 
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=1,
-                               threads=1, reassign_epochs=1, **{"heads": 4, **options})
+                               threads=1, **{"heads": 4, "reassign_epochs": 1, **options})
     run = Reconstruction(cfg, run_dir=tmp_path)
     ends = [s for s in run if s.epoch_end]
     assert [s.stage for s in ends] == ["autoencode", "autodecode", "autodecode"]

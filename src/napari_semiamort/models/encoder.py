@@ -72,6 +72,7 @@ class MultiHeadEncoder(nn.Module):
         hidden: int = 256,
         estimate_shifts: bool = False,
         max_shift: float = 0.0,
+        spread_heads: bool = True,
     ):
         super().__init__()
         self.heads = heads
@@ -87,6 +88,8 @@ class MultiHeadEncoder(nn.Module):
             nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
             for _ in range(heads)
         )
+        if not spread_heads:  # the paper's plain initialisation
+            return
         with torch.no_grad():
             anchors = spread_rotations(heads)
             for head, a in zip(self.head_layers, anchors, strict=False):

@@ -23,6 +23,7 @@ class ReconstructionConfig:
     heads: int = 48  # paper: 7 (synthetic) / 15 (real); see docs/method.md for the CPU-scale choice
     backbone: str = "light"  # "vgg16" is the paper's; "light" is ~40× cheaper and suits a CPU
     hidden: int = 256
+    spread_heads: bool = True  # heads start looking along M evenly spread directions (False: the paper's init)
     encoder_lr: float = 1e-3  # paper 1e-4; ~10× fewer images and steps here (docs/method.md)
     inplane_search: int = 36  # >1: each head's in-plane angle is searched on this many angles; 0: off
 

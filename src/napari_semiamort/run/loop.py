@@ -173,7 +173,8 @@ class Reconstruction:
         cfg, n, size = self.config, len(self.data), self.size
         torch.manual_seed(seed)
         self.encoder = MultiHeadEncoder(
-            self.encoder_size, cfg.heads, cfg.backbone, cfg.hidden, cfg.estimate_shifts, cfg.max_shift * size
+            self.encoder_size, cfg.heads, cfg.backbone, cfg.hidden, cfg.estimate_shifts, cfg.max_shift * size,
+            cfg.spread_heads,
         ).to(self.device)
         self.volume = HartleyVolume(size)
         with torch.no_grad():

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -71,6 +72,13 @@ class _Frequencies:
 
     def __len__(self) -> int:
         return self.grid.shape[0]
+
+
+class _Batch(NamedTuple):
+    images: torch.Tensor  # (B, L, L) normalised, real space
+    hartley: torch.Tensor  # (B, L, L) their centred Hartley transforms
+    obs: torch.Tensor  # (B, P) the coefficients at a band's frequencies
+    ctf: torch.Tensor  # (B, P) the CTF there
 
 
 class Reconstruction:
@@ -138,17 +146,22 @@ class Reconstruction:
     def _stage1_frequencies(self) -> _Frequencies:
         return self._frequencies(self.stage1_band(self.epoch))
 
-    def _batch(self, idx: torch.Tensor, fr: _Frequencies | str):
-        """Images `(B, L, L)`, their Hartley coefficients `(B, P)` and CTF `(B, P)` on the device."""
-        if isinstance(fr, str):
-            fr = self.freqs[fr]
-        imgs = self.data.read(idx.numpy()).to(self.device)
-        obs = hartley_centered(imgs, 2).flatten(1)[:, fr.flat_index]
+    def _batch(self, idx: torch.Tensor, fr: _Frequencies, reuse: _Batch | None = None) -> _Batch:
+        """Images, their Hartley transforms, and the coefficients and CTF at the frequencies ``fr``.
+
+        ``reuse``: a batch of the same images at another band, whose images and transforms are kept.
+        """
+        if reuse is None:
+            imgs = self.data.read(idx.numpy()).to(self.device)
+            hartley = hartley_centered(imgs, 2)
+        else:
+            imgs, hartley = reuse.images, reuse.hartley
+        obs = hartley.flatten(1)[:, fr.flat_index]
         if self.data.ctf is not None:
             ctf = compute_ctf(self.data.ctf.index(idx), fr.per_pixel.cpu(), self.data.pixel_size).to(self.device)
         else:
             ctf = torch.ones(len(idx), len(fr), device=self.device)
-        return imgs, obs, ctf
+        return _Batch(imgs, hartley, obs, ctf)
 
     @torch.no_grad()
     def _init_noise(self) -> None:
@@ -180,8 +193,8 @@ class Reconstruction:
         with torch.no_grad():
             gen = torch.Generator().manual_seed(seed)
             idx = torch.randperm(n, generator=gen)[: min(n, 1024)]
-            _, obs, ctf = self._batch(idx, STAGE2)
             fr = self.freqs[STAGE2]
+            _, _, obs, ctf = self._batch(idx, fr)
             amp = HartleyVolume.radial_amplitude_from_images(obs.cpu(), fr.shells.cpu(), size // 2 + 1, ctf.cpu())
             # A projection's transform is a slice of the volume's, so the images' amplitude per shell sets
             # the volume's scale; the images are mostly noise, so start at √0.1 of it (SNR ≈ 0.1). The
@@ -205,10 +218,8 @@ class Reconstruction:
         fn = gaussian_nll if self.config.loss == "gaussian" else l1_loss
         return fn(pred, obs, inv_var)
 
-    def _predict(self, hartley, rotations, shifts, ctf, fr):
+    def _predict(self, hartley, rotations, shifts, ctf, fr: _Frequencies):
         """CTF-modulated, shifted slices `(..., P)`; ``ctf`` broadcasts against rotations' batch dims."""
-        if isinstance(fr, str):
-            fr = self.freqs[fr]
         pred = self.volume.slice(fr.grid, rotations, hartley) * ctf
         if shifts is not None:
             pred = shift_hartley(pred, pred[..., fr.negative], fr.per_pixel, -shifts)
@@ -218,11 +229,8 @@ class Reconstruction:
         """``1/σ²`` at the frequencies ``fr`` (the noise model is kept per shell)."""
         return (1.0 / self.noise.variance.to(self.device))[fr.shells]
 
-    def _inv_var(self, stage):
-        return self._inv_var_for(self.freqs[stage])
-
     # ---------------------------------------------------------------- steps
-    def _inplane_scores(self, slices, imgs, idx, fr) -> torch.Tensor:
+    def _inplane_scores(self, slices, batch: _Batch, idx, fr) -> torch.Tensor:
         """Gaussian scores `(B, M, K)` of every head's slice `(B, M, P)` at every in-plane angle.
 
         Turning the pose in-plane, ``R → Rz(φ) R``, turns its slice: ``S(k) → S(Rz(φ)ᵀ k)``. Comparing that
@@ -233,7 +241,7 @@ class Reconstruction:
         k2 = self._inplane[:, :2, :2]  # (K, 2, 2)
         q = fr.grid  # (P, 2)
         rq = torch.einsum("kij,pj->kpi", k2, q)  # (K, P, 2) in Fourier pixels
-        h = hartley_centered(imgs, 2)[:, None]  # (B, 1, L, L)
+        h = batch.hartley[:, None]  # (B, 1, L, L)
         grid = ((rq + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
         img_k = torch.nn.functional.grid_sample(h, grid, mode="bilinear", align_corners=True)[:, 0]  # (B, K, P)
         if self.data.ctf is not None:
@@ -248,7 +256,8 @@ class Reconstruction:
 
     def _step_autoencode(self, idx: torch.Tensor) -> float:
         fr = self._stage1_frequencies()
-        imgs, obs, ctf = self._batch(idx, fr)
+        batch = self._batch(idx, fr)
+        imgs, obs, ctf = batch.images, batch.obs, batch.ctf
         self.encoder.train()
         rot, sh = self._encode(imgs)  # (B, M, 3, 3), (B, M, 2)
         inv_var = self._inv_var_for(fr)
@@ -261,7 +270,7 @@ class Reconstruction:
             # winning (head, angle) pair is evaluated again with gradients for encoder and volume.
             with torch.no_grad():
                 slices = self.volume.slice(fr.grid, rot.detach())  # (B, M, P)
-                scores = self._inplane_scores(slices, imgs, idx, fr).flatten(1)  # (B, M·K)
+                scores = self._inplane_scores(slices, batch, idx, fr).flatten(1)  # (B, M·K)
                 k_count = self._inplane.shape[0]
                 head, turn = scores.argmin(1) // k_count, scores.argmin(1) % k_count
             rot = self._inplane[turn][:, None] @ rot  # every head of an image turned by its winning angle
@@ -281,18 +290,19 @@ class Reconstruction:
         return float(loss.detach())
 
     def _step_autodecode(self, idx: torch.Tensor) -> float:
-        _, obs, ctf = self._batch(idx, STAGE2)
-        inv_var = self._inv_var(STAGE2)
+        fr = self.freqs[STAGE2]
+        _, _, obs, ctf = self._batch(idx, fr)
+        inv_var = self._inv_var_for(fr)
         hartley = self.volume.hartley().detach()
         dev_idx = idx.to(self.device)
         for _ in range(self.config.pose_steps):
             w, t = self.table.perturbation(dev_idx)
-            pred = self._predict(hartley, self.table.poses(dev_idx, w), t, ctf, STAGE2)
+            pred = self._predict(hartley, self.table.poses(dev_idx, w), t, ctf, fr)
             self._loss(pred, obs, inv_var).sum().backward()
             self.table.step(dev_idx, w, t)
         rot = self.table.rotations[dev_idx]
         sh = None if self.table.shifts is None else self.table.shifts[dev_idx]
-        pred = self._predict(None, rot, sh, ctf, STAGE2)
+        pred = self._predict(None, rot, sh, ctf, fr)
         loss = self._loss(pred, obs, inv_var).mean()
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
@@ -304,18 +314,24 @@ class Reconstruction:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _candidates(self, imgs: torch.Tensor, idx: torch.Tensor, fr: _Frequencies):
-        """Each head's pose at its best in-plane angle `(B, M, 3, 3)`, its shift, and its score `(B, M)`."""
+    def _candidates(self, batch: _Batch, idx: torch.Tensor, fr: _Frequencies):
+        """Each head's pose at its best in-plane angle `(B, M, 3, 3)`, its shift, and its score `(B, M)`.
+
+        ``batch`` holds the images at the band ``fr``.
+        """
         self.encoder.eval()
-        rot, sh = self._encode(imgs)
+        rot, sh = self._encode(batch.images)
         self.encoder.train()
         if self._inplane is None:
-            _, obs, ctf = self._batch(idx, fr)
-            return rot, sh, self._loss(self._predict(None, rot, sh, ctf[:, None], fr), obs[:, None],
-                                       self._inv_var_for(fr))
-        scores = self._inplane_scores(self.volume.slice(fr.grid, rot), imgs, idx, fr)  # (B, M, K)
+            pred = self._predict(None, rot, sh, batch.ctf[:, None], fr)
+            return rot, sh, self._loss(pred, batch.obs[:, None], self._inv_var_for(fr))
+        scores = self._inplane_scores(self.volume.slice(fr.grid, rot), batch, idx, fr)  # (B, M, K)
         best, turn = scores.min(-1)
         return self._inplane[turn] @ rot, sh, best
+
+    def _pose_table(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> PoseTable:
+        cfg = self.config
+        return PoseTable(rotations, shifts, lr=cfg.pose_lr, shift_lr=cfg.shift_lr, max_shift=cfg.max_shift * self.size)
 
     def _exact_loss(self, rotations, shifts, obs, ctf, fr) -> torch.Tensor:
         """Loss `(B,)` of one pose per image, sliced exactly (the in-plane search interpolates the image)."""
@@ -336,16 +352,14 @@ class Reconstruction:
         for s in range(0, n, 256):
             idx = torch.arange(s, min(s + 256, n))
             dev_idx = idx.to(self.device)
-            imgs, _, _ = self._batch(idx, fr1)
+            first = self._batch(idx, fr1)
             k = min(self.config.reassign_candidates, self.config.heads)
             with torch.no_grad():
-                rot, sh, scores = self._candidates(imgs, idx, fr1)
+                rot, sh, scores = self._candidates(first, idx, fr1)
                 top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
                 b = torch.arange(len(idx), device=self.device)[:, None]
-                cand = PoseTable(rot[b, top].flatten(0, 1), None if sh is None else sh[b, top].flatten(0, 1),
-                                 lr=self.config.pose_lr, shift_lr=self.config.shift_lr,
-                                 max_shift=self.config.max_shift * self.size)
-            _, obs, ctf = self._batch(idx, fr2)
+                cand = self._pose_table(rot[b, top].flatten(0, 1), None if sh is None else sh[b, top].flatten(0, 1))
+            _, _, obs, ctf = self._batch(idx, fr2, reuse=first)
             obs_k, ctf_k = obs.repeat_interleave(k, 0), ctf.repeat_interleave(k, 0)
             rows = torch.arange(len(idx) * k, device=self.device)
             inv_var = self._inv_var_for(fr2)
@@ -374,8 +388,9 @@ class Reconstruction:
         fr = self._frequencies(self.config.autoencode_max_freq)
         for s in range(0, n, 256):
             idx = torch.arange(s, min(s + 256, n))
-            imgs, obs, ctf = self._batch(idx, fr)
-            rot, sh, scores = self._candidates(imgs, idx, fr)
+            batch = self._batch(idx, fr)
+            obs, ctf = batch.obs, batch.ctf
+            rot, sh, scores = self._candidates(batch, idx, fr)
             _, head = winner_takes_all(scores)
             b = torch.arange(len(idx), device=self.device)
             best = self._exact_loss(rot[b, head], None if sh is None else sh[b, head], obs, ctf, fr)
@@ -386,13 +401,8 @@ class Reconstruction:
             self.poses[idx[take]] = rot[b, head].cpu()[take]
             if sh is not None:
                 self.shifts[idx[take]] = sh[b, head].cpu()[take]
-        self.table = PoseTable(
-            self.poses.to(self.device),
-            None if self.shifts is None else self.shifts.to(self.device),
-            lr=self.config.pose_lr,
-            shift_lr=self.config.shift_lr,
-            max_shift=self.config.max_shift * self.size,
-        )
+        self.table = self._pose_table(self.poses.to(self.device),
+                                      None if self.shifts is None else self.shifts.to(self.device))
         for g in self.opt_volume.param_groups:
             g["lr"] = self.config.volume_lr_autodecode
 
@@ -406,9 +416,11 @@ class Reconstruction:
         idx = torch.tensor(ids)
         size = self.size
         fr = self._frequencies(1.0)
-        imgs, obs, ctf = self._batch(idx, fr)
+        batch = self._batch(idx, fr)
+        imgs, obs, ctf = batch.images, batch.obs, batch.ctf
         if stage == STAGE1:
-            rot, sh, _ = self._candidates(imgs, idx, self._stage1_frequencies())
+            band = self._stage1_frequencies()
+            rot, sh, _ = self._candidates(self._batch(idx, band, reuse=batch), idx, band)
         else:
             dev_idx = idx.to(self.device)
             rot = self.table.rotations[dev_idx][:, None]
@@ -595,9 +607,7 @@ class Reconstruction:
         self._previous_poses = state["previous_poses"]
         self.history = list(state["history"])
         if state["table"] is not None:
-            self.table = PoseTable(self.poses.to(self.device), lr=self.config.pose_lr,
-                                   shift_lr=self.config.shift_lr,
-                                   max_shift=self.config.max_shift * self.size)
+            self.table = self._pose_table(self.poses.to(self.device))
             self.table.load_state_dict({k: v.to(self.device) for k, v in state["table"].items()})
 
     def save_checkpoint(self) -> Path:

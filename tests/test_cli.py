@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_semiamort.cli.main import main
-from napari_semiamort.data.star import read_particle_star
+from napari_semiamort.data.star import read_star_columns
 
 MOLECULE = str(files("napari_semiamort") / "resources" / "1igy.cif.gz")
 
@@ -26,7 +26,7 @@ def test_simulate_writes_a_stack_a_star_with_true_poses_and_the_truth(sim):
     with mrcfile.open(sim / "particles.mrcs") as m:
         assert m.data.shape == (120, 32, 32)
         pixel = float(m.voxel_size.x)
-    cols = read_particle_star(sim / "particles.star")
+    cols = read_star_columns(sim / "particles.star")
     assert len(cols["rlnImageName"]) == 120
     assert np.isclose(cols["rlnImagePixelSize"][0], pixel, atol=1e-3)
     assert cols["rlnDefocusU"].min() >= 10000 and cols["rlnDefocusU"].max() <= 25000
@@ -46,7 +46,7 @@ def test_reconstruct_then_resume_continues_the_run(sim, tmp_path, capsys):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert "pose_error_mean_deg" in json.loads(lines[-1])
-    poses = read_particle_star(run / "poses.star")
+    poses = read_star_columns(run / "poses.star")
     assert len(poses["rlnAngleRot"]) == 120
     with mrcfile.open(run / "map.mrc") as m:
         assert m.data.shape == (32, 32, 32) and m.voxel_size.x > 0

@@ -93,7 +93,7 @@ def test_snapshots_carry_volume_and_watched_candidates(tiny_dataset):
     ids=["shifts", "l1-white", "residual-noise-vgg16", "paper-stage1"],
 )
 def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_dataset, tmp_path, options):
-    from napari_semiamort.data.star import read_particle_star
+    from napari_semiamort.data.star import read_star_columns
     from napari_semiamort.run.outputs import write_outputs
 
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=1,
@@ -103,7 +103,7 @@ def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_datase
     assert [s.stage for s in ends] == ["autoencode", "autodecode", "autodecode"]
     assert all(np.isfinite(s.loss) for s in ends) and np.isfinite(run.volume_map()).all()
     write_outputs(run, tmp_path)
-    cols = read_particle_star(tmp_path / "poses.star")
+    cols = read_star_columns(tmp_path / "poses.star")
     origins = np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1)
     if options.get("estimate_shifts"):
         assert run.shifts is not None and np.abs(origins).max() > 0

@@ -10,7 +10,8 @@ import torch
 
 from conftest import SHARED
 from napari_semiamort.data.mrc import read_map, write_mrc
-from napari_semiamort.data.star import read_particle_star, write_particle_star
+from napari_semiamort.data.particles import ParticleTable
+from napari_semiamort.data.star import angles_to_matrices, read_star_columns, write_star
 from napari_semiamort.physics.ctf import CTFParams, compute_ctf
 from napari_semiamort.physics.fourier import frequency_grid_2d, ifft_centered
 from napari_semiamort.physics.so3 import euler_relion_to_matrix
@@ -56,7 +57,7 @@ def test_projections_match_relions_golden_images_without_ctf():
     vol65, _ = read_map(SHARED / "maps" / "clean70SRibosome_vol_65p.mrc")
     vol = resample_map(torch.from_numpy(vol65), 64).numpy()  # the golden set used a Fourier-downsampled map
     for name in ("rln_proj_64_centered", "rln_proj_64_shifted"):
-        cols = read_particle_star(folder / f"{name}.star")
+        cols = read_star_columns(folder / f"{name}.star")
         ang = np.stack([cols["rlnAngleRot"], cols["rlnAngleTilt"], cols["rlnAnglePsi"]], -1)
         origins = None
         if "rlnOriginX" in cols:  # this STAR has no optics-level Angst origins: pixels apply
@@ -93,7 +94,10 @@ def test_ctf_equals_relion_project_with_ctf(tmp_path, igg_map):
         one = {k: v[i : i + 1] for k, v in cols.items()}
         star = tmp_path / f"p{i}.star"
         write_mrc(tmp_path / "dummy.mrcs", np.zeros((1, size, size), np.float32), pixel)
-        write_particle_star(star, ["1@dummy.mrcs"], ang[i : i + 1], np.zeros((1, 2)), one, pixel, size)
+        table = ParticleTable(source=star, stacks=[tmp_path / "dummy.mrcs"], stack_index=np.zeros(1, np.int64),
+                              image_index=np.zeros(1, np.int64), pixel_size=pixel, box=size, ctf=one,
+                              rotations=angles_to_matrices(ang[i : i + 1]), origins=np.zeros((1, 2)))
+        write_star(star, table, force=True)
         subprocess.run(["relion_project", "--i", "map.mrc", "--o", f"proj{i}", "--ang", star.name, "--ctf",
                         "--angpix", str(pixel)], cwd=tmp_path, check=True, capture_output=True)
         with mrcfile.open(tmp_path / f"proj{i}.mrcs", permissive=True) as m:

@@ -30,10 +30,9 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.mrc import read_map
-    from ..data.star import read_particle_star
+    from ..data.star import read_star
     from ..metrics.alignment import align_poses, rotate_map
     from ..metrics.fsc import fsc, resolution_at
-    from ..physics.so3 import euler_relion_to_matrix
 
     m1, _ = read_map(args.map1)
     m2, voxel = read_map(args.map2)
@@ -47,13 +46,10 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("give both --poses and --reference-poses, or neither")
     if args.poses:
         def rotations(path):
-            cols = read_particle_star(path)
-            missing = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c not in cols]
-            if missing:
-                raise ValueError(f"{path}: no angle columns {', '.join(missing)}")
-            ang = [torch.deg2rad(torch.tensor(np.array(cols[c], dtype=np.float64)))
-                   for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
-            return euler_relion_to_matrix(*ang)
+            table = read_star(path, require_stacks=False)
+            if table.rotations is None:
+                raise ValueError(f"{path}: no angles (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)")
+            return torch.from_numpy(table.rotations)
         est, ref = rotations(args.poses), rotations(args.reference_poses)
         if est.shape != ref.shape:
             raise ValueError(f"{args.poses}: {len(est)} particles, but {args.reference_poses} has {len(ref)}")

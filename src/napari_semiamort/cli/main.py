@@ -2,10 +2,11 @@
 
 Sub-commands (``semiamort COMMAND --help`` for each):
 
-  reconstruct   reconstruct a map from a particle STAR file (or --resume a run)
+  reconstruct   reconstruct a map from particles (.star, .cs, .mrcs) (or --resume a run)
   simulate      simulate a particle stack with known poses from a map or an atomic model
   fsc           FSC between two maps, and pose errors against known poses
   demo          simulate the bundled molecule, reconstruct it and report the errors
+  export        write a run's maps for another program (chimerax: a .cxc script)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _COMMANDS = {
     "simulate": "napari_semiamort.cli.simulate",
     "fsc": "napari_semiamort.cli.fsc",
     "demo": "napari_semiamort.cli.demo",
+    "export": "napari_semiamort.cli.export",
 }
 
 
@@ -45,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    import logging
+
+    log = logging.getLogger("napari_semiamort")  # the data layer's notes (contrast, skipped images, …)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -3,12 +3,16 @@
 Examples:
 
   semiamort reconstruct particles.star -o run1
+  semiamort reconstruct J24_particles.cs -o run2 --box 128 --halves
+  semiamort reconstruct particles.mrcs --ctf-pkl ctf.pkl -o run3        (cryoDRGN inputs)
   semiamort reconstruct particles.star -o run1 --heads 15 --epochs 30 --switch-epoch 15 --device cuda
   semiamort reconstruct --resume run1 --epochs 40
 
-The run folder receives config.json, metrics.jsonl (one line per epoch), checkpoint.pt (each epoch),
-map.mrc and poses.star (RELION 3.1). Ctrl-C stops cleanly: the last checkpoint and the current map and
-poses are written.
+Inputs: a RELION STAR (3.0 to 5), a cryoSPARC .cs (its passthrough file is found when beside it), or an
+MRC stack (.mrcs, .mrc, .mrcs.gz) with an optional cryoDRGN ctf.pkl. The run folder receives config.json,
+metrics.jsonl (one line per epoch), checkpoint.pt (each epoch), map.mrc (and half1.mrc / half2.mrc with
+--halves), poses.star (RELION 3.1; poses.cs too for a .cs input), fsc.csv / fsc.png and chimerax.cxc.
+Ctrl-C stops cleanly: the last checkpoint and the current map and poses are written.
 """
 
 from __future__ import annotations
@@ -29,13 +33,22 @@ _KNOBS = {
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("particles", nargs="?", help="RELION particle STAR file")
+    p.add_argument("particles", nargs="?", help="particles: RELION .star, cryoSPARC .cs or an MRC stack")
     p.add_argument("-o", "--outdir", help="run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="write into an existing run folder")
     p.add_argument("--datadir", help="folder the STAR's image paths are relative to (default: the STAR's)")
     p.add_argument("--pixel-size", type=float, help="pixel size in Å (overrides the STAR)")
     p.add_argument("--no-ctf", action="store_true", help="ignore the CTF (data without CTF columns)")
+    p.add_argument("--ctf-pkl", help="cryoDRGN ctf.pkl for a bare particle stack")
+    p.add_argument("--pose-pkl", help="cryoDRGN pose.pkl with known poses (for the pose-error log only)")
+    p.add_argument("--passthrough", help="cryoSPARC passthrough .cs (default: found beside the .cs)")
+    p.add_argument("--box", type=int, help="downsample the images to this box by Fourier cropping")
+    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                   help="contrast inversion for dark-on-light particles (default: auto, decided from the data)")
+    p.add_argument("--mask-diameter", type=float, help="soft circular mask diameter in Å (default: none)")
+    p.add_argument("--halves", action="store_true",
+                   help="split the particles in two (rlnRandomSubset, else seeded) and write half maps + FSC")
     p.add_argument("--estimate-shifts", action="store_true", help="estimate in-plane shifts")
     p.add_argument("--reference-map", help="ground-truth map for FSC in the log (simulated data)")
     p.add_argument("--watch", type=int, nargs="*", help="particle indices whose candidates are snapshotted")
@@ -50,6 +63,10 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
     cfg.datadir = args.datadir
     cfg.pixel_size = args.pixel_size
     cfg.use_ctf = not args.no_ctf
+    cfg.ctf_pkl = None if args.ctf_pkl is None else str(Path(args.ctf_pkl).resolve())
+    cfg.pose_pkl = None if args.pose_pkl is None else str(Path(args.pose_pkl).resolve())
+    cfg.passthrough = None if args.passthrough is None else str(Path(args.passthrough).resolve())
+    cfg.box, cfg.invert, cfg.mask_diameter, cfg.halves = args.box, args.invert, args.mask_diameter, args.halves
     cfg.estimate_shifts = args.estimate_shifts
     cfg.reference_map = args.reference_map
     if args.watch is not None:
@@ -115,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.config.epochs}")
     else:
         if not args.particles or not args.outdir:
-            raise ValueError("give a particle STAR file and -o RUN_DIR (or --resume RUN_DIR)")
+            raise ValueError("give a particle file (.star, .cs or .mrcs) and -o RUN_DIR (or --resume RUN_DIR)")
         run_dir = Path(args.outdir)
         if run_dir.exists() and any(run_dir.iterdir()) and not args.force:
             raise FileExistsError(f"{run_dir}: exists and is not empty; pass --force to write into it")
@@ -123,8 +140,12 @@ def main(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         run = Reconstruction(cfg, run_dir=run_dir)
-        print(f"{len(run.data)} particles, box {run.size}, {run.data.pixel_size:.3f} Å/px, device {run.device}")
+        d = run.data
+        size = f"box {run.size}" + (f" (from {d.raw_box})" if d.raw_box != run.size else "")
+        skipped = f", {len(d.skipped)} skipped (NaN/Inf)" if len(d.skipped) else ""
+        print(f"{len(d)} particles{skipped}, {size}, {d.pixel_size:.3f} Å/px, "
+              f"{'inverted' if d.sign < 0 else 'contrast as is'}, device {run.device}")
     write_config(run_dir, run.config.to_dict())
     train(run, run_dir)
-    print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}")
+    print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}  ChimeraX: {run_dir / 'chimerax.cxc'}")
     return 0

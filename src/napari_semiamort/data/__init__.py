@@ -1,16 +1,22 @@
-"""Particle data I/O: MRC stacks and maps, STAR files, datasets."""
+"""Particle data I/O: stacks and maps, RELION / cryoSPARC / cryoDRGN metadata, prepared datasets."""
 
 from .dataset import ParticleDataset, normalize_background
-from .mrc import atomic_path, open_stack, read_map, write_mrc
-from .star import read_particle_star, write_particle_star
+from .mrc import Stack, atomic_path, open_stack, read_map, write_mrc
+from .particles import ParticleTable
+from .readers import open_dataset, read_particles
+from .star import read_star, write_star
 
 __all__ = [
     "ParticleDataset",
+    "ParticleTable",
+    "Stack",
     "atomic_path",
     "normalize_background",
+    "open_dataset",
     "open_stack",
     "read_map",
-    "read_particle_star",
+    "read_particles",
+    "read_star",
     "write_mrc",
-    "write_particle_star",
+    "write_star",
 ]

@@ -1,21 +1,44 @@
-"""Particle datasets: a STAR file's stacks (memory-mapped), CTF parameters, pixel size, known poses."""
+"""Particle datasets: a particle table's images, read lazily in batches and prepared for training.
+
+Preparation, per image and in this order (RELION's ``relion_preprocess`` does the same steps):
+
+1. images with NaN or Inf are skipped (counted and logged at :meth:`ParticleDataset.scan`);
+2. downsampling to ``box`` by Fourier cropping (the pixel size grows by the ratio);
+3. normalisation: mean 0, standard deviation 1 in the background ring outside 0.45 of the box;
+4. contrast inversion when the particles are dark on a light background (RELION and our model expect
+   white density): ``invert="auto"`` decides from the data (:func:`contrast_statistic`);
+5. an optional soft circular mask of ``mask_diameter`` Å (cosine edge).
+
+Stacks stay memory-mapped: a batch reads its images, never the whole file. Prepared images are cached in
+memory only when all of them fit in ``cache_bytes``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..physics.ctf import CTFParams
-from ..physics.so3 import euler_relion_to_matrix
-from .mrc import open_stack
-from .star import read_particle_star
+from ..physics.fourier import fourier_crop_2d
+from .mrc import Stack
+from .particles import ParticleTable
 
-__all__ = ["ParticleDataset", "background_mask", "normalize_background"]
+__all__ = [
+    "ParticleDataset",
+    "background_mask",
+    "contrast_statistic",
+    "normalize_background",
+    "soft_circular_mask",
+]
 
-_CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration")
+log = logging.getLogger("napari_semiamort")
+
+# Header pixel sizes that mean "not set" (mrcfile writes 0, EMAN and many tools 1 Å).
+_UNSET_PIXEL_SIZES = (0.0, 1.0)
 
 
 def background_mask(size: int, radius_fraction: float = 0.45, device=None) -> torch.Tensor:
@@ -24,143 +47,283 @@ def background_mask(size: int, radius_fraction: float = 0.45, device=None) -> to
     return ((k[:, None] ** 2 + k[None, :] ** 2) > (radius_fraction * size) ** 2).float()
 
 
+def soft_circular_mask(size: int, radius: float, edge: float = 3.0, device=None) -> torch.Tensor:
+    """`(size, size)` mask: 1 inside ``radius`` pixels, a raised-cosine fall to 0 over ``edge`` pixels."""
+    k = torch.arange(size, dtype=torch.float32, device=device) - size // 2
+    r = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
+    t = ((r - radius) / max(edge, 1e-6)).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(torch.pi * t))
+
+
 def normalize_background(images: torch.Tensor, radius_fraction: float = 0.45) -> torch.Tensor:
     """Per image: subtract the mean and divide by the std of the pixels outside a circle (RELION's norm)."""
-    ring = background_mask(images.shape[-1], radius_fraction).bool()
+    ring = background_mask(images.shape[-1], radius_fraction, images.device).bool()
     bg = images[..., ring]
     mean = bg.mean(-1)
     std = bg.std(-1).clamp_min(1e-6)
     return (images - mean[..., None, None]) / std[..., None, None]
 
 
-@dataclass
-class ParticleDataset:
-    """Images `(N, L, L)` read lazily from stacks, plus per-image metadata."""
+def contrast_statistic(images: torch.Tensor) -> torch.Tensor:
+    """Per normalised image `(B, L, L)`: mean of the central disk (radius L/4) minus the background's mean.
 
-    star_path: Path
-    stacks: list[np.ndarray]
-    stack_index: np.ndarray  # (N,) which stack
-    image_index: np.ndarray  # (N,) which image in it
-    image_names: list[str]
-    pixel_size: float
-    ctf: CTFParams | None
-    ctf_columns: dict[str, np.ndarray]
-    reference_rotations: torch.Tensor | None = None  # (N, 3, 3) from the file's angles, for metrics
-    reference_shifts: torch.Tensor | None = None  # (N, 2) RELION origins in pixels
-    _cache: torch.Tensor | None = field(default=None, repr=False)
+    Positive for white density on a dark background. The particle's low frequencies dominate that mean
+    and the CTF is positive there (``CTF(0) = +Q0`` up to the first zero), so the sign holds through the
+    CTF; one image is noisy, the mean over many is not.
+    """
+    size = images.shape[-1]
+    k = torch.arange(size, dtype=torch.float32, device=images.device) - size // 2
+    r2 = k[:, None] ** 2 + k[None, :] ** 2
+    inner = r2 <= (size / 4) ** 2
+    ring = r2 > (0.45 * size) ** 2
+    return images[..., inner].mean(-1) - images[..., ring].mean(-1)
+
+
+class ParticleDataset:
+    """A :class:`ParticleTable`'s images, prepared, plus what training needs per particle.
+
+    Parameters
+    ----------
+    table : the particles (any reader's output).
+    use_ctf : model the CTF; a table without CTF fields needs ``use_ctf=False``.
+    box : downsample to this box (pixels; even, at most the stacks' box); None keeps the stacks' box.
+    invert : ``"auto"``, ``"yes"`` or ``"no"``: multiply the images by −1 (dark-on-light data).
+    mask_diameter : soft circular mask diameter in Å; None: no mask.
+    pixel_size : Å per pixel of the stacks, overriding the table's.
+    """
+
+    def __init__(
+        self,
+        table: ParticleTable,
+        use_ctf: bool = True,
+        box: int | None = None,
+        invert: str = "auto",
+        mask_diameter: float | None = None,
+        pixel_size: float | None = None,
+    ):
+        self.table = table
+        src = table.source
+        if len(table) == 0:
+            raise ValueError(f"{src}: no particles")
+        if invert not in ("auto", "yes", "no"):
+            raise ValueError(f"invert must be 'auto', 'yes' or 'no', not {invert!r}")
+        self.stacks = [Stack(p) for p in table.stacks]
+        boxes = sorted({s.box for s in self.stacks})
+        if len(boxes) > 1:
+            first = {b: next(s.path for s in self.stacks if s.box == b) for b in boxes[:2]}
+            raise ValueError(
+                f"{src}: mixed box sizes: {', '.join(f'{p} has {b} px' for b, p in first.items())}; "
+                "re-extract the particles at one box size"
+            )
+        self.raw_box = boxes[0]
+        if table.box is not None and table.box != self.raw_box:
+            raise ValueError(f"{src}: the metadata says the images are {table.box} px, the stacks hold "
+                             f"{self.raw_box} px images ({self.stacks[0].path})")
+        for s_id, stack in enumerate(self.stacks):
+            used = table.image_index[table.stack_index == s_id]
+            if used.size:
+                stack.check_index(int(used.max()), src)
+        self.raw_pixel_size = self._pixel_size(pixel_size)
+        if box is None and self.raw_box % 2:
+            box = self.raw_box - 1  # the centre convention (N // 2) needs even boxes: crop one Fourier pixel
+            log.info("%s: odd box %d: images downsampled to %d", src, self.raw_box, box)
+        self.box = int(box or self.raw_box)
+        if self.box > self.raw_box or self.box < 8 or self.box % 2:
+            raise ValueError(f"box {self.box}: choose an even size from 8 to the images' {self.raw_box} px")
+        self.pixel_size = self.raw_pixel_size * self.raw_box / self.box
+
+        self.ctf: CTFParams | None = None
+        self.ctf_mode: torch.Tensor | None = None  # (N,) 0 plain, 1 phase-flipped |CTF|, 2 premultiplied CTF²
+        if use_ctf:
+            if table.ctf is None:
+                missing = ", ".join(table.ctf_missing) or "all"
+                raise ValueError(f"{src}: CTF fields missing ({missing}); add them or run with --no-ctf")
+            c = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in table.ctf.items()}
+            self.ctf = CTFParams(
+                defocus_u_in_angstroms=c["rlnDefocusU"], defocus_v_in_angstroms=c["rlnDefocusV"],
+                astigmatism_angle_in_degrees=c["rlnDefocusAngle"], voltage_in_kilovolts=c["rlnVoltage"],
+                spherical_aberration_in_mm=c["rlnSphericalAberration"],
+                amplitude_contrast=c["rlnAmplitudeContrast"], phase_shift_in_degrees=c["rlnPhaseShift"],
+                bfactor_in_angstroms_squared=c["rlnCtfBfactor"],
+            )
+            flipped = np.zeros(len(table), bool) if table.phase_flipped is None else table.phase_flipped
+            premult = np.zeros(len(table), bool) if table.ctf_premultiplied is None else table.ctf_premultiplied
+            self.ctf_mode = torch.from_numpy(np.where(premult, 2, np.where(flipped, 1, 0)).astype(np.int64))
+
+        self.reference_rotations = None  # (N, 3, 3) float32 from the file's poses, for metrics
+        self.reference_shifts = None  # (N, 2) RELION origins in (prepared) pixels
+        if table.rotations is not None:
+            self.reference_rotations = torch.from_numpy(table.rotations).to(torch.float32)
+            if table.origins is not None:
+                self.reference_shifts = torch.from_numpy(table.origins / self.pixel_size).to(torch.float32)
+        self.invert = invert
+        self.sign = -1.0 if invert == "yes" else 1.0
+        self.mask_diameter = mask_diameter
+        self._mask = None
+        if mask_diameter is not None:
+            radius = 0.5 * mask_diameter / self.pixel_size
+            if not 0 < radius <= self.box / 2:
+                raise ValueError(f"mask diameter {mask_diameter} Å does not fit the box "
+                                 f"({self.box} px × {self.pixel_size:.3f} Å = {self.box * self.pixel_size:.1f} Å)")
+            self._mask = soft_circular_mask(self.box, radius, edge=max(2.0, 0.05 * self.box))
+        self._cache: torch.Tensor | None = None
+        self.scanned = False  # scan() has run: contrast decided, bad images skipped
+        self.skipped = np.zeros(0, dtype=np.int64)  # rows of the input table skipped for NaN/Inf
+        self.rows = np.arange(len(table))  # each particle's row in the input table
+
+    def _pixel_size(self, override: float | None) -> float:
+        src, headers = self.table.source, {round(s.header_pixel_size, 4) for s in self.stacks}
+        header = next(iter(headers)) if len(headers) == 1 else None
+        if override is not None:
+            if not override > 0:
+                raise ValueError(f"--pixel-size {override}: must be positive")
+            return float(override)
+        if self.table.pixel_size is not None:
+            plausible = header is not None and header not in _UNSET_PIXEL_SIZES
+            if plausible and abs(header / self.table.pixel_size - 1) > 0.01:
+                log.warning("%s: the metadata says %.4f Å/px, the stack header %.4f Å/px; using the metadata's "
+                            "(override with --pixel-size)", src, self.table.pixel_size, header)
+            return float(self.table.pixel_size)
+        if header is not None and header not in _UNSET_PIXEL_SIZES:
+            log.info("%s: pixel size %.4f Å from the stack header", src, header)
+            return float(header)
+        said = f"the stack header says {header:g} Å, the usual 'unset' value" if header is not None else \
+            "the stack headers disagree"
+        raise ValueError(f"{src}: no pixel size in the metadata and {said}; give it with --pixel-size")
+
+    # ------------------------------------------------------------------ size and subsets
+    def __len__(self) -> int:
+        return len(self.table)
 
     @property
-    def box(self) -> int:
-        return int(self.stacks[0].shape[-1])
+    def half(self) -> np.ndarray:
+        """(N,) 1 or 2: the half-set of each particle (``rlnRandomSubset`` when the input has it)."""
+        return self._half
 
-    def __len__(self) -> int:
-        return int(self.stack_index.shape[0])
+    def split_halves(self, seed: int) -> np.ndarray:
+        """Assign each particle to half 1 or 2: the input's ``rlnRandomSubset`` if it has one, else a seeded
+        random split into two equal halves."""
+        given = self.table.extra.get("rlnRandomSubset")
+        if given is not None and set(np.unique(given).astype(int).tolist()) == {1, 2}:
+            self._half = np.asarray(given).astype(np.int64)
+        else:
+            rng = np.random.default_rng(seed)
+            half = np.ones(len(self), np.int64)
+            half[rng.permutation(len(self))[: len(self) // 2]] = 2
+            self._half = half
+        return self._half
 
-    @classmethod
-    def from_star(
-        cls,
-        path: str | Path,
-        datadir: str | Path | None = None,
-        pixel_size: float | None = None,
-        use_ctf: bool = True,
-    ) -> ParticleDataset:
-        path = Path(path)
-        cols = read_particle_star(path)
-        if "rlnImageName" not in cols:
-            raise ValueError(f"{path}: no rlnImageName column: the STAR does not say where the images are")
-        names = [str(x) for x in cols["rlnImageName"]]
-        base = Path(datadir) if datadir is not None else path.parent
-        files: dict[str, int] = {}
-        stack_index = np.empty(len(names), dtype=np.int64)
-        image_index = np.empty(len(names), dtype=np.int64)
-        for i, name in enumerate(names):
-            if "@" not in name:
-                raise ValueError(f"{path}: rlnImageName {name!r} is not of the form index@stack")
-            idx, fname = name.split("@", 1)
-            stack_index[i] = files.setdefault(fname, len(files))
-            image_index[i] = int(idx) - 1
-        stacks, missing = [], []
-        for fname in files:
-            p = Path(fname) if Path(fname).is_absolute() else base / fname
-            if not p.is_file():
-                missing.append(str(p))
-                continue
-            stacks.append(open_stack(p))
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise FileNotFoundError(f"{path}: stacks not found: {', '.join(missing[:3])}{more}")
-        boxes = {s.shape[-1] for s in stacks}
-        if len(boxes) > 1:
-            raise ValueError(f"{path}: the stacks have different box sizes {sorted(boxes)}")
-        for s_id, s in enumerate(stacks):
-            used = image_index[stack_index == s_id]
-            if used.size and (used.max() >= s.shape[0] or used.min() < 0):
-                raise ValueError(
-                    f"{path}: image {used.max() + 1} requested from {list(files)[s_id]}, "
-                    f"which holds {s.shape[0]} images"
-                )
-        if pixel_size is None:
-            if "rlnImagePixelSize" in cols:
-                pixel_size = float(cols["rlnImagePixelSize"][0])
-            elif "rlnDetectorPixelSize" in cols and "rlnMagnification" in cols:
-                pixel_size = float(cols["rlnDetectorPixelSize"][0]) * 1e4 / float(cols["rlnMagnification"][0])
-            else:
-                raise ValueError(f"{path}: no pixel size in the STAR; give it with --pixel-size")
-        ctf = None
-        ctf_columns: dict[str, np.ndarray] = {}
-        n = len(names)
-        if use_ctf:
-            absent = [c for c in _CTF_COLUMNS if c not in cols]
-            if absent:
-                raise ValueError(f"{path}: CTF columns missing: {', '.join(absent)} (or run with --no-ctf)")
-            get = lambda c, d: np.array(cols.get(c, np.full(n, d)), dtype=np.float64)  # noqa: E731  (a writable copy)
-            ctf_columns = {
-                "rlnDefocusU": get("rlnDefocusU", 0),
-                "rlnDefocusV": get("rlnDefocusV", 0),
-                "rlnDefocusAngle": get("rlnDefocusAngle", 0),
-                "rlnVoltage": get("rlnVoltage", 300),
-                "rlnSphericalAberration": get("rlnSphericalAberration", 2.7),
-                "rlnAmplitudeContrast": get("rlnAmplitudeContrast", 0.1),
-                "rlnPhaseShift": get("rlnPhaseShift", 0),
-                "rlnCtfBfactor": get("rlnCtfBfactor", 0),
-            }
-            ctf = CTFParams(
-                defocus_u_in_angstroms=torch.from_numpy(ctf_columns["rlnDefocusU"]),
-                defocus_v_in_angstroms=torch.from_numpy(ctf_columns["rlnDefocusV"]),
-                astigmatism_angle_in_degrees=torch.from_numpy(ctf_columns["rlnDefocusAngle"]),
-                voltage_in_kilovolts=torch.from_numpy(ctf_columns["rlnVoltage"]),
-                spherical_aberration_in_mm=torch.from_numpy(ctf_columns["rlnSphericalAberration"]),
-                amplitude_contrast=torch.from_numpy(ctf_columns["rlnAmplitudeContrast"]),
-                phase_shift_in_degrees=torch.from_numpy(ctf_columns["rlnPhaseShift"]),
-                bfactor_in_angstroms_squared=torch.from_numpy(ctf_columns["rlnCtfBfactor"]),
-            )
-        rot = shifts = None
-        if all(c in cols for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
-            ang = [torch.deg2rad(torch.tensor(np.array(cols[c], dtype=np.float64))) for c in
-                   ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
-            rot = euler_relion_to_matrix(*ang).to(torch.float32)
-            if "rlnOriginXAngst" in cols:
-                shifts = torch.tensor(
-                    np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1) / pixel_size,
-                    dtype=torch.float32,
-                )
-        return cls(path, stacks, stack_index, image_index, names, float(pixel_size), ctf, ctf_columns,
-                   rot, shifts)
+    _half = None
 
-    def read(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Normalised images `(B, L, L)` float32 for particle indices ``idx``."""
+    def subset(self, keep: np.ndarray) -> ParticleDataset:
+        """The particles ``keep`` (boolean mask or indices), stacks and preparation shared."""
+        keep = np.asarray(keep)
+        new = object.__new__(ParticleDataset)
+        new.__dict__.update(self.__dict__)
+        new.table = self.table.subset(keep)
+        new.rows = self.rows[keep]
+        if self.ctf is not None:
+            t = torch.from_numpy(np.flatnonzero(keep) if keep.dtype == bool else keep)
+            new.ctf, new.ctf_mode = self.ctf.index(t), self.ctf_mode[t]
+        for name in ("reference_rotations", "reference_shifts", "_cache"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(new, name, v[torch.from_numpy(keep)])
+        if self._half is not None:
+            new._half = self._half[keep]
+        return new
+
+    # ------------------------------------------------------------------ reading
+    def read_raw(self, idx: np.ndarray) -> np.ndarray:
+        """The stacks' images `(B, L0, L0)` float32 for particles ``idx``, one read per stack touched."""
+        idx = np.asarray(idx)
+        out = np.empty((len(idx), self.raw_box, self.raw_box), dtype=np.float32)
+        s_ids, im_ids = self.table.stack_index[idx], self.table.image_index[idx]
+        for s in np.unique(s_ids):
+            sel = np.flatnonzero(s_ids == s)
+            order = np.argsort(im_ids[sel], kind="stable")  # ascending offsets: sequential reads
+            out[sel[order]] = self.stacks[s].data[im_ids[sel[order]]]
+        return out
+
+    def prepare(self, raw: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw images `(B, L0, L0)` → prepared `(B, L, L)` (unmasked) and which were finite `(B,)`."""
+        x = torch.as_tensor(raw, dtype=torch.float32)
+        finite = torch.isfinite(x).flatten(1).all(1)
+        if not bool(finite.all()):
+            x = torch.where(finite[:, None, None], x, torch.zeros((), dtype=x.dtype))
+        if self.box != self.raw_box:
+            x = fourier_crop_2d(x, self.box)
+        x = normalize_background(x)
+        if self.sign != 1.0:
+            x = x * self.sign
+        return x, finite
+
+    def read(self, idx: np.ndarray | torch.Tensor, masked: bool = True) -> torch.Tensor:
+        """Prepared images `(B, L, L)` float32 for particle indices ``idx`` (masked unless ``masked=False``)."""
         idx = np.asarray(idx)
         if self._cache is not None:
-            return self._cache[torch.as_tensor(idx)]
-        out = np.empty((len(idx), self.box, self.box), dtype=np.float32)
-        for j, i in enumerate(idx):
-            out[j] = self.stacks[self.stack_index[i]][self.image_index[i]]
-        return normalize_background(torch.from_numpy(out))
+            x = self._cache[torch.from_numpy(idx)]
+        else:
+            x, _ = self.prepare(self.read_raw(idx))
+        if masked and self._mask is not None:
+            x = x * self._mask
+        return x
 
-    def cache_in_memory(self, max_bytes: float = 2e9) -> bool:
-        """Load all normalised images into RAM when they take under ``max_bytes``; returns whether it did."""
-        if len(self) * self.box**2 * 4 > max_bytes:
-            return False
-        chunks = [self.read(np.arange(s, min(s + 4096, len(self)))) for s in range(0, len(self), 4096)]
-        self._cache = torch.cat(chunks)
-        return True
+    # ------------------------------------------------------------------ the first pass
+    def scan(self, cache_bytes: float = 2e9, chunk: int = 1024, contrast_sample: int = 4096) -> ParticleDataset:
+        """Read every image once: find those with NaN/Inf, decide the contrast, cache when it fits.
+
+        Returns the dataset without the skipped particles (``self`` when none are); the log says how many
+        were skipped and which rows of the input they were.
+        """
+        n = len(self)
+        cache = len(self) * self.box**2 * 4 <= cache_bytes
+        kept = np.ones(n, bool)
+        chunks = []
+        stats: list[torch.Tensor] = []
+        sign, self.sign = self.sign, 1.0  # the contrast is measured on the data as they are
+        for s in range(0, n, chunk):
+            idx = np.arange(s, min(s + chunk, n))
+            x, finite = self.prepare(self.read_raw(idx))
+            kept[idx] = finite.numpy()
+            if sum(len(t) for t in stats) < contrast_sample:
+                stats.append(contrast_statistic(x[finite]))
+            if cache:
+                chunks.append(x)
+        self.sign = sign
+        self.scanned = True
+        if self.invert == "auto":
+            self.sign = self._decide_contrast(torch.cat(stats))
+        if cache:
+            self._cache = torch.cat(chunks) * self.sign
+        bad = np.flatnonzero(~kept)
+        if bad.size == n:
+            raise ValueError(f"{self.table.source}: every image holds NaN or Inf values")
+        if not bad.size:
+            return self
+        rows = self.rows[bad]
+        shown = ", ".join(str(r + 1) for r in rows[:10]) + (" …" if bad.size > 10 else "")
+        log.warning("%s: skipped %d particle(s) whose images hold NaN or Inf (rows %s)",
+                    self.table.source, bad.size, shown)
+        out = self.subset(kept)
+        out.skipped = np.concatenate([self.skipped, rows])
+        return out
+
+    def _decide_contrast(self, stat: torch.Tensor) -> float:
+        m, se = float(stat.mean()), float(stat.std() / math.sqrt(max(len(stat), 1))) + 1e-12
+        z = m / se
+        if z < -3:
+            log.info("contrast: dark particles on a light background (z = %.1f over %d images): inverting",
+                     z, len(stat))
+            return -1.0
+        if z > 3:
+            log.info("contrast: white particles on a dark background (z = %.1f over %d images): as they are",
+                     z, len(stat))
+        else:
+            log.warning("contrast: undecided (z = %.1f over %d images); using the images as they are "
+                        "(set --invert yes if the particles are dark)", z, len(stat))
+        return 1.0
+
+    @property
+    def source(self) -> Path:
+        return self.table.source

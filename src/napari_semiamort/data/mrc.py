@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "open_stack", "read_map", "write_mrc"]
+__all__ = ["Stack", "atomic_path", "open_stack", "read_map", "write_mrc"]
 
 
 class atomic_path:
@@ -77,22 +78,84 @@ def read_map(path: str | Path) -> tuple[np.ndarray, float]:
     return data, voxel
 
 
-def open_stack(path: str | Path) -> np.ndarray:
-    """Memory-mapped image stack `(n, L, L)` (a single image reads as `(1, L, L)`)."""
-    import mrcfile
+class Stack:
+    """A memory-mapped MRC image stack: ``data`` `(n, L, L)` holds the complete images only.
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such particle stack")
-    try:
-        mrc = mrcfile.mmap(path, mode="r", permissive=True)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not a readable MRC stack ({exc})") from exc
-    if mrc.data is None:
-        raise ValueError(f"{path}: not a readable MRC stack (bad header or truncated data)")
-    data = mrc.data
-    if data.ndim == 2:
-        data = data[None]
-    if data.shape[-1] != data.shape[-2]:
-        raise ValueError(f"{path}: images are not square ({data.shape[-2]} × {data.shape[-1]})")
-    return data
+    A truncated file (the header declares more images than the file holds, e.g. an interrupted copy)
+    opens with its complete images; asking for a missing one is an error naming the truncation.
+    """
+
+    def __init__(self, path: str | Path):
+        import mrcfile
+
+        self.path = path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such particle stack")
+        gz = path.suffix == ".gz"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                # gzip cannot be memory-mapped: such a stack is decompressed into memory
+                mrc = (mrcfile.open if gz else mrcfile.mmap)(path, mode="r", permissive=True)
+            except (ValueError, OSError, EOFError) as exc:
+                raise ValueError(f"{path}: not a readable MRC stack ({exc})") from exc
+        header = mrc.header
+        nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+        problems = [str(w.message) for w in caught]
+        if mrc.data is None:
+            try:
+                dtype = np.dtype(mrcfile.utils.data_dtype_from_header(header))
+            except ValueError as exc:
+                raise ValueError(f"{path}: not a readable MRC stack (bad header: {exc})") from exc
+            if min(nx, ny, nz) <= 0 or gz:
+                why = "; ".join(problems) or "no data"
+                raise ValueError(f"{path}: not a readable MRC stack (bad header: {why})")
+            offset = 1024 + int(header.nsymbt)
+            per_image = nx * ny * dtype.itemsize
+            complete = max(0, (path.stat().st_size - offset) // per_image)
+            if complete >= nz:
+                raise ValueError(f"{path}: not a readable MRC stack ({'; '.join(problems) or 'bad header'})")
+            data = np.memmap(path, dtype=dtype.newbyteorder(dtype.byteorder), mode="r", offset=offset,
+                             shape=(complete, ny, nx)) if complete else np.zeros((0, ny, nx), dtype)
+        else:
+            data = mrc.data
+        if data.ndim == 2:
+            data = data[None]
+        if data.ndim != 3:
+            raise ValueError(f"{path}: expected a stack of 2D images, got an array of shape {data.shape}")
+        if data.shape[-1] != data.shape[-2]:
+            raise ValueError(f"{path}: images are not square ({data.shape[-2]} × {data.shape[-1]} pixels)")
+        self.data = data
+        self.declared = nz if mrc.data is None else data.shape[0]  # images the header promises
+        self.header_pixel_size = float(mrc.voxel_size.x)
+
+    @property
+    def truncated(self) -> bool:
+        return self.data.shape[0] < self.declared
+
+    @property
+    def box(self) -> int:
+        return int(self.data.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def check_index(self, index: int, source: Path | str) -> None:
+        """A one-line error when image ``index`` (0-based) is not in the file."""
+        if index < len(self):
+            return
+        if self.truncated:
+            raise ValueError(
+                f"{self.path}: truncated: the header declares {self.declared} images of {self.box}×{self.box}, "
+                f"the file holds only {len(self)} complete ones; {source} asks for image {index + 1}"
+            )
+        raise ValueError(f"{source}: image {index + 1} requested from {self.path}, which holds {len(self)} images")
+
+
+def open_stack(path: str | Path) -> np.ndarray:
+    """Memory-mapped image stack `(n, L, L)` (a single image reads as `(1, L, L)`); truncated files refused."""
+    stack = Stack(path)
+    if stack.truncated:
+        raise ValueError(f"{stack.path}: truncated: the header declares {stack.declared} images, "
+                         f"the file holds only {len(stack)} complete ones")
+    return stack.data

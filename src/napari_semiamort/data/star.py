@@ -1,122 +1,324 @@
-"""RELION STAR files: reading particle tables (3.0 and 3.1+ styles) and writing RELION 3.1 pose tables."""
+"""RELION STAR particle files: 3.0 style (one table) and 3.1/4/5 style (``data_optics`` + ``data_particles``).
+
+Reading (:func:`read_star`) gives a :class:`~napari_semiamort.data.particles.ParticleTable`:
+
+- ``rlnImageName`` is ``index@stack`` (index 1-based); relative stack paths are resolved against
+  ``datadir``, else the STAR's folder or its parents (a RELION project folder), else the working directory.
+- Optics-group values (voltage, Cs, amplitude contrast, pixel and image size, phase-flip and premultiply
+  flags) are merged into each particle; a 3.0 file carries them per particle. The pixel size is
+  ``rlnImagePixelSize``, else ``rlnDetectorPixelSize`` (µm) · 10⁴ / ``rlnMagnification``.
+- Origins: ``rlnOriginX/YAngst`` (Å); in files that only have the old ``rlnOriginX/Y`` (pixels) those are
+  used, times the pixel size (RELION 3.1 ignores them in a file with an optics table, but a file that
+  has nothing else means them).
+- Angles equal to −999 (RELION's "unset") mean no pose.
+
+Writing (:func:`write_star`) gives a RELION 3.1 file (``# version 30001``) that RELION 3.1–5 read: an
+optics table (one group per distinct set of optics values, the input's names kept), the particles with
+absolute image paths (RELION resolves them against its working directory), angles, origins in Å, the CTF
+and every other column the input had.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .mrc import atomic_path
+from .particles import CTF_FIELDS, ParticleTable, resolve_stacks
 
-__all__ = ["read_particle_star", "write_particle_star"]
+__all__ = ["read_star", "read_star_columns", "write_star"]
 
-_OPTICS_TO_PARTICLE = (
+# Per-particle values a 3.1 file keeps in its optics table.
+_OPTICS_FIELDS = (
     "rlnVoltage",
     "rlnSphericalAberration",
     "rlnAmplitudeContrast",
     "rlnImagePixelSize",
     "rlnImageSize",
+    "rlnCtfDataArePhaseFlipped",
+    "rlnCtfDataAreCtfPremultiplied",
 )
+# Columns the reader turns into table fields (not carried through as extra columns).
+_CONSUMED = {
+    "rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginX", "rlnOriginY",
+    "rlnOriginXAngst", "rlnOriginYAngst", "rlnOpticsGroup", "rlnMagnification", "rlnDetectorPixelSize",
+    *CTF_FIELDS, *_OPTICS_FIELDS,
+}
+_UNSET = -999.0
+log = logging.getLogger("napari_semiamort")
 
 
-def read_particle_star(path: str | Path) -> dict[str, np.ndarray]:
-    """Columns of a particle STAR as arrays, with optics-group values merged into each particle.
-
-    Accepts RELION 3.0 files (one table) and 3.1+ files (``data_optics`` + ``data_particles``).
-    """
+def _read_blocks(path: Path) -> dict:
     import starfile  # pandas is heavy: imported only where STAR files are read
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such STAR file")
     try:
-        blocks = starfile.read(path, always_dict=True)
+        return starfile.read(path, always_dict=True)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable STAR file ({exc})") from exc
-    particles = blocks.get("particles")
-    if particles is None:
+
+
+def _particle_block(path: Path, blocks: dict):
+    if "particles" in blocks and hasattr(blocks["particles"], "columns"):
+        table = blocks["particles"]
+    else:
         tables = [b for b in blocks.values() if hasattr(b, "columns") and "rlnImageName" in b.columns]
         if not tables:
-            raise ValueError(f"{path}: no particle table with rlnImageName")
-        particles = tables[0]
-    if len(particles) == 0:
+            listed = ", ".join(f"data_{k}" for k in blocks) or "none"
+            raise ValueError(
+                f"{path}: no particle table with an rlnImageName column (blocks: {listed}); "
+                "the STAR does not say where the images are"
+            )
+        table = tables[0]
+    if len(table) == 0:
         raise ValueError(f"{path}: the particle table is empty")
+    if "rlnImageName" not in table.columns:
+        raise ValueError(f"{path}: the particle table has no rlnImageName column: the STAR does not say where "
+                         "the images are")
+    return table
+
+
+def read_star_columns(path: str | Path) -> dict[str, np.ndarray]:
+    """The particle table's columns as arrays, optics-group values merged into each particle."""
+    path = Path(path)
+    blocks = _read_blocks(path)
+    particles = _particle_block(path, blocks)
     cols = {c: particles[c].to_numpy() for c in particles.columns}
     optics = blocks.get("optics")
-    if optics is not None and "rlnOpticsGroup" in cols:
-        groups = {int(g): row for g, row in zip(optics["rlnOpticsGroup"], optics.to_dict("records"), strict=False)}
-        for name in _OPTICS_TO_PARTICLE:
-            if name in optics.columns and name not in cols:
-                cols[name] = np.array([groups[int(g)][name] for g in cols["rlnOpticsGroup"]])
+    if optics is not None and hasattr(optics, "columns") and len(optics):
+        if "rlnOpticsGroup" not in cols:
+            if len(optics) > 1:
+                raise ValueError(f"{path}: {len(optics)} optics groups but the particles have no rlnOpticsGroup")
+            cols["rlnOpticsGroup"] = np.full(len(particles), int(optics["rlnOpticsGroup"].iloc[0]))
+        groups = optics["rlnOpticsGroup"].to_numpy().astype(np.int64)
+        particle_groups = np.asarray(cols["rlnOpticsGroup"]).astype(np.int64)
+        unknown = sorted(set(np.unique(particle_groups)) - set(groups))
+        if unknown:
+            raise ValueError(f"{path}: particles refer to optics groups {unknown} that data_optics does not define")
+        row = np.searchsorted(np.sort(groups), particle_groups)
+        order = np.argsort(groups)
+        for name in optics.columns:
+            if name not in cols and name != "rlnOpticsGroupName" and name in _OPTICS_FIELDS:
+                cols[name] = optics[name].to_numpy()[order][row]
+        if "rlnOpticsGroupName" in optics.columns:
+            cols["_opticsNames"] = dict(zip(groups.tolist(), optics["rlnOpticsGroupName"].astype(str), strict=True))
+        cols["_hasOptics"] = True
     return cols
 
 
-def write_particle_star(
-    path: str | Path,
-    image_names: list[str],
-    angles_deg: np.ndarray,
-    origins_angst: np.ndarray,
-    ctf: dict[str, np.ndarray],
-    pixel_size: float,
-    box: int,
-    force: bool = True,
-) -> Path:
-    """Write a RELION 3.1 particle STAR (one optics group) atomically.
+def _single_value(path: Path, name: str, values: np.ndarray, rel_tol: float) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo > rel_tol * max(abs(hi), 1e-12):
+        raise ValueError(f"{path}: {name} differs between particles ({lo:g} to {hi:g}); "
+                         "split the file by optics group and run each part")
+    if hi > lo:
+        log.warning("%s: %s ranges from %g to %g (within %g%%): using the median %g", path, name, lo, hi,
+                    100 * rel_tol, float(np.median(v)))
+    return float(np.median(v))
 
-    ``angles_deg`` `(n, 3)` are rlnAngleRot/Tilt/Psi, ``origins_angst`` `(n, 2)` rlnOriginX/YAngst; ``ctf``
-    holds per-particle ``rlnDefocusU``, ``rlnDefocusV``, ``rlnDefocusAngle``, ``rlnPhaseShift``,
-    ``rlnCtfBfactor`` and the optics values ``rlnVoltage``, ``rlnSphericalAberration``,
-    ``rlnAmplitudeContrast`` (taken from the first particle: one optics group).
+
+def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: float | None = None,
+              require_stacks: bool = True) -> ParticleTable:
+    """A RELION particle STAR as a :class:`ParticleTable` (``pixel_size`` overrides the file's).
+
+    ``require_stacks=False`` reads the metadata even when the stacks are not there (conversion only).
     """
-    n = len(image_names)
-    lines = [
-        "",
-        "# version 30001",
-        "",
-        "data_optics",
-        "",
-        "loop_",
-        "_rlnOpticsGroup #1",
-        "_rlnOpticsGroupName #2",
-        "_rlnAmplitudeContrast #3",
-        "_rlnSphericalAberration #4",
-        "_rlnVoltage #5",
-        "_rlnImagePixelSize #6",
-        "_rlnImageSize #7",
-        "_rlnImageDimensionality #8",
-        f"1 opticsGroup1 {float(ctf['rlnAmplitudeContrast'][0]):.6f} "
-        f"{float(ctf['rlnSphericalAberration'][0]):.6f} {float(ctf['rlnVoltage'][0]):.6f} "
-        f"{pixel_size:.6f} {box:d} 2",
-        "",
-        "",
-        "# version 30001",
-        "",
-        "data_particles",
-        "",
-        "loop_",
-    ]
-    columns = [
-        "rlnImageName",
-        "rlnAngleRot",
-        "rlnAngleTilt",
-        "rlnAnglePsi",
-        "rlnOriginXAngst",
-        "rlnOriginYAngst",
-        "rlnDefocusU",
-        "rlnDefocusV",
-        "rlnDefocusAngle",
-        "rlnPhaseShift",
-        "rlnCtfBfactor",
-        "rlnOpticsGroup",
-    ]
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
-    for i in range(n):
-        a, o = angles_deg[i], origins_angst[i]
-        lines.append(
-            f"{image_names[i]} {a[0]:.6f} {a[1]:.6f} {a[2]:.6f} {o[0]:.6f} {o[1]:.6f} "
-            f"{ctf['rlnDefocusU'][i]:.6f} {ctf['rlnDefocusV'][i]:.6f} {ctf['rlnDefocusAngle'][i]:.6f} "
-            f"{ctf['rlnPhaseShift'][i]:.6f} {ctf['rlnCtfBfactor'][i]:.6f} 1"
-        )
+    path = Path(path)
+    cols = read_star_columns(path)
+    names_optics = cols.pop("_opticsNames", {})
+    cols.pop("_hasOptics", None)
+    n = len(cols["rlnImageName"])
+
+    # Image names: index@stack.
+    names = np.asarray(cols["rlnImageName"]).astype(str)
+    at = np.char.find(names, "@")
+    bad = np.flatnonzero(at < 1)
+    if bad.size:
+        raise ValueError(f"{path}: rlnImageName {names[bad[0]]!r} (row {bad[0] + 1}) is not of the form index@stack")
+    parts = np.char.partition(names, "@")
+    try:
+        image_index = parts[:, 0].astype(np.int64) - 1
+    except ValueError as exc:
+        raise ValueError(f"{path}: rlnImageName has a non-integer image index ({exc})") from exc
+    if (image_index < 0).any():
+        raise ValueError(f"{path}: rlnImageName image indices start at 1; found {image_index.min() + 1}")
+    stack_names, stack_index = np.unique(parts[:, 2], return_inverse=True)
+    stacks = resolve_stacks(path, [str(s) for s in stack_names], datadir, require_stacks)
+
+    # Pixel size and box.
+    if pixel_size is None:
+        if "rlnImagePixelSize" in cols:
+            pixel_size = _single_value(path, "rlnImagePixelSize", cols["rlnImagePixelSize"], 0.02)
+        elif "rlnDetectorPixelSize" in cols and "rlnMagnification" in cols:
+            ps = np.asarray(cols["rlnDetectorPixelSize"], float) * 1e4 / np.asarray(cols["rlnMagnification"], float)
+            pixel_size = _single_value(path, "pixel size (rlnDetectorPixelSize / rlnMagnification)", ps, 0.02)
+    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
+        raise ValueError(f"{path}: pixel size {pixel_size} Å is not positive; give it with --pixel-size")
+    box = None
+    if "rlnImageSize" in cols:
+        sizes = np.unique(np.asarray(cols["rlnImageSize"]).astype(np.int64))
+        if len(sizes) > 1:
+            raise ValueError(f"{path}: mixed box sizes {sizes.tolist()} in rlnImageSize; "
+                             "re-extract or split the file so all images have one size")
+        box = int(sizes[0])
+
+    # CTF.
+    missing = [c for c, d in CTF_FIELDS.items() if d is None and c not in cols]
+    ctf = None
+    if not missing:
+        ctf = {c: np.array(cols[c], dtype=np.float64) if c in cols else np.full(n, d, dtype=np.float64)
+               for c, d in CTF_FIELDS.items()}
+
+    def flag(name):
+        return np.asarray(cols[name]).astype(np.int64) != 0 if name in cols else np.zeros(n, bool)
+
+    # Poses.
+    rotations = origins = None
+    angle_cols = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    if all(c in cols for c in angle_cols):
+        ang = np.stack([np.asarray(cols[c], dtype=np.float64) for c in angle_cols], -1)
+        if not (ang == _UNSET).any():
+            rotations = angles_to_matrices(ang)
+            if "rlnOriginXAngst" in cols and "rlnOriginYAngst" in cols:
+                origins = np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1).astype(np.float64)
+            elif "rlnOriginX" in cols and "rlnOriginY" in cols and pixel_size is not None:
+                origins = np.stack([cols["rlnOriginX"], cols["rlnOriginY"]], -1).astype(np.float64) * pixel_size
+            else:
+                origins = np.zeros((n, 2))
+
+    optics_group = np.asarray(cols["rlnOpticsGroup"]).astype(np.int64) if "rlnOpticsGroup" in cols else None
+    extra = {c: np.asarray(v) for c, v in cols.items() if c not in _CONSUMED}
+    if "rlnImagePixelSize" in cols and pixel_size is not None:
+        extra["_pixelSizes"] = np.asarray(cols["rlnImagePixelSize"], dtype=np.float64)
+    return ParticleTable(
+        source=path, stacks=stacks, stack_index=stack_index.astype(np.int64), image_index=image_index,
+        pixel_size=None if pixel_size is None else float(pixel_size), box=box, ctf=ctf, ctf_missing=missing,
+        phase_flipped=flag("rlnCtfDataArePhaseFlipped"), ctf_premultiplied=flag("rlnCtfDataAreCtfPremultiplied"),
+        rotations=rotations, origins=origins, optics_group=optics_group, optics_names=names_optics, extra=extra,
+    )
+
+
+def angles_to_matrices(angles_deg: np.ndarray) -> np.ndarray:
+    """RELION Euler angles `(N, 3)` (rot, tilt, psi in degrees) → matrices A `(N, 3, 3)` float64."""
+    import torch
+
+    from ..physics.so3 import euler_relion_to_matrix
+
+    a = torch.deg2rad(torch.as_tensor(np.asarray(angles_deg, dtype=np.float64)))
+    return euler_relion_to_matrix(a[:, 0], a[:, 1], a[:, 2]).numpy()
+
+
+def matrices_to_angles(rotations: np.ndarray) -> np.ndarray:
+    """Matrices A `(N, 3, 3)` → RELION Euler angles `(N, 3)` in degrees (float64)."""
+    import torch
+
+    from ..physics.so3 import matrix_to_euler_relion
+
+    r, t, p = matrix_to_euler_relion(torch.as_tensor(np.asarray(rotations, dtype=np.float64)))
+    return torch.rad2deg(torch.stack([r, t, p], -1)).numpy()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.6f}"
+    if isinstance(v, (int, np.integer, bool, np.bool_)):
+        return str(int(v))
+    s = str(v)
+    return f'"{s}"' if (not s or any(ch.isspace() for ch in s)) else s
+
+
+def _column_text(values) -> np.ndarray:
+    """A column as STAR cells (vectorised: a million-row table is written in seconds)."""
+    v = np.asarray(values)
+    if v.dtype.kind == "f":
+        return np.char.mod("%.6f", v)
+    if v.dtype.kind in "iub":
+        return v.astype(np.int64).astype(str)
+    return np.array([_fmt(x) for x in v.tolist()], dtype=object)
+
+
+def write_star(
+    path: str | Path,
+    table: ParticleTable,
+    rotations: np.ndarray | None = None,
+    origins: np.ndarray | None = None,
+    pixel_size: float | None = None,
+    box: int | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    absolute_paths: bool = True,
+    force: bool = False,
+) -> Path:
+    """Write ``table`` (with ``rotations`` / ``origins`` in Å when given) as a RELION 3.1 particle STAR.
+
+    ``pixel_size`` and ``box`` describe the stack images the names point to (default: the table's).
+    ``extra`` adds or replaces per-particle columns (e.g. ``rlnRandomSubset``). Image paths are absolute
+    (RELION resolves them against its working directory) unless ``absolute_paths=False``, when they are
+    written as the table holds them.
+    """
+    n = len(table)
+    rotations = table.rotations if rotations is None else np.asarray(rotations, dtype=np.float64)
+    origins = table.origins if origins is None else np.asarray(origins, dtype=np.float64)
+    pixel_size = table.pixel_size if pixel_size is None else pixel_size
+    box = table.box if box is None else box
+    if pixel_size is None or box is None:
+        raise ValueError(f"{path}: a RELION 3.1 STAR needs the pixel size and box of the images")
+    ctf = table.ctf
+    if ctf is None:  # RELION needs the optics values even for data without a CTF
+        ctf = {c: np.full(n, 0.0 if d is None else d) for c, d in CTF_FIELDS.items()}
+        ctf["rlnVoltage"] = np.full(n, 300.0)
+        ctf["rlnSphericalAberration"] = np.full(n, 2.7)
+    flipped = table.phase_flipped if table.phase_flipped is not None else np.zeros(n, bool)
+    premult = table.ctf_premultiplied if table.ctf_premultiplied is not None else np.zeros(n, bool)
+
+    # Optics groups: one per distinct (input group, voltage, Cs, amplitude contrast, flags).
+    in_group = table.optics_group if table.optics_group is not None else np.ones(n, np.int64)
+    keys = np.stack([in_group.astype(np.float64), ctf["rlnVoltage"], ctf["rlnSphericalAberration"],
+                     ctf["rlnAmplitudeContrast"], flipped.astype(float), premult.astype(float)], -1)
+    uniq, group = np.unique(keys, axis=0, return_inverse=True)
+    group = group.reshape(-1) + 1
+    lines = ["", "# version 30001", "", "data_optics", "", "loop_"]
+    optics_cols = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnAmplitudeContrast", "rlnSphericalAberration",
+                   "rlnVoltage", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality"]
+    if flipped.any():
+        optics_cols.append("rlnCtfDataArePhaseFlipped")
+    if premult.any():
+        optics_cols.append("rlnCtfDataAreCtfPremultiplied")
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(optics_cols)]
+    for g, key in enumerate(uniq, start=1):
+        name = table.optics_names.get(int(key[0]), f"opticsGroup{g}")
+        row = [g, name, float(key[3]), float(key[2]), float(key[1]), float(pixel_size), int(box), 2]
+        if flipped.any():
+            row.append(int(key[4]))
+        if premult.any():
+            row.append(int(key[5]))
+        lines.append(" ".join(_fmt(v) for v in row))
+    lines += ["", "", "# version 30001", "", "data_particles", "", "loop_"]
+
+    columns: dict[str, np.ndarray | list] = {"rlnImageName": table.image_names(absolute=absolute_paths)}
+    if rotations is not None:
+        ang = matrices_to_angles(rotations)
+        columns.update(rlnAngleRot=ang[:, 0], rlnAngleTilt=ang[:, 1], rlnAnglePsi=ang[:, 2])
+        o = np.zeros((n, 2)) if origins is None else origins
+        columns.update(rlnOriginXAngst=o[:, 0], rlnOriginYAngst=o[:, 1])
+    if table.ctf is not None:
+        for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor"):
+            columns[c] = ctf[c]
+    columns["rlnOpticsGroup"] = group
+    for c, v in {**table.extra, **(extra or {})}.items():
+        if not c.startswith("_") and c not in columns:
+            columns[c] = v
+    names = list(columns)
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(names)]
+    cells = [_column_text(columns[c]).astype(object) for c in names]
+    rows = cells[0]
+    for col in cells[1:]:
+        rows = rows + " " + col
+    lines += rows.tolist()
     with atomic_path(path, force=force) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return Path(path)

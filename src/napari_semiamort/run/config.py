@@ -16,8 +16,17 @@ class ReconstructionConfig:
 
     particles: str = ""
     datadir: str | None = None
-    pixel_size: float | None = None  # Å; overrides the STAR's
+    pixel_size: float | None = None  # Å; overrides the metadata's
     use_ctf: bool = True
+    ctf_pkl: str | None = None  # cryoDRGN CTF pickle, for a bare stack
+    pose_pkl: str | None = None  # cryoDRGN pose pickle (known poses: metrics only)
+    passthrough: str | None = None  # cryoSPARC passthrough .cs (found automatically when beside the .cs)
+
+    # Preparation (data/dataset.py)
+    box: int | None = None  # downsample to this box by Fourier cropping; None keeps the images' box
+    invert: str = "auto"  # contrast inversion: "auto" (decided from the data), "yes", "no"
+    mask_diameter: float | None = None  # soft circular mask in Å; None: none
+    halves: bool = False  # split the particles in two (seeded, or rlnRandomSubset) and write half maps
 
     # Encoder (paper, Sec. 3: M = 7 synthetic / 15 real, VGG16 features, Adam 1e-4)
     heads: int = 48  # paper: 7 (synthetic) / 15 (real); see docs/method.md for the CPU-scale choice
@@ -77,6 +86,8 @@ class ReconstructionConfig:
              "noise_model must be 'shell', 'shell-residual' or 'white'"),
             (0 <= self.switch_epoch <= self.epochs, "switch_epoch must lie in [0, epochs]"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.invert in ("auto", "yes", "no"), "invert must be 'auto', 'yes' or 'no'"),
+            (self.box is None or (self.box >= 8 and self.box % 2 == 0), "box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
             (0 < self.max_freq <= 1 and 0 < self.autoencode_min_freq <= self.autoencode_max_freq <= 1,
              "frequency fractions must lie in (0, 1], autoencode_min_freq ≤ autoencode_max_freq"),

@@ -21,13 +21,22 @@ import torch
 from .. import __version__
 from ..data.dataset import ParticleDataset, background_mask
 from ..data.mrc import atomic_path, read_map
+from ..data.readers import open_dataset
 from ..metrics.alignment import align_poses, rotate_map
 from ..metrics.fsc import fsc, resolution_at
 from ..models.encoder import MultiHeadEncoder
 from ..models.poses import PoseTable
 from ..models.volume import HartleyVolume
+from ..physics.backproject import FourierInserter
 from ..physics.ctf import compute_ctf
-from ..physics.fourier import fourier_crop_2d, hartley_centered, ihartley_centered, shift_hartley
+from ..physics.fourier import (
+    fft_centered,
+    fourier_crop_2d,
+    frequency_grid_2d,
+    hartley_centered,
+    ihartley_centered,
+    shift_hartley,
+)
 from ..physics.likelihood import ShellNoiseModel, gaussian_nll, l1_loss, winner_takes_all
 from ..physics.so3 import exp_so3, geodesic_distance
 from .config import ReconstructionConfig
@@ -95,10 +104,10 @@ class Reconstruction:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = select_device(cfg.device)
-        self.data = dataset or ParticleDataset.from_star(
-            cfg.particles, cfg.datadir, cfg.pixel_size, cfg.use_ctf
-        )
-        self.data.cache_in_memory()
+        data = dataset if dataset is not None else open_dataset(cfg)
+        self.data = data if data.scanned else data.scan()
+        if cfg.halves and self.data.half is None:
+            self.data.split_halves(cfg.seed)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         size = self.data.box
         self.size = size
@@ -157,11 +166,17 @@ class Reconstruction:
         else:
             imgs, hartley = reuse.images, reuse.hartley
         obs = hartley.flatten(1)[:, fr.flat_index]
-        if self.data.ctf is not None:
-            ctf = compute_ctf(self.data.ctf.index(idx), fr.per_pixel.cpu(), self.data.pixel_size).to(self.device)
-        else:
-            ctf = torch.ones(len(idx), len(fr), device=self.device)
-        return _Batch(imgs, hartley, obs, ctf)
+        return _Batch(imgs, hartley, obs, self._ctf(idx, fr.per_pixel))
+
+    def _ctf(self, idx: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        """The CTF `(B, ...)` the images ``idx`` went through, at frequencies ``freqs`` `(..., 2)` (1/px):
+        ``|CTF|`` for phase-flipped data, ``CTF²`` for CTF-premultiplied data."""
+        if self.data.ctf is None:
+            return torch.ones(len(idx), *freqs.shape[:-1], device=self.device)
+        ctf = compute_ctf(self.data.ctf.index(idx), freqs.cpu(), self.data.pixel_size)
+        mode = self.data.ctf_mode[idx].reshape(-1, *([1] * (ctf.ndim - 1)))
+        ctf = torch.where(mode == 1, ctf.abs(), torch.where(mode == 2, ctf * ctf, ctf))
+        return ctf.to(self.device)
 
     @torch.no_grad()
     def _init_noise(self) -> None:
@@ -169,7 +184,7 @@ class Reconstruction:
         per shell divided by the area kept (signal power would otherwise down-weight low frequencies)."""
         gen = torch.Generator().manual_seed(self.config.seed)
         idx = torch.randperm(len(self.data), generator=gen)[: min(len(self.data), 1024)]
-        imgs = self.data.read(idx.numpy()).to(self.device)
+        imgs = self.data.read(idx.numpy(), masked=False).to(self.device)
         fr = self.freqs[STAGE2]
         ring = background_mask(self.size, device=self.device)
         bg = hartley_centered(imgs * ring, 2).flatten(1)[:, fr.flat_index] / float(ring.mean()) ** 0.5
@@ -244,10 +259,7 @@ class Reconstruction:
         h = batch.hartley[:, None]  # (B, 1, L, L)
         grid = ((rq + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
         img_k = torch.nn.functional.grid_sample(h, grid, mode="bilinear", align_corners=True)[:, 0]  # (B, K, P)
-        if self.data.ctf is not None:
-            ctf_k = compute_ctf(self.data.ctf.index(idx), (rq / size).cpu(), self.data.pixel_size).to(self.device)
-        else:
-            ctf_k = torch.ones_like(img_k)
+        ctf_k = self._ctf(idx, rq / size).to(img_k.dtype)
         w = self._inv_var_for(fr)
         quad = torch.einsum("bmp,bkp->bmk", slices * slices, w * ctf_k * ctf_k)
         cross = torch.einsum("bmp,bkp->bmk", slices, w * ctf_k * img_k)
@@ -440,6 +452,22 @@ class Reconstruction:
 
     def volume_map(self) -> np.ndarray:
         return self.volume.real_space().cpu().numpy()
+
+    @torch.no_grad()
+    def backproject(self, which: np.ndarray, batch: int = 256) -> np.ndarray:
+        """A map `(L, L, L)` reconstructed directly from the images ``which`` with the current poses
+        (:class:`~napari_semiamort.physics.backproject.FourierInserter`): the half maps."""
+        inserter = FourierInserter(self.size, self.device)
+        freqs = frequency_grid_2d(self.size, device=self.device)  # (L, L, 2) cycles per pixel
+        for s in range(0, len(which), batch):
+            idx = torch.from_numpy(np.asarray(which[s : s + batch], dtype=np.int64))
+            f = fft_centered(self.data.read(idx.numpy()).to(self.device), 2)
+            if self.shifts is not None:  # the image is the projection shifted by −origin: undo it
+                o = self.shifts[idx].to(self.device)
+                phase = -2 * torch.pi * (freqs[None] * o[:, None, None, :]).sum(-1)
+                f = f * torch.polar(torch.ones_like(phase), phase)
+            inserter.insert(f, self.poses[idx].to(self.device), self._ctf(idx, freqs))
+        return inserter.volume().cpu().numpy()
 
     # ---------------------------------------------------------------- epoch bookkeeping
     @torch.no_grad()

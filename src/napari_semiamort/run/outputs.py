@@ -1,9 +1,11 @@
-"""What a run leaves in its folder: the map, the poses as a RELION 3.1 STAR, the config."""
+"""What a run leaves in its folder: the map (and half maps), the poses for RELION (and cryoSPARC), the FSC
+as CSV and PNG, the config, and a ChimeraX script that opens the maps."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -11,11 +13,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.mrc import write_mrc
-from ..data.star import write_particle_star
-from ..physics.so3 import matrix_to_euler_relion
+from ..data.mrc import atomic_path, read_map, write_mrc
+from ..data.star import write_star
+from ..metrics.alignment import align_poses, rotate_map
+from ..metrics.fsc import fsc, resolution_at
 
-__all__ = ["write_config", "write_outputs"]
+__all__ = ["chimerax_script", "otsu_level", "write_config", "write_fsc", "write_outputs"]
 
 
 def write_config(run_dir: Path, config_dict: dict) -> Path:
@@ -24,32 +27,126 @@ def write_config(run_dir: Path, config_dict: dict) -> Path:
     record = {
         "version": __version__,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
         "config": config_dict,
     }
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
 
+def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_size: float) -> dict[str, Path]:
+    """``fsc.csv`` (one column per curve) and ``fsc.png`` with the 0.143 and 0.5 thresholds marked."""
+    shells = np.arange(size // 2 + 1)
+    freq = shells / (size * pixel_size)
+    with np.errstate(divide="ignore"):
+        res = np.where(shells > 0, 1.0 / np.maximum(freq, 1e-12), np.inf)
+    header = "shell,frequency_per_angstrom,resolution_angstrom," + ",".join(f"fsc_{k}" for k in curves)
+    rows = [header] + [
+        ",".join([str(s), f"{freq[s]:.6f}", f"{res[s]:.3f}"] + [f"{c[s]:.5f}" for c in curves.values()])
+        for s in shells
+    ]
+    csv = run_dir / "fsc.csv"
+    with atomic_path(csv) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    labels = {"halves": "half maps", "reference": "vs reference map"}
+    for name, c in curves.items():
+        thr = 0.143 if name == "halves" else 0.5
+        r = resolution_at(c, size, pixel_size, thr)
+        ax.plot(freq, c, label=f"{labels.get(name, name)}: {r:.1f} Å at {thr}")
+    for thr in (0.143, 0.5):
+        ax.axhline(thr, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("Fourier shell correlation")
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlim(0, freq[-1])
+    top = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-6), lambda r: 1 / np.maximum(r, 1e-6)))
+    top.set_xlabel("resolution (Å)")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    png = run_dir / "fsc.png"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return {"fsc_csv": csv, "fsc_png": png}
+
+
+def otsu_level(volume: np.ndarray, bins: int = 256) -> float:
+    """The threshold separating a map's voxels into two classes of least within-class variance (Otsu):
+    particle versus solvent, a display level that does not depend on the map's scale."""
+    v = np.asarray(volume, dtype=np.float64).ravel()
+    hist, edges = np.histogram(v, bins=bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def chimerax_script(run_dir: Path, force: bool = False) -> Path:
+    """``RUN_DIR/chimerax.cxc``: opens ``map.mrc`` (and ``half1.mrc``/``half2.mrc`` when present, hidden)
+    with the voxel size from the header and a surface level from :func:`otsu_level`."""
+    run_dir = Path(run_dir)
+    main = run_dir / "map.mrc"
+    if not main.is_file():
+        raise FileNotFoundError(f"{main}: no map in this run folder (has the run written its outputs?)")
+    lines = [f"# ChimeraX script written by napari-semiamort {__version__}", f"# run folder: {run_dir.resolve()}"]
+    maps = [main] + [run_dir / f"half{k}.mrc" for k in (1, 2) if (run_dir / f"half{k}.mrc").is_file()]
+    for model, path in enumerate(maps, start=1):
+        data, voxel = read_map(path)
+        level = otsu_level(data)
+        enclosed = float((data > level).mean())
+        lines += [
+            f"# {path.name}: {data.shape[0]}^3 voxels of {voxel:.4f} A; level {level:.5g} encloses "
+            f"{100 * enclosed:.1f}% of the box",
+            f"open {shlex.quote(str(path.resolve()))}",
+            f"volume #{model} voxelSize {voxel:.4f} level {level:.6g} style surface"
+            + ("" if model == 1 else " transparency 0.5"),
+        ]
+        if model > 1:
+            lines.append(f"hide #{model} models")
+    lines += ["view", "lighting soft"]
+    out = run_dir / "chimerax.cxc"
+    with atomic_path(out, force=force) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def write_outputs(run, run_dir: Path) -> dict[str, Path]:
-    """Write ``map.mrc`` and ``poses.star`` for a :class:`~napari_semiamort.run.Reconstruction`."""
-    data = run.data
+    """Everything a finished (or interrupted) :class:`~napari_semiamort.run.Reconstruction` leaves."""
+    data, run_dir = run.data, Path(run_dir)
     out = {"map": write_mrc(run_dir / "map.mrc", run.volume_map(), data.pixel_size)}
-    rot, tilt, psi = matrix_to_euler_relion(run.poses.to(torch.float64))
-    angles = torch.rad2deg(torch.stack([rot, tilt, psi], -1)).numpy()
     n = len(data)
-    shifts = np.zeros((n, 2)) if run.shifts is None else run.shifts.numpy() * data.pixel_size
-    # Absolute stack paths: RELION resolves image names against its working directory.
-    base = Path(data.star_path).parent if run.config.datadir is None else Path(run.config.datadir)
-    names = []
-    for name in data.image_names:
-        idx, fname = name.split("@", 1)
-        p = Path(fname)
-        names.append(f"{idx}@{p if p.is_absolute() else (base / p).resolve()}")
-    ctf = data.ctf_columns or {
-        "rlnDefocusU": np.zeros(n), "rlnDefocusV": np.zeros(n), "rlnDefocusAngle": np.zeros(n),
-        "rlnVoltage": np.full(n, 300.0), "rlnSphericalAberration": np.full(n, 2.7),
-        "rlnAmplitudeContrast": np.full(n, 0.1), "rlnPhaseShift": np.zeros(n), "rlnCtfBfactor": np.zeros(n),
-    }
-    out["poses"] = write_particle_star(run_dir / "poses.star", names, angles, shifts, ctf, data.pixel_size, data.box)
+    rotations = run.poses.to(torch.float64).numpy()
+    origins = np.zeros((n, 2)) if run.shifts is None else run.shifts.to(torch.float64).numpy() * data.pixel_size
+    extra, curves = {}, {}
+    if run.config.halves:
+        half = data.half
+        maps = [run.backproject(np.flatnonzero(half == k)) for k in (1, 2)]
+        for k, m in enumerate(maps, start=1):
+            out[f"half{k}"] = write_mrc(run_dir / f"half{k}.mrc", m, data.pixel_size)
+        curves["halves"] = fsc(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]))
+        extra["rlnRandomSubset"] = half
+    if run.reference_map is not None and data.reference_rotations is not None:
+        al = align_poses(run.poses, data.reference_rotations)
+        curves["reference"] = fsc(rotate_map(run.volume.real_space().cpu(), al.transform), run.reference_map)
+    if curves:
+        out.update(write_fsc(run_dir, curves, run.size, data.pixel_size))
+    # The poses refer to the original images: their pixel size and box, origins in Å.
+    out["poses"] = write_star(run_dir / "poses.star", data.table, rotations, origins,
+                              pixel_size=data.raw_pixel_size, box=data.raw_box, extra=extra, force=True)
+    if Path(data.source).suffix.lower() == ".cs":
+        from ..data.cryosparc import write_cs
+
+        out["poses_cs"] = write_cs(run_dir / "poses.cs", data.table, rotations, origins, force=True)
+    out["chimerax"] = chimerax_script(run_dir, force=True)
     return out

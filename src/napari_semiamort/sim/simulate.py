@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from ..data.mrc import read_map, write_mrc
-from ..data.star import write_particle_star
+from ..data.particles import ParticleTable
+from ..data.star import write_star
 from ..physics.ctf import CTFParams, compute_ctf
 from ..physics.fourier import fft_centered, frequency_grid_2d, ifft_centered
-from ..physics.so3 import matrix_to_euler_relion, random_rotations
+from ..physics.so3 import random_rotations
 from .atoms import density_from_atoms, read_atoms
 from .project import PaddedProjector
 
@@ -107,19 +108,20 @@ def simulate_dataset(source: str | Path, out_dir: str | Path, cfg: SimulationCon
     images = clean + noise_std * torch.randn(clean.shape, generator=gen)
     write_mrc(out_dir / "particles.mrcs", images.numpy(), pixel_size)
     write_mrc(out_dir / "truth.mrc", vol.numpy(), pixel_size)
-    rot, tilt, psi = matrix_to_euler_relion(rots.to(torch.float64))
-    angles = torch.rad2deg(torch.stack([rot, tilt, psi], -1)).numpy()
-    ctf_cols = {
-        "rlnDefocusU": dfu.numpy(), "rlnDefocusV": dfv.numpy(), "rlnDefocusAngle": ang.numpy(),
-        "rlnVoltage": np.full(n, cfg.voltage), "rlnSphericalAberration": np.full(n, cfg.spherical_aberration),
-        "rlnAmplitudeContrast": np.full(n, cfg.amplitude_contrast), "rlnPhaseShift": np.zeros(n),
-        "rlnCtfBfactor": np.zeros(n),
-    }
-    if not cfg.ctf:
-        ctf_cols = {k: v for k, v in ctf_cols.items() if k not in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")}
-        ctf_cols.update(rlnDefocusU=np.zeros(n), rlnDefocusV=np.zeros(n), rlnDefocusAngle=np.zeros(n))
-    names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
-    write_particle_star(star_path, names, angles, shifts.numpy() * pixel_size, ctf_cols, pixel_size, box)
+    ctf_cols = None
+    if cfg.ctf:
+        ctf_cols = {
+            "rlnDefocusU": dfu.numpy(), "rlnDefocusV": dfv.numpy(), "rlnDefocusAngle": ang.numpy(),
+            "rlnVoltage": np.full(n, cfg.voltage), "rlnSphericalAberration": np.full(n, cfg.spherical_aberration),
+            "rlnAmplitudeContrast": np.full(n, cfg.amplitude_contrast), "rlnPhaseShift": np.zeros(n),
+            "rlnCtfBfactor": np.zeros(n),
+        }
+    table = ParticleTable(
+        source=star_path, stacks=[Path("particles.mrcs")], stack_index=np.zeros(n, np.int64),
+        image_index=np.arange(n), pixel_size=pixel_size, box=box, ctf=ctf_cols,
+        rotations=rots.to(torch.float64).numpy(), origins=shifts.numpy() * pixel_size,
+    )
+    write_star(star_path, table, absolute_paths=False, force=True)
     info = {**asdict(cfg), "source": str(source), "pixel_size": pixel_size, "noise_std": noise_std}
     (out_dir / "simulation.json").write_text(json.dumps(info, indent=2))
     return info

@@ -86,3 +86,17 @@ def test_random_rotations_are_uniform_in_the_mean_angle(generator):
     angle = geodesic_distance(torch.eye(3, dtype=torch.float64).expand_as(r), r)
     # Haar measure: E[θ] = π/2 + 2/π ≈ 2.2074
     assert abs(float(angle.mean()) - (np.pi / 2 + 2 / np.pi)) < 0.01
+
+
+def test_log_so3_inverts_exp_so3_up_to_and_at_a_half_turn(generator):
+    axis = torch.randn(500, 3, generator=generator, dtype=torch.float64)
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    angle = torch.rand(500, generator=generator, dtype=torch.float64) * torch.pi
+    angle[:3] = torch.tensor([torch.pi, torch.pi - 1e-7, 1e-9], dtype=torch.float64)
+    w = axis * angle[:, None]
+    back = log_so3(exp_so3(w))
+    # at exactly π the axis sign is a free choice: compare the rotations there
+    torch.testing.assert_close(exp_so3(back), exp_so3(w), atol=1e-9, rtol=0)
+    torch.testing.assert_close(back[1:], w[1:], atol=1e-6, rtol=0)
+    diag = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
+    torch.testing.assert_close(log_so3(diag).abs(), torch.tensor([torch.pi, 0, 0], dtype=torch.float64))

@@ -139,7 +139,8 @@ def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: f
     at = np.char.find(names, "@")
     bad = np.flatnonzero(at < 1)
     if bad.size:
-        raise ValueError(f"{path}: rlnImageName {names[bad[0]]!r} (row {bad[0] + 1}) is not of the form index@stack")
+        raise ValueError(f"{path}: rlnImageName {str(names[bad[0]])!r} (row {bad[0] + 1}) is not of the form "
+                         "index@stack")
     parts = np.char.partition(names, "@")
     try:
         image_index = parts[:, 0].astype(np.int64) - 1
@@ -265,6 +266,10 @@ def write_star(
     origins = table.origins if origins is None else np.asarray(origins, dtype=np.float64)
     pixel_size = table.pixel_size if pixel_size is None else pixel_size
     box = table.box if box is None else box
+    if box is None and table.stacks and table.stacks[0].is_file():
+        from .mrc import Stack
+
+        box = Stack(table.stacks[0]).box
     if pixel_size is None or box is None:
         raise ValueError(f"{path}: a RELION 3.1 STAR needs the pixel size and box of the images")
     ctf = table.ctf

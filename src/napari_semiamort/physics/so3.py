@@ -71,16 +71,35 @@ def exp_so3(w: torch.Tensor) -> torch.Tensor:
 
 
 def log_so3(r: torch.Tensor) -> torch.Tensor:
-    """Axis-angle vectors `(..., 3)` of rotations `(..., 3, 3)` (inverse of :func:`exp_so3`, θ < π)."""
-    cos = ((r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    theta = torch.arccos(cos)
-    vee = torch.stack(
-        [r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], dim=-1
-    )
-    sin = torch.sin(theta)
-    small = sin.abs() < 1e-6
-    factor = torch.where(small, 0.5 + theta**2 / 12.0, theta / (2.0 * torch.where(small, 1.0, sin)))
-    return factor[..., None] * vee
+    """Axis-angle vectors `(..., 3)` of rotations `(..., 3, 3)`, angle in [0, π] (inverse of :func:`exp_so3`).
+
+    Through the unit quaternion (Shepperd's method: of the four ways to compute it, the one with the
+    largest pivot), which stays accurate near π, where ``(R − Rᵀ) / (2 sin θ)`` loses the axis.
+    """
+    m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
+    pivots = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    s = 2.0 * torch.sqrt(pivots.clamp_min(1e-300 if r.dtype == torch.float64 else 1e-30))  # 4·|q_i|
+    d21, d02, d10 = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]
+    a01, a02, a12 = r[..., 0, 1] + r[..., 1, 0], r[..., 0, 2] + r[..., 2, 0], r[..., 1, 2] + r[..., 2, 1]
+    s0, s1, s2, s3 = s.unbind(-1)
+    candidates = torch.stack(
+        [
+            torch.stack([s0 / 4, d21 / s0, d02 / s0, d10 / s0], -1),
+            torch.stack([d21 / s1, s1 / 4, a01 / s1, a02 / s1], -1),
+            torch.stack([d02 / s2, a01 / s2, s2 / 4, a12 / s2], -1),
+            torch.stack([d10 / s3, a02 / s3, a12 / s3, s3 / 4], -1),
+        ],
+        -2,
+    )  # (..., pivot, (w, x, y, z))
+    pick = pivots.argmax(-1)[..., None, None].expand(*pivots.shape[:-1], 1, 4)
+    q = candidates.gather(-2, pick)[..., 0, :]
+    q = q / q.norm(dim=-1, keepdim=True)
+    q = torch.where(q[..., :1] < 0, -q, q)  # w ≥ 0: angle in [0, π]
+    sin_half = q[..., 1:].norm(dim=-1)
+    angle = 2.0 * torch.atan2(sin_half, q[..., 0])
+    tiny = sin_half < 1e-12
+    scale = torch.where(tiny, torch.full_like(angle, 2.0), angle / torch.where(tiny, 1.0, sin_half))
+    return q[..., 1:] * scale[..., None]
 
 
 def geodesic_distance(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,154 @@
+"""Preparing particles: streamed reading, downsampling, normalisation, contrast, mask, NaN/Inf, halves."""
+
+import logging
+from importlib.resources import files
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from napari_semiamort.data.dataset import ParticleDataset, soft_circular_mask
+from napari_semiamort.data.mrc import write_mrc
+from napari_semiamort.data.readers import read_particles
+from napari_semiamort.physics.fourier import fourier_crop_2d
+from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    molecule = files("napari_semiamort") / "resources" / "1igy.cif.gz"
+    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=300, box=32, pixel_size=8.0, snr=0.5, seed=5))
+    return out
+
+
+def test_the_stack_stays_memory_mapped_and_a_batch_reads_only_its_images(sim):
+    d = ParticleDataset(read_particles(sim / "particles.star"))
+    assert isinstance(d.stacks[0].data, np.memmap)
+    with mrcfile.open(sim / "particles.mrcs") as m:
+        direct = np.asarray(m.data[[7, 3, 250]])
+    np.testing.assert_array_equal(d.read_raw(np.array([7, 3, 250])), direct)
+
+
+def test_downsampling_crops_the_transform_and_grows_the_pixel_size(sim):
+    full = ParticleDataset(read_particles(sim / "particles.star"))
+    half = ParticleDataset(read_particles(sim / "particles.star"), box=16)
+    assert half.box == 16 and half.pixel_size == pytest.approx(16.0)
+    raw = torch.from_numpy(full.read_raw(np.arange(5)))
+    expected = fourier_crop_2d(raw, 16)
+    got = half.read(np.arange(5))
+    # the same images up to the per-image normalisation (an affine map): correlation 1
+    for a, b in zip(expected, got, strict=True):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9999
+
+
+def test_images_are_normalised_to_a_zero_mean_unit_variance_background(sim):
+    d = ParticleDataset(read_particles(sim / "particles.star")).scan()
+    x = d.read(np.arange(64))
+    k = torch.arange(32) - 16
+    ring = (k[:, None] ** 2 + k[None] ** 2) > (0.45 * 32) ** 2
+    assert x[:, ring].mean(-1).abs().max() < 1e-4
+    assert (x[:, ring].std(-1) - 1).abs().max() < 1e-3
+
+
+def test_contrast_is_left_for_white_particles_and_inverted_for_dark_ones(sim, tmp_path):
+    white = ParticleDataset(read_particles(sim / "particles.star")).scan()
+    assert white.sign == 1.0
+    with mrcfile.open(sim / "particles.mrcs") as m:
+        write_mrc(tmp_path / "particles.mrcs", -np.asarray(m.data), 8.0)
+    (tmp_path / "particles.star").write_text((sim / "particles.star").read_text())
+    dark = ParticleDataset(read_particles(tmp_path / "particles.star")).scan()
+    assert dark.sign == -1.0
+    np.testing.assert_allclose(dark.read(np.arange(4)), white.read(np.arange(4)), atol=1e-4)
+    forced = ParticleDataset(read_particles(sim / "particles.star"), invert="yes").scan()
+    np.testing.assert_allclose(forced.read(np.arange(4)), -white.read(np.arange(4)), atol=1e-5)
+
+
+def test_images_with_nan_or_inf_are_skipped_and_counted_in_the_log(sim, tmp_path, caplog):
+    with mrcfile.open(sim / "particles.mrcs") as m:
+        data = np.array(m.data)
+    data[4, 3, 3] = np.nan
+    data[10, 0, 0] = np.inf
+    with pytest.warns(RuntimeWarning, match="NaN"):  # mrcfile's header statistics notice them too
+        write_mrc(tmp_path / "particles.mrcs", data, 8.0)
+    (tmp_path / "particles.star").write_text((sim / "particles.star").read_text())
+    with caplog.at_level(logging.WARNING, logger="napari_semiamort"):
+        d = ParticleDataset(read_particles(tmp_path / "particles.star"), box=16).scan(cache_bytes=0, chunk=64)
+    assert len(d) == 298 and list(d.skipped) == [4, 10]
+    assert "skipped 2 particle(s) whose images hold NaN or Inf (rows 5, 11)" in caplog.text
+    assert d.rows[4] == 5 and torch.isfinite(d.read(np.arange(298))).all()
+    # everything per particle moved with it
+    full = read_particles(sim / "particles.star")
+    np.testing.assert_allclose(d.reference_rotations[4].numpy(), full.rotations[5], atol=1e-6)
+    assert float(d.ctf.defocus_u_in_angstroms[4]) == pytest.approx(full.ctf["rlnDefocusU"][5])
+
+
+def test_the_cache_and_the_streamed_reads_give_the_same_images(sim):
+    cached = ParticleDataset(read_particles(sim / "particles.star"), box=16).scan()
+    streamed = ParticleDataset(read_particles(sim / "particles.star"), box=16).scan(cache_bytes=0)
+    assert cached._cache is not None and streamed._cache is None
+    idx = np.array([5, 100, 2])
+    np.testing.assert_allclose(cached.read(idx), streamed.read(idx), atol=1e-6)
+
+
+def test_the_soft_mask_is_one_inside_zero_outside_and_smooth_between():
+    m = soft_circular_mask(64, radius=20, edge=4)
+    assert m[32, 32] == 1 and m[32, 32 + 19] == 1 and m[32, 32 + 25] == 0 and m[0, 0] == 0
+    assert 0 < float(m[32, 32 + 22]) < 1
+    d_profile = m[32, 32:].diff()
+    assert (d_profile <= 1e-7).all()  # monotone fall
+
+
+def test_a_mask_diameter_masks_the_images_but_not_the_noise_estimate(sim):
+    d = ParticleDataset(read_particles(sim / "particles.star"), mask_diameter=8.0 * 20).scan()
+    masked, plain = d.read(np.arange(3)), d.read(np.arange(3), masked=False)
+    assert masked[:, 0, 0].abs().max() == 0 and plain[:, 0, 0].abs().max() > 0
+    with pytest.raises(ValueError, match="does not fit the box"):
+        ParticleDataset(read_particles(sim / "particles.star"), mask_diameter=8.0 * 40)
+
+
+def test_halves_are_a_seeded_equal_split_or_the_files_random_subsets(sim, tmp_path):
+    d = ParticleDataset(read_particles(sim / "particles.star"))
+    a = d.split_halves(seed=3).copy()
+    assert (a == 1).sum() == 150 and (a == 2).sum() == 150
+    np.testing.assert_array_equal(d.split_halves(seed=3), a)
+    assert not np.array_equal(d.split_halves(seed=4), a)
+    table = read_particles(sim / "particles.star")
+    table.extra["rlnRandomSubset"] = np.arange(300) % 2 + 1
+    given = ParticleDataset(table).split_halves(seed=3)
+    np.testing.assert_array_equal(given, np.arange(300) % 2 + 1)
+
+
+def test_phase_flipped_and_premultiplied_data_get_abs_and_squared_ctf(sim):
+    from napari_semiamort.run.config import ReconstructionConfig
+    from napari_semiamort.run.loop import Reconstruction
+
+    table = read_particles(sim / "particles.star")
+    table.phase_flipped = np.arange(300) % 3 == 1
+    table.ctf_premultiplied = np.arange(300) % 3 == 2
+    cfg = ReconstructionConfig(particles=str(sim / "particles.star"), epochs=1, switch_epoch=1, restarts=1, seed=0)
+    run = Reconstruction(cfg, dataset=ParticleDataset(table))
+    freqs = torch.rand(50, 2, generator=torch.Generator().manual_seed(0)) * 0.5
+    c = run._ctf(torch.arange(3), freqs)
+    plain = ParticleDataset(read_particles(sim / "particles.star"))
+    run.data = plain
+    ref = run._ctf(torch.arange(3), freqs)
+    torch.testing.assert_close(c[0], ref[0])
+    torch.testing.assert_close(c[1], ref[1].abs())
+    torch.testing.assert_close(c[2], ref[2] ** 2)
+
+
+def test_an_odd_box_is_cropped_to_the_even_box_below(tmp_path):
+    rng = np.random.default_rng(0)
+    write_mrc(tmp_path / "s.mrcs", rng.normal(size=(4, 33, 33)).astype(np.float32), 3.0)
+    d = ParticleDataset(read_particles(tmp_path / "s.mrcs"), use_ctf=False)
+    assert d.box == 32 and d.pixel_size == pytest.approx(3.0 * 33 / 32)
+
+
+def test_a_bare_stack_uses_its_header_pixel_size_unless_it_is_the_unset_value(tmp_path):
+    write_mrc(tmp_path / "a.mrcs", np.zeros((2, 16, 16), np.float32), 2.5)
+    assert ParticleDataset(read_particles(tmp_path / "a.mrcs"), use_ctf=False).pixel_size == 2.5
+    write_mrc(tmp_path / "b.mrcs", np.zeros((2, 16, 16), np.float32), 1.0)
+    with pytest.raises(ValueError, match=r"b\.mrcs: no pixel size .* says 1 Å, the usual 'unset' value.*--pixel-size"):
+        ParticleDataset(read_particles(tmp_path / "b.mrcs"), use_ctf=False)

@@ -39,6 +39,7 @@ from ..physics.fourier import (
 )
 from ..physics.likelihood import ShellNoiseModel, gaussian_nll, l1_loss, winner_takes_all
 from ..physics.so3 import exp_so3, geodesic_distance
+from ..sim.simulate import resample_map
 from .config import ReconstructionConfig
 from .snapshot import Snapshot, WatchedParticle
 
@@ -129,10 +130,16 @@ class Reconstruction:
         self.trial: int | None = None  # the restart being trained, while restarts run
         self.reference_map = None
         if cfg.reference_map:
-            ref, _ = read_map(cfg.reference_map)
-            if ref.shape[-1] != size:
-                raise ValueError(f"{cfg.reference_map}: box {ref.shape[-1]} differs from the particles' {size}")
-            self.reference_map = torch.from_numpy(ref)
+            ref, voxel = read_map(cfg.reference_map)
+            extent, ours = ref.shape[-1] * voxel, size * self.data.pixel_size
+            if voxel > 0 and abs(extent / ours - 1) > 0.01:
+                raise ValueError(f"{cfg.reference_map}: spans {extent:.1f} Å ({ref.shape[-1]} × {voxel:.3f} Å), "
+                                 f"the particles' box {ours:.1f} Å: resample it to the particles' box")
+            if ref.shape[-1] != size and voxel <= 0:
+                raise ValueError(f"{cfg.reference_map}: box {ref.shape[-1]} differs from the particles' {size} "
+                                 "and the header has no voxel size to check the scale")
+            # a run on downsampled images is compared with the reference downsampled the same way
+            self.reference_map = resample_map(torch.from_numpy(ref), size)
 
     # ---------------------------------------------------------------- set-up
     def _frequencies(self, fraction: float) -> _Frequencies:

@@ -152,3 +152,39 @@ def test_a_bare_stack_uses_its_header_pixel_size_unless_it_is_the_unset_value(tm
     write_mrc(tmp_path / "b.mrcs", np.zeros((2, 16, 16), np.float32), 1.0)
     with pytest.raises(ValueError, match=r"b\.mrcs: no pixel size .* says 1 Å, the usual 'unset' value.*--pixel-size"):
         ParticleDataset(read_particles(tmp_path / "b.mrcs"), use_ctf=False)
+
+
+def test_the_loader_reads_ahead_in_order_and_stops_its_thread(sim):
+    import threading
+
+    from napari_semiamort.data.loader import BatchLoader
+
+    d = ParticleDataset(read_particles(sim / "particles.star")).scan(cache_bytes=0)
+    batches = [np.arange(s, s + 50) for s in range(0, 300, 50)]
+    got = list(BatchLoader(d, batches))
+    assert [b[0] for b, _ in got] == [0, 50, 100, 150, 200, 250]
+    np.testing.assert_allclose(got[3][1], d.read(batches[3]))
+    it = iter(BatchLoader(d, batches))
+    next(it)
+    it.close()  # a run stopped mid-epoch
+    assert not any(t.name == "semiamort-loader" for t in threading.enumerate())
+
+
+def test_a_read_error_in_the_loader_thread_reaches_the_trainer(sim):
+    from napari_semiamort.data.loader import BatchLoader
+
+    d = ParticleDataset(read_particles(sim / "particles.star")).scan(cache_bytes=0)
+    with pytest.raises(IndexError):
+        list(BatchLoader(d, [np.arange(3), np.array([10_000])]))
+
+
+def test_a_gzipped_stack_reads_like_the_plain_one(sim, tmp_path):
+    import gzip
+    import shutil
+
+    with open(sim / "particles.mrcs", "rb") as src, gzip.open(tmp_path / "particles.mrcs.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    gz = ParticleDataset(read_particles(tmp_path / "particles.mrcs.gz"), use_ctf=False)
+    plain = ParticleDataset(read_particles(sim / "particles.mrcs"), use_ctf=False)
+    assert len(gz) == 300 and gz.pixel_size == pytest.approx(8.0)
+    np.testing.assert_array_equal(gz.read_raw(np.array([0, 299])), plain.read_raw(np.array([0, 299])))

@@ -20,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..data.dataset import ParticleDataset, background_mask
+from ..data.loader import BatchLoader
 from ..data.mrc import atomic_path, read_map
 from ..data.readers import open_dataset
 from ..metrics.alignment import align_poses, rotate_map
@@ -113,6 +114,7 @@ class Reconstruction:
         size = self.data.box
         self.size = size
         self._freq_cache: dict[float, _Frequencies] = {}
+        self._ready: tuple[np.ndarray, torch.Tensor] | None = None  # a batch the loader read ahead
         self.freqs = {STAGE2: self._frequencies(cfg.max_freq)}
         # The encoder sees the images low-passed to the band the stage-1 loss uses (and downsampled to it):
         # finer detail cannot inform the poses it is trained on, and a smaller input is cheaper.
@@ -168,12 +170,20 @@ class Reconstruction:
         ``reuse``: a batch of the same images at another band, whose images and transforms are kept.
         """
         if reuse is None:
-            imgs = self.data.read(idx.numpy()).to(self.device)
+            imgs = self._read(idx).to(self.device)
             hartley = hartley_centered(imgs, 2)
         else:
             imgs, hartley = reuse.images, reuse.hartley
         obs = hartley.flatten(1)[:, fr.flat_index]
         return _Batch(imgs, hartley, obs, self._ctf(idx, fr.per_pixel))
+
+    def _read(self, idx: torch.Tensor) -> torch.Tensor:
+        """The prepared images of ``idx``: the loader's read-ahead batch when it is the one asked for."""
+        ready = self._ready
+        if ready is not None and len(ready[0]) == len(idx) and np.array_equal(ready[0], idx.numpy()):
+            self._ready = None
+            return ready[1]
+        return self.data.read(idx.numpy())
 
     def _ctf(self, idx: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
         """The CTF `(B, ...)` the images ``idx`` went through, at frequencies ``freqs`` `(..., 2)` (1/px):
@@ -569,28 +579,33 @@ class Reconstruction:
                 for g in self.opt_volume.param_groups:
                     g["lr"] = cfg.volume_lr_autodecode * (1 - (1 - cfg.volume_lr_final_fraction) * t)
             order = self._order()
+            batches = [order[s * bs : (s + 1) * bs if s < steps_per_epoch - 1 else n] for s in range(steps_per_epoch)]
+            loader = iter(BatchLoader(self.data, [b.numpy() for b in batches]))
             losses: list[float] = []
             t_epoch = time.perf_counter()
-            for s in range(steps_per_epoch):
-                idx = order[s * bs : (s + 1) * bs if s < steps_per_epoch - 1 else n]
-                t0 = time.perf_counter()
-                step = self._step_autoencode if stage == STAGE1 else self._step_autodecode
-                loss = step(idx)
-                losses.append(loss)
-                self.step_count += 1
-                ips = len(idx) / max(time.perf_counter() - t0, 1e-9)
-                last = s == steps_per_epoch - 1
-                full = cfg.snapshot_every > 0 and self.step_count % cfg.snapshot_every == 0
-                if last:
-                    metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch, reassigned)
-                    yield Snapshot(self.epoch - 1, self.step_count, self.total_steps, cfg.epochs, stage, loss,
-                                   ips, True, self.volume_map(), self._watched(stage), metrics, restart=self.trial)
-                elif full:
-                    yield Snapshot(self.epoch, self.step_count, self.total_steps, cfg.epochs, stage, loss, ips,
-                                   False, self.volume_map(), self._watched(stage), restart=self.trial)
-                else:
-                    yield Snapshot(self.epoch, self.step_count, self.total_steps, cfg.epochs, stage, loss, ips,
-                                   restart=self.trial)
+            try:
+                for s, idx in enumerate(batches):
+                    self._ready = next(loader)
+                    t0 = time.perf_counter()
+                    step = self._step_autoencode if stage == STAGE1 else self._step_autodecode
+                    loss = step(idx)
+                    losses.append(loss)
+                    self.step_count += 1
+                    ips = len(idx) / max(time.perf_counter() - t0, 1e-9)
+                    last = s == steps_per_epoch - 1
+                    full = cfg.snapshot_every > 0 and self.step_count % cfg.snapshot_every == 0
+                    if last:
+                        metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch, reassigned)
+                        yield Snapshot(self.epoch - 1, self.step_count, self.total_steps, cfg.epochs, stage, loss,
+                                       ips, True, self.volume_map(), self._watched(stage), metrics, restart=self.trial)
+                    elif full:
+                        yield Snapshot(self.epoch, self.step_count, self.total_steps, cfg.epochs, stage, loss, ips,
+                                       False, self.volume_map(), self._watched(stage), restart=self.trial)
+                    else:
+                        yield Snapshot(self.epoch, self.step_count, self.total_steps, cfg.epochs, stage, loss, ips,
+                                       restart=self.trial)
+            finally:
+                loader.close()  # stops the read-ahead thread when the run stops mid-epoch
 
     def _finish_epoch(self, stage: str, losses: list[float], seconds: float, reassigned: int | None) -> dict:
         if self.config.noise_model == "shell-residual" and stage == STAGE2:

@@ -67,7 +67,10 @@ def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_siz
     ax.set_ylabel("Fourier shell correlation")
     ax.set_ylim(-0.1, 1.05)
     ax.set_xlim(0, freq[-1])
-    top = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-6), lambda r: 1 / np.maximum(r, 1e-6)))
+    top = ax.twiny()  # resolution labels at round values
+    top.set_xlim(ax.get_xlim())
+    nice = [r for r in (200, 100, 50, 30, 20, 15, 10, 8, 6, 5, 4, 3, 2.5, 2) if 1 / r <= freq[-1]]
+    top.set_xticks([1 / r for r in nice], [f"{r:g}" for r in nice])
     top.set_xlabel("resolution (Å)")
     ax.legend(loc="lower left")
     fig.tight_layout()

@@ -75,6 +75,24 @@ def test_export_chimerax_refuses_to_overwrite_without_force(sim, tmp_path, capsy
     assert main(["export", "chimerax", str(tmp_path / "nope")]) == 1
 
 
+def test_export_for_cryosparc_and_cryodrgn_matches_the_runs_star(sim, tmp_path):
+    from napari_semiamort.data.cryodrgn import read_ctf_pkl, read_pose_pkl
+
+    run = tmp_path / "run"
+    assert main(["reconstruct", str(sim / "particles.star"), "-o", str(run), *QUICK]) == 0
+    assert main(["export", "cryosparc", str(run)]) == 0 and main(["export", "cryodrgn", str(run)]) == 0
+    star = read_star(run / "poses.star")
+    cs = read_cs(run / "poses.cs")
+    np.testing.assert_allclose(cs.rotations, star.rotations, atol=1e-5)
+    np.testing.assert_allclose(cs.origins, star.origins, atol=1e-4)
+    rot, origins = read_pose_pkl(run / "pose.pkl", 32, 8.0)
+    np.testing.assert_allclose(rot, star.rotations, atol=1e-6)
+    ctf, pixel, box = read_ctf_pkl(run / "ctf.pkl")
+    assert (pixel, box) == (pytest.approx(8.0), 32)
+    np.testing.assert_allclose(ctf["rlnDefocusU"], star.ctf["rlnDefocusU"], rtol=1e-6)
+    assert main(["export", "cryosparc", str(run)]) == 1  # exists: refused without --force
+
+
 def test_an_existing_output_folder_is_refused_and_left_untouched(sim, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

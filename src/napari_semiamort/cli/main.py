@@ -6,7 +6,7 @@ Sub-commands (``semiamort COMMAND --help`` for each):
   simulate      simulate a particle stack with known poses from a map or an atomic model
   fsc           FSC between two maps, and pose errors against known poses
   demo          simulate the bundled molecule, reconstruct it and report the errors
-  export        write a run's maps for another program (chimerax: a .cxc script)
+  export        write a run's results for ChimeraX (.cxc), cryoSPARC (.cs) or cryoDRGN (.pkl)
 """
 
 from __future__ import annotations

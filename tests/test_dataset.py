@@ -188,3 +188,28 @@ def test_a_gzipped_stack_reads_like_the_plain_one(sim, tmp_path):
     plain = ParticleDataset(read_particles(sim / "particles.mrcs"), use_ctf=False)
     assert len(gz) == 300 and gz.pixel_size == pytest.approx(8.0)
     np.testing.assert_array_equal(gz.read_raw(np.array([0, 299])), plain.read_raw(np.array([0, 299])))
+
+
+def test_thousands_of_stacks_never_hold_more_than_max_open_files(tmp_path, monkeypatch):
+    """A RELION dataset has one stack per micrograph; the open-file limit must not bound its size."""
+    import os
+
+    from napari_semiamort.data.mrc import Stack
+    from napari_semiamort.data.particles import ParticleTable
+
+    monkeypatch.setattr(Stack, "MAX_OPEN", 8)
+    rng = np.random.default_rng(3)
+    stacks = []
+    for s in range(60):
+        stacks.append(write_mrc(tmp_path / f"mic{s:03d}.mrcs", rng.normal(size=(3, 16, 16)).astype(np.float32), 2.0))
+    idx = np.arange(180)
+    table = ParticleTable(source=tmp_path / "p.star", stacks=stacks, stack_index=idx // 3, image_index=idx % 3,
+                          pixel_size=2.0)
+    before = len(os.listdir("/proc/self/fd"))
+    d = ParticleDataset(table, use_ctf=False)
+    for _ in range(5):
+        x = d.read_raw(rng.permutation(180)[:36])
+    del x
+    assert len(os.listdir("/proc/self/fd")) - before <= 8
+    with mrcfile.open(tmp_path / "mic059.mrcs") as m:
+        np.testing.assert_array_equal(d.read_raw(np.array([179])), m.data[2][None])

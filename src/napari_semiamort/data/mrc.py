@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +81,18 @@ def read_map(path: str | Path) -> tuple[np.ndarray, float]:
 
 
 class Stack:
-    """A memory-mapped MRC image stack: ``data`` `(n, L, L)` holds the complete images only.
+    """An MRC image stack, memory-mapped on demand: ``data`` `(n, L, L)` holds the complete images only.
 
-    A truncated file (the header declares more images than the file holds, e.g. an interrupted copy)
-    opens with its complete images; asking for a missing one is an error naming the truncation.
+    Opening reads the header alone; the pixels are mapped when first read, and at most ``MAX_OPEN`` stacks
+    are mapped at once (a RELION dataset has one stack per micrograph: thousands of files, more than the
+    open-file limit of many systems). A truncated file (the header declares more images than the file
+    holds, e.g. an interrupted copy) opens with its complete images; asking for a missing one is an error
+    naming the truncation. A gzip'd stack cannot be mapped: it is decompressed into memory.
     """
+
+    MAX_OPEN = 64
+    _open: OrderedDict[Path, np.ndarray] = OrderedDict()  # least recently used first
+    _lock = threading.Lock()
 
     def __init__(self, path: str | Path):
         import mrcfile
@@ -91,54 +100,74 @@ class Stack:
         self.path = path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such particle stack")
-        gz = path.suffix == ".gz"
+        gz = path.name.lower().endswith(".gz")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                # gzip cannot be memory-mapped: such a stack is decompressed into memory
-                mrc = (mrcfile.open if gz else mrcfile.mmap)(path, mode="r", permissive=True)
+                mrc = mrcfile.open(path, mode="r", permissive=True, header_only=not gz)
             except (ValueError, OSError, EOFError) as exc:
                 raise ValueError(f"{path}: not a readable MRC stack ({exc})") from exc
-        header = mrc.header
-        nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
-        problems = [str(w.message) for w in caught]
-        if mrc.data is None:
+        with mrc:
+            header = mrc.header
+            problems = "; ".join(str(w.message) for w in caught)
+            nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
             try:
                 dtype = np.dtype(mrcfile.utils.data_dtype_from_header(header))
             except ValueError as exc:
                 raise ValueError(f"{path}: not a readable MRC stack (bad header: {exc})") from exc
-            if min(nx, ny, nz) <= 0 or gz:
-                why = "; ".join(problems) or "no data"
-                raise ValueError(f"{path}: not a readable MRC stack (bad header: {why})")
-            offset = 1024 + int(header.nsymbt)
-            per_image = nx * ny * dtype.itemsize
-            complete = max(0, (path.stat().st_size - offset) // per_image)
-            if complete >= nz:
-                raise ValueError(f"{path}: not a readable MRC stack ({'; '.join(problems) or 'bad header'})")
-            data = np.memmap(path, dtype=dtype.newbyteorder(dtype.byteorder), mode="r", offset=offset,
-                             shape=(complete, ny, nx)) if complete else np.zeros((0, ny, nx), dtype)
+            if min(nx, ny, nz) <= 0:
+                raise ValueError(f"{path}: not a readable MRC stack (bad header: size {nx} × {ny} × {nz})")
+            self.header_pixel_size = float(mrc.voxel_size.x)
+            self._memory = None
+            if gz:
+                if mrc.data is None:
+                    raise ValueError(f"{path}: not a readable MRC stack ({problems or 'no data'})")
+                self._memory = np.asarray(mrc.data).reshape(-1, ny, nx)
+        self._offset = 1024 + int(header.nsymbt)
+        self._dtype = dtype
+        if gz:
+            complete = nz
         else:
-            data = mrc.data
-        if data.ndim == 2:
-            data = data[None]
-        if data.ndim != 3:
-            raise ValueError(f"{path}: expected a stack of 2D images, got an array of shape {data.shape}")
-        if data.shape[-1] != data.shape[-2]:
-            raise ValueError(f"{path}: images are not square ({data.shape[-2]} × {data.shape[-1]} pixels)")
-        self.data = data
-        self.declared = nz if mrc.data is None else data.shape[0]  # images the header promises
-        self.header_pixel_size = float(mrc.voxel_size.x)
+            size = path.stat().st_size
+            complete = max(0, (size - self._offset) // (nx * ny * dtype.itemsize))
+            if header.map.tobytes() != b"MAP " and size != self._offset + nx * ny * nz * dtype.itemsize:
+                # without the MAP tag, only a file whose size matches its header is believed
+                raise ValueError(f"{path}: not a readable MRC stack (bad header: {problems or 'no MAP tag'})")
+            if complete == 0 and nz > 0 and size < self._offset:
+                raise ValueError(f"{path}: not a readable MRC stack (shorter than its header)")
+        if nx != ny:
+            raise ValueError(f"{path}: images are not square ({ny} × {nx} pixels)")
+        self.declared = nz  # images the header promises
+        self._shape = (min(complete, nz), ny, nx)
+
+    @property
+    def data(self) -> np.ndarray:
+        """The complete images `(n, L, L)`, memory-mapped (read-only)."""
+        if self._memory is not None:
+            return self._memory
+        if self._shape[0] == 0:
+            return np.zeros(self._shape, self._dtype)
+        cls = Stack
+        with cls._lock:
+            arr = cls._open.get(self.path)
+            if arr is None or arr.shape != self._shape:
+                arr = np.memmap(self.path, dtype=self._dtype, mode="r", offset=self._offset, shape=self._shape)
+                cls._open[self.path] = arr
+                while len(cls._open) > cls.MAX_OPEN:
+                    cls._open.popitem(last=False)  # unmapped once no batch holds a view of it
+            cls._open.move_to_end(self.path)
+            return arr
 
     @property
     def truncated(self) -> bool:
-        return self.data.shape[0] < self.declared
+        return self._shape[0] < self.declared
 
     @property
     def box(self) -> int:
-        return int(self.data.shape[-1])
+        return int(self._shape[-1])
 
     def __len__(self) -> int:
-        return int(self.data.shape[0])
+        return int(self._shape[0])
 
     def check_index(self, index: int, source: Path | str) -> None:
         """A one-line error when image ``index`` (0-based) is not in the file."""

@@ -153,3 +153,50 @@ def test_relion_reconstruct_from_our_rewritten_star_gives_the_truth_and_not_its_
     truth, _ = read_map(sim / "truth.mrc")
     assert ncc(rec, truth) >= 0.95
     assert ncc(rec[::-1], truth) < 0.8
+
+
+def test_export_cryosparc_of_a_cs_run_keeps_the_original_uids(sim, tmp_path):
+    cs = write_cs(tmp_path / "particles.cs", read_star(sim / "particles.star"))
+    run = tmp_path / "run"
+    assert main(["reconstruct", str(cs), "-o", str(run), *QUICK]) == 0
+    assert main(["export", "cryosparc", str(run), "--force"]) == 0
+    np.testing.assert_array_equal(read_cs(run / "poses.cs").uid, read_cs(cs).uid)
+
+
+def test_a_forced_new_run_clears_the_previous_runs_results_and_files_are_readable_by_others(sim, tmp_path):
+    import os
+    import stat
+
+    run = tmp_path / "run"
+    assert main(["reconstruct", str(sim / "particles.star"), "-o", str(run), "--halves", *QUICK]) == 0
+    assert (run / "half1.mrc").is_file()
+    old = os.umask(0o022)
+    try:
+        assert main(["reconstruct", str(sim / "particles.star"), "-o", str(run), "--force", *QUICK]) == 0
+    finally:
+        os.umask(old)
+    assert not (run / "half1.mrc").exists() and "half1" not in (run / "chimerax.cxc").read_text()
+    assert stat.S_IMODE((run / "map.mrc").stat().st_mode) == 0o644
+
+
+def test_a_resumed_run_keeps_its_original_command_in_config_json(sim, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    assert main(["reconstruct", str(sim / "particles.star"), "-o", str(run), *QUICK]) == 0
+    first = json.loads((run / "config.json").read_text())
+    assert main(["reconstruct", "--resume", str(run), "--epochs", "3"]) == 0
+    record = json.loads((run / "config.json").read_text())
+    assert record["command"] == first["command"] and len(record["resumed"]) == 1
+    assert record["config"]["epochs"] == 3
+
+
+def test_a_complex_mrc_is_refused(tmp_path):
+    import mrcfile as mf
+
+    from napari_semiamort.data.mrc import Stack
+
+    with mf.new(tmp_path / "c.mrcs") as m:
+        m.set_data(np.zeros((2, 8, 8), np.complex64))
+    with pytest.raises(ValueError, match=r"c\.mrcs: holds complex numbers"):
+        Stack(tmp_path / "c.mrcs")

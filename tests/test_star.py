@@ -273,3 +273,53 @@ def test_a_particle_table_subset_keeps_rows_aligned():
     assert isinstance(sub, ParticleTable) and len(sub) == 2
     np.testing.assert_array_equal(sub.rotations[1], t.rotations[0])
     assert sub.ctf["rlnDefocusU"][0] == t.ctf["rlnDefocusU"][3]
+
+
+def test_each_optics_group_keeps_its_own_pixel_size_beam_tilt_and_aberrations(tmp_path):
+    src = META / "relion31.6opticsgroups.star"
+    out = write_star(tmp_path / "o.star", read_star(src, require_stacks=False))
+    a = starfile.read(src, always_dict=True)["optics"].set_index("rlnOpticsGroup").sort_index()
+    b = starfile.read(out, always_dict=True)["optics"].set_index("rlnOpticsGroup").sort_index()
+    np.testing.assert_allclose(b["rlnImagePixelSize"], a["rlnImagePixelSize"])  # 1.24 and 1.25 Å kept
+    np.testing.assert_allclose(b["rlnBeamTiltX"], a["rlnBeamTiltX"], atol=1e-6)
+    assert list(b["rlnOddZernike"]) == list(a["rlnOddZernike"]) and list(b["rlnOpticsGroupName"]) == list(
+        a["rlnOpticsGroupName"])
+    parts_a, parts_b = (starfile.read(p, always_dict=True)["particles"] for p in (src, out))
+    np.testing.assert_array_equal(parts_a["rlnOpticsGroup"], parts_b["rlnOpticsGroup"])
+
+
+def test_an_incomplete_ctf_is_carried_through_as_it_was(tmp_path):
+    t = read_star(META / "aspire_sample_incomplete_ctf_params.star", require_stacks=False)
+    out = write_star(tmp_path / "o.star", t, box=200)
+    p = starfile.read(out, always_dict=True)["particles"]
+    src = starfile.read(META / "aspire_sample_incomplete_ctf_params.star")
+    np.testing.assert_allclose(p["rlnDefocusU"], src["rlnDefocusU"], atol=1e-4)
+
+
+def test_cryosparc_fields_and_multi_column_extras_stay_out_of_a_star(tmp_path):
+    t = read_star(META / "relion5.star", require_stacks=False)
+    t.extra["location/micrograph_shape"] = np.zeros((len(t), 2), np.uint32)
+    t.extra["location/micrograph_path"] = np.array([b"J1/mic.mrc"] * len(t))
+    t.extra["rlnMicrographName"] = np.array([b"mic with space.mrc"] * len(t))
+    out = write_star(tmp_path / "o.star", t)
+    p = starfile.read(out, always_dict=True)["particles"]
+    assert not any("/" in c for c in p.columns)
+    assert set(p["rlnMicrographName"]) == {"mic with space.mrc"}
+
+
+def test_a_key_value_optics_block_and_one_without_a_group_number_read(tmp_path):
+    write_mrc(tmp_path / "s.mrcs", np.zeros((2, 16, 16), np.float32), 1.0)
+    (tmp_path / "kv.star").write_text(
+        "data_optics\n\n_rlnVoltage 300\n_rlnSphericalAberration 2.7\n_rlnAmplitudeContrast 0.1\n"
+        "_rlnImagePixelSize 2.5\n_rlnImageSize 16\n\ndata_particles\n\nloop_\n_rlnImageName\n_rlnDefocusU\n"
+        "_rlnDefocusV\n_rlnDefocusAngle\n1@s.mrcs 10000 9000 0\n2@s.mrcs 12000 11000 0\n")
+    t = read_star(tmp_path / "kv.star")
+    assert t.pixel_size == 2.5 and t.ctf["rlnVoltage"].tolist() == [300, 300] and t.box == 16
+
+
+def test_a_value_that_is_not_a_number_is_named_with_its_column(tmp_path):
+    write_mrc(tmp_path / "s.mrcs", np.zeros((1, 16, 16), np.float32), 2.0)
+    p = _star(tmp_path, ["1@s.mrcs"])
+    p.write_text(p.read_text().replace("1@s.mrcs 10000", "1@s.mrcs abc"))
+    with pytest.raises(ValueError, match=r"p\.star: column rlnDefocusU holds a value that is not a number"):
+        read_star(p)

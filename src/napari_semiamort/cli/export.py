@@ -51,13 +51,41 @@ def main(args: argparse.Namespace) -> int:
     if args.target == "cryosparc":
         from ..data.cryosparc import write_cs
 
+        table.uid = _original_uids(run_dir, table)
         print(f"cryoSPARC particles: {write_cs(run_dir / 'poses.cs', table, force=args.force)}")
         return 0
     from ..data.cryodrgn import write_ctf_pkl, write_pose_pkl
 
     box = table.box
+    targets = [run_dir / "pose.pkl"] + ([run_dir / "ctf.pkl"] if table.ctf is not None else [])
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.force:  # checked before writing either: never a mixed pair
+        raise FileExistsError(f"{', '.join(existing)}: exists; pass --force to overwrite")
     if table.ctf is not None:
         print(f"cryoDRGN CTF: {write_ctf_pkl(run_dir / 'ctf.pkl', table.ctf, box, table.pixel_size, force=args.force)}")
     pose = write_pose_pkl(run_dir / "pose.pkl", table.rotations, table.origins, box, table.pixel_size, force=args.force)
     print(f"cryoDRGN poses: {pose}")
     return 0
+
+
+def _original_uids(run_dir: Path, table):
+    """The cryoSPARC uids of the run's particles when the run read a ``.cs`` (matched by image), else None."""
+    import json
+
+    import numpy as np
+
+    cfg = run_dir / "config.json"
+    if not cfg.is_file():
+        return None
+    config = json.loads(cfg.read_text()).get("config", {})
+    particles = config.get("particles", "")
+    if not particles.lower().endswith(".cs") or not Path(particles).is_file():
+        return None
+    from ..data.cryosparc import read_cs
+
+    src = read_cs(particles, datadir=config.get("datadir"), require_stacks=False)
+    key = {(str(src.stacks[s].resolve()), int(i)): u
+           for s, i, u in zip(src.stack_index, src.image_index, src.uid, strict=True)}
+    uids = [key.get((str(table.stacks[s].resolve()), int(i))) for s, i in zip(table.stack_index, table.image_index,
+                                                                              strict=True)]
+    return None if any(u is None for u in uids) else np.asarray(uids, dtype=np.uint64)

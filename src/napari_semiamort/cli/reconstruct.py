@@ -60,7 +60,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
     cfg = ReconstructionConfig(particles=str(Path(args.particles).resolve()))
-    cfg.datadir = args.datadir
+    cfg.datadir = None if args.datadir is None else str(Path(args.datadir).resolve())
     cfg.pixel_size = args.pixel_size
     cfg.use_ctf = not args.no_ctf
     cfg.ctf_pkl = None if args.ctf_pkl is None else str(Path(args.ctf_pkl).resolve())
@@ -68,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
     cfg.passthrough = None if args.passthrough is None else str(Path(args.passthrough).resolve())
     cfg.box, cfg.invert, cfg.mask_diameter, cfg.halves = args.box, args.invert, args.mask_diameter, args.halves
     cfg.estimate_shifts = args.estimate_shifts
-    cfg.reference_map = args.reference_map
+    cfg.reference_map = None if args.reference_map is None else str(Path(args.reference_map).resolve())
     if args.watch is not None:
         cfg.watch = list(args.watch)
     for name in _KNOBS:
@@ -123,7 +123,7 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..run.loop import Reconstruction
-    from ..run.outputs import write_config
+    from ..run.outputs import RUN_OUTPUTS, write_config
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -138,14 +138,15 @@ def main(args: argparse.Namespace) -> int:
             raise FileExistsError(f"{run_dir}: exists and is not empty; pass --force to write into it")
         cfg = config_from_args(args)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for name in RUN_OUTPUTS:  # --force: a previous run's results must not pass for this one's
+            (run_dir / name).unlink(missing_ok=True)
         run = Reconstruction(cfg, run_dir=run_dir)
         d = run.data
         size = f"box {run.size}" + (f" (from {d.raw_box})" if d.raw_box != run.size else "")
         skipped = f", {len(d.skipped)} skipped (NaN/Inf)" if len(d.skipped) else ""
         print(f"{len(d)} particles{skipped}, {size}, {d.pixel_size:.3f} Å/px, "
               f"{'inverted' if d.sign < 0 else 'contrast as is'}, device {run.device}")
-    write_config(run_dir, run.config.to_dict())
+    write_config(run_dir, run.config.to_dict(), resumed=bool(args.resume))
     train(run, run_dir)
     print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}  ChimeraX: {run_dir / 'chimerax.cxc'}")
     return 0

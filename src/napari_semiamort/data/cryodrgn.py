@@ -281,15 +281,15 @@ def read_cryodrgn(
         ctf_missing = []
         if pixel_size is None:
             pixel_size = ctf_pixel if ctf_box == box else ctf_box * ctf_pixel / box
-    if pixel_size is None and voxel > 0:
+    if pixel_size is None and voxel not in (0.0, 1.0):  # 0 and 1 Å are what tools write when they do not know
         pixel_size = voxel
     rotations = origins = None
     if pose_pkl is not None:
         pose_pkl = Path(pose_pkl)
         if pixel_size is None:
             raise ValueError(
-                f"{pose_pkl}: the pixel size is unknown (no ctf.pkl, none in the header of {stack}); "
-                "give the pixel size"
+                f"{pose_pkl}: the pixel size is unknown (no ctf.pkl, and the header of {stack} says {voxel:g} Å, "
+                "an 'unset' value); give it with --pixel-size"
             )
         rotations, origins = read_pose_pkl(pose_pkl, box, pixel_size)
         _check_rows(pose_pkl, len(rotations), stack, n)

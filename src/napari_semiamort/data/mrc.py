@@ -14,6 +14,12 @@ import numpy as np
 __all__ = ["Stack", "atomic_path", "open_stack", "read_map", "write_mrc"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class atomic_path:
     """Context manager yielding a temporary path next to ``path``; renamed onto it only on success.
 
@@ -34,6 +40,7 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give the usual permissions
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
@@ -115,6 +122,8 @@ class Stack:
                 dtype = np.dtype(mrcfile.utils.data_dtype_from_header(header))
             except ValueError as exc:
                 raise ValueError(f"{path}: not a readable MRC stack (bad header: {exc})") from exc
+            if dtype.kind == "c":
+                raise ValueError(f"{path}: holds complex numbers (MRC mode {int(header.mode)}), not particle images")
             if min(nx, ny, nz) <= 0:
                 raise ValueError(f"{path}: not a readable MRC stack (bad header: size {nx} × {ny} × {nz})")
             self.header_pixel_size = float(mrc.voxel_size.x)

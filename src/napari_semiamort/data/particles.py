@@ -52,7 +52,7 @@ class ParticleTable:
     rotations: np.ndarray | None = None  # (N, 3, 3) float64, RELION's A
     origins: np.ndarray | None = None  # (N, 2) float64, rlnOriginX/YAngst in Å
     optics_group: np.ndarray | None = None  # (N,) int64, the file's optics group (1-based)
-    optics_names: dict[int, str] = field(default_factory=dict)
+    optics: dict[int, dict] = field(default_factory=dict)  # the input's data_optics rows by group, all columns
     uid: np.ndarray | None = None  # (N,) uint64: cryoSPARC particle ids, carried to a written .cs
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # other per-particle columns, carried through
 

@@ -75,5 +75,8 @@ def open_dataset(cfg) -> ParticleDataset:
     if cfg.use_ctf and table.ctf is None and _suffix(Path(cfg.particles)) in STACK_SUFFIXES and not cfg.ctf_pkl:
         raise ValueError(f"{cfg.particles}: a bare stack carries no CTF parameters; give them with --ctf-pkl "
                          "(cryoDRGN format) or a STAR file, or run with --no-ctf")
+    if cfg.use_ctf and table.ctf is None and _suffix(Path(cfg.particles)) == ".cs":
+        raise ValueError(f"{cfg.particles}: CTF fields missing ({', '.join(table.ctf_missing)}); cryoSPARC keeps "
+                         "them in the job's passthrough file: give it with --passthrough (or run with --no-ctf)")
     return ParticleDataset(table, use_ctf=cfg.use_ctf, box=cfg.box, invert=cfg.invert,
                            mask_diameter=cfg.mask_diameter, pixel_size=cfg.pixel_size)

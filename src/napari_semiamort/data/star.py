@@ -82,32 +82,65 @@ def _particle_block(path: Path, blocks: dict):
     return table
 
 
+def _as_table(block):
+    """A STAR block as a DataFrame: a key-value block (``data_optics`` without ``loop_``) is one row."""
+    import pandas as pd
+
+    if isinstance(block, dict):
+        return pd.DataFrame([block])
+    return block
+
+
 def read_star_columns(path: str | Path) -> dict[str, np.ndarray]:
-    """The particle table's columns as arrays, optics-group values merged into each particle."""
+    """The particle table's columns as arrays, optics-group values merged into each particle.
+
+    ``_optics`` holds each group's row of ``data_optics`` (every column), keyed by group number.
+    """
     path = Path(path)
     blocks = _read_blocks(path)
     particles = _particle_block(path, blocks)
     cols = {c: particles[c].to_numpy() for c in particles.columns}
     optics = blocks.get("optics")
-    if optics is not None and hasattr(optics, "columns") and len(optics):
+    if optics is not None:
+        optics = _as_table(optics)
+    if optics is not None and len(optics):
+        if "rlnOpticsGroup" not in optics.columns:
+            if len(optics) > 1:
+                raise ValueError(f"{path}: data_optics has {len(optics)} rows but no rlnOpticsGroup column")
+            optics = optics.assign(rlnOpticsGroup=1)
+        groups = _numbers(path, "rlnOpticsGroup (data_optics)", optics["rlnOpticsGroup"], np.int64)
+        if len(set(groups.tolist())) != len(groups):
+            raise ValueError(f"{path}: data_optics defines an optics group twice ({sorted(groups.tolist())})")
         if "rlnOpticsGroup" not in cols:
             if len(optics) > 1:
                 raise ValueError(f"{path}: {len(optics)} optics groups but the particles have no rlnOpticsGroup")
-            cols["rlnOpticsGroup"] = np.full(len(particles), int(optics["rlnOpticsGroup"].iloc[0]))
-        groups = optics["rlnOpticsGroup"].to_numpy().astype(np.int64)
-        particle_groups = np.asarray(cols["rlnOpticsGroup"]).astype(np.int64)
-        unknown = sorted(set(np.unique(particle_groups)) - set(groups))
+            cols["rlnOpticsGroup"] = np.full(len(particles), int(groups[0]))
+        particle_groups = _numbers(path, "rlnOpticsGroup", cols["rlnOpticsGroup"], np.int64)
+        cols["rlnOpticsGroup"] = particle_groups
+        unknown = sorted(set(np.unique(particle_groups).tolist()) - set(groups.tolist()))
         if unknown:
             raise ValueError(f"{path}: particles refer to optics groups {unknown} that data_optics does not define")
-        row = np.searchsorted(np.sort(groups), particle_groups)
         order = np.argsort(groups)
+        row = order[np.searchsorted(groups[order], particle_groups)]
         for name in optics.columns:
-            if name not in cols and name != "rlnOpticsGroupName" and name in _OPTICS_FIELDS:
-                cols[name] = optics[name].to_numpy()[order][row]
-        if "rlnOpticsGroupName" in optics.columns:
-            cols["_opticsNames"] = dict(zip(groups.tolist(), optics["rlnOpticsGroupName"].astype(str), strict=True))
-        cols["_hasOptics"] = True
+            if name not in cols and name in _OPTICS_FIELDS:
+                cols[name] = optics[name].to_numpy()[row]
+        records = optics.to_dict("records")
+        cols["_optics"] = {int(g): rec for g, rec in zip(groups.tolist(), records, strict=True)}
     return cols
+
+
+def _numbers(path: Path, name: str, values, dtype=np.float64) -> np.ndarray:
+    """A column as numbers, or a one-line error naming the file and the column."""
+    try:
+        v = np.asarray(values).astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: column {name} holds a value that is not a number ({exc})") from exc
+    if dtype is np.int64:
+        if not np.isfinite(v).all() or (v != np.round(v)).any():
+            raise ValueError(f"{path}: column {name} holds a value that is not a whole number")
+        return v.astype(np.int64)
+    return v
 
 
 def _single_value(path: Path, name: str, values: np.ndarray, rel_tol: float) -> float:
@@ -130,8 +163,7 @@ def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: f
     """
     path = Path(path)
     cols = read_star_columns(path)
-    names_optics = cols.pop("_opticsNames", {})
-    cols.pop("_hasOptics", None)
+    optics_rows = cols.pop("_optics", {})
     n = len(cols["rlnImageName"])
 
     # Image names: index@stack.
@@ -154,15 +186,17 @@ def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: f
     # Pixel size and box.
     if pixel_size is None:
         if "rlnImagePixelSize" in cols:
-            pixel_size = _single_value(path, "rlnImagePixelSize", cols["rlnImagePixelSize"], 0.02)
+            ps = _numbers(path, "rlnImagePixelSize", cols["rlnImagePixelSize"])
+            pixel_size = _single_value(path, "rlnImagePixelSize", ps, 0.02)
         elif "rlnDetectorPixelSize" in cols and "rlnMagnification" in cols:
-            ps = np.asarray(cols["rlnDetectorPixelSize"], float) * 1e4 / np.asarray(cols["rlnMagnification"], float)
+            ps = (_numbers(path, "rlnDetectorPixelSize", cols["rlnDetectorPixelSize"]) * 1e4
+                  / _numbers(path, "rlnMagnification", cols["rlnMagnification"]))
             pixel_size = _single_value(path, "pixel size (rlnDetectorPixelSize / rlnMagnification)", ps, 0.02)
     if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
         raise ValueError(f"{path}: pixel size {pixel_size} Å is not positive; give it with --pixel-size")
     box = None
     if "rlnImageSize" in cols:
-        sizes = np.unique(np.asarray(cols["rlnImageSize"]).astype(np.int64))
+        sizes = np.unique(_numbers(path, "rlnImageSize", cols["rlnImageSize"], np.int64))
         if len(sizes) > 1:
             raise ValueError(f"{path}: mixed box sizes {sizes.tolist()} in rlnImageSize; "
                              "re-extract or split the file so all images have one size")
@@ -172,7 +206,7 @@ def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: f
     missing = [c for c, d in CTF_FIELDS.items() if d is None and c not in cols]
     ctf = None
     if not missing:
-        ctf = {c: np.array(cols[c], dtype=np.float64) if c in cols else np.full(n, d, dtype=np.float64)
+        ctf = {c: _numbers(path, c, cols[c]) if c in cols else np.full(n, d, dtype=np.float64)
                for c, d in CTF_FIELDS.items()}
 
     def flag(name):
@@ -182,25 +216,25 @@ def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: f
     rotations = origins = None
     angle_cols = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
     if all(c in cols for c in angle_cols):
-        ang = np.stack([np.asarray(cols[c], dtype=np.float64) for c in angle_cols], -1)
+        ang = np.stack([_numbers(path, c, cols[c]) for c in angle_cols], -1)
         if not (ang == _UNSET).any():
             rotations = angles_to_matrices(ang)
             if "rlnOriginXAngst" in cols and "rlnOriginYAngst" in cols:
-                origins = np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1).astype(np.float64)
+                origins = np.stack([_numbers(path, c, cols[c]) for c in ("rlnOriginXAngst", "rlnOriginYAngst")], -1)
             elif "rlnOriginX" in cols and "rlnOriginY" in cols and pixel_size is not None:
-                origins = np.stack([cols["rlnOriginX"], cols["rlnOriginY"]], -1).astype(np.float64) * pixel_size
+                origins = np.stack([_numbers(path, c, cols[c]) for c in ("rlnOriginX", "rlnOriginY")], -1) * pixel_size
             else:
                 origins = np.zeros((n, 2))
 
     optics_group = np.asarray(cols["rlnOpticsGroup"]).astype(np.int64) if "rlnOpticsGroup" in cols else None
-    extra = {c: np.asarray(v) for c, v in cols.items() if c not in _CONSUMED}
-    if "rlnImagePixelSize" in cols and pixel_size is not None:
-        extra["_pixelSizes"] = np.asarray(cols["rlnImagePixelSize"], dtype=np.float64)
+    # Everything else is carried through; so are the CTF columns of an incomplete CTF (used with --no-ctf).
+    consumed = _CONSUMED - (set(CTF_FIELDS) if ctf is None else set())
+    extra = {c: np.asarray(v) for c, v in cols.items() if c not in consumed}
     return ParticleTable(
         source=path, stacks=stacks, stack_index=stack_index.astype(np.int64), image_index=image_index,
         pixel_size=None if pixel_size is None else float(pixel_size), box=box, ctf=ctf, ctf_missing=missing,
         phase_flipped=flag("rlnCtfDataArePhaseFlipped"), ctf_premultiplied=flag("rlnCtfDataAreCtfPremultiplied"),
-        rotations=rotations, origins=origins, optics_group=optics_group, optics_names=names_optics, extra=extra,
+        rotations=rotations, origins=origins, optics_group=optics_group, optics=optics_rows, extra=extra,
     )
 
 
@@ -272,36 +306,72 @@ def write_star(
         box = Stack(table.stacks[0]).box
     if pixel_size is None or box is None:
         raise ValueError(f"{path}: a RELION 3.1 STAR needs the pixel size and box of the images")
-    ctf = table.ctf
-    if ctf is None:  # RELION needs the optics values even for data without a CTF
-        ctf = {c: np.full(n, 0.0 if d is None else d) for c, d in CTF_FIELDS.items()}
-        ctf["rlnVoltage"] = np.full(n, 300.0)
-        ctf["rlnSphericalAberration"] = np.full(n, 2.7)
+    ctf = dict(table.ctf) if table.ctf is not None else {}
+    for c in _OPTICS_FIELDS[:3]:  # voltage, Cs, amplitude contrast: RELION needs them in every optics table
+        if c not in ctf and c in table.extra:
+            ctf[c] = _numbers(Path(path), c, table.extra[c])
+    invented = [c for c in _OPTICS_FIELDS[:3] if c not in ctf]
+    if invented and not table.optics:
+        log.warning("%s: the input has no %s; writing RELION's usual values (300 kV, 2.7 mm, 0.1) so that "
+                    "RELION reads the file: correct them before a refinement with CTF", path, ", ".join(invented))
+    ctf.setdefault("rlnVoltage", np.full(n, 300.0))
+    ctf.setdefault("rlnSphericalAberration", np.full(n, 2.7))
+    ctf.setdefault("rlnAmplitudeContrast", np.full(n, 0.1))
     flipped = table.phase_flipped if table.phase_flipped is not None else np.zeros(n, bool)
     premult = table.ctf_premultiplied if table.ctf_premultiplied is not None else np.zeros(n, bool)
 
-    # Optics groups: one per distinct (input group, voltage, Cs, amplitude contrast, flags).
     in_group = table.optics_group if table.optics_group is not None else np.ones(n, np.int64)
-    keys = np.stack([in_group.astype(np.float64), ctf["rlnVoltage"], ctf["rlnSphericalAberration"],
-                     ctf["rlnAmplitudeContrast"], flipped.astype(float), premult.astype(float)], -1)
-    uniq, group = np.unique(keys, axis=0, return_inverse=True)
-    group = group.reshape(-1) + 1
-    lines = ["", "# version 30001", "", "data_optics", "", "loop_"]
-    optics_cols = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnAmplitudeContrast", "rlnSphericalAberration",
-                   "rlnVoltage", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality"]
-    if flipped.any():
-        optics_cols.append("rlnCtfDataArePhaseFlipped")
-    if premult.any():
-        optics_cols.append("rlnCtfDataAreCtfPremultiplied")
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(optics_cols)]
-    for g, key in enumerate(uniq, start=1):
-        name = table.optics_names.get(int(key[0]), f"opticsGroup{g}")
-        row = [g, name, float(key[3]), float(key[2]), float(key[1]), float(pixel_size), int(box), 2]
+    if table.optics and set(np.unique(in_group).tolist()) <= set(table.optics):
+        # The input's optics groups, each row as it was: its own pixel size, beam tilt, aberrations, names.
+        group = in_group
+        rows = []
+        for g in sorted(set(in_group.tolist())):
+            row = {k: v for k, v in table.optics[g].items() if isinstance(k, str)}
+            first = int(np.flatnonzero(in_group == g)[0])
+            row["rlnOpticsGroup"] = g
+            row.setdefault("rlnOpticsGroupName", f"opticsGroup{g}")
+            for c in _OPTICS_FIELDS[:3]:
+                row.setdefault(c, float(ctf[c][first]))
+            own = row.get("rlnImagePixelSize")
+            if own is None or not abs(float(own) / pixel_size - 1) <= 0.02:  # absent, or overridden by the user
+                row["rlnImagePixelSize"] = float(pixel_size)
+            row.setdefault("rlnImageSize", int(box))
+            row.setdefault("rlnImageDimensionality", 2)
+            if flipped[first]:
+                row["rlnCtfDataArePhaseFlipped"] = 1
+            if premult[first]:
+                row["rlnCtfDataAreCtfPremultiplied"] = 1
+            rows.append(row)
+        first_cols = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnAmplitudeContrast", "rlnSphericalAberration",
+                      "rlnVoltage", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality"]
+        optics_cols = first_cols + [c for r in rows for c in r if c not in first_cols]
+        optics_cols = list(dict.fromkeys(optics_cols))
+        missing_cells = [c for c in optics_cols if any(c not in r for r in rows)]
+        if missing_cells:
+            raise ValueError(f"{path}: optics groups differ in their columns ({', '.join(missing_cells)})")
+        optics_lines = [" ".join(_fmt(r[c]) for c in optics_cols) for r in rows]
+    else:
+        # One group per distinct (input group, voltage, Cs, amplitude contrast, flags).
+        keys = np.stack([in_group.astype(np.float64), ctf["rlnVoltage"], ctf["rlnSphericalAberration"],
+                         ctf["rlnAmplitudeContrast"], flipped.astype(float), premult.astype(float)], -1)
+        uniq, group = np.unique(keys, axis=0, return_inverse=True)
+        group = group.reshape(-1) + 1
+        optics_cols = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnAmplitudeContrast", "rlnSphericalAberration",
+                       "rlnVoltage", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality"]
         if flipped.any():
-            row.append(int(key[4]))
+            optics_cols.append("rlnCtfDataArePhaseFlipped")
         if premult.any():
-            row.append(int(key[5]))
-        lines.append(" ".join(_fmt(v) for v in row))
+            optics_cols.append("rlnCtfDataAreCtfPremultiplied")
+        optics_lines = []
+        for g, key in enumerate(uniq, start=1):
+            row = [g, f"opticsGroup{g}", float(key[3]), float(key[2]), float(key[1]), float(pixel_size), int(box), 2]
+            if flipped.any():
+                row.append(int(key[4]))
+            if premult.any():
+                row.append(int(key[5]))
+            optics_lines.append(" ".join(_fmt(v) for v in row))
+    lines = ["", "# version 30001", "", "data_optics", "", "loop_"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(optics_cols)] + optics_lines
     lines += ["", "", "# version 30001", "", "data_particles", "", "loop_"]
 
     columns: dict[str, np.ndarray | list] = {"rlnImageName": table.image_names(absolute=absolute_paths)}
@@ -315,8 +385,10 @@ def write_star(
             columns[c] = ctf[c]
     columns["rlnOpticsGroup"] = group
     for c, v in {**table.extra, **(extra or {})}.items():
-        if not c.startswith("_") and c not in columns:
-            columns[c] = v
+        # RELION labels only (a .cs's fields stay in the .cs), one value per particle, optics in data_optics
+        v = np.asarray(v)
+        if c.startswith("rln") and c not in columns and c not in _OPTICS_FIELDS and v.ndim == 1:
+            columns[c] = np.char.decode(v, errors="replace") if v.dtype.kind == "S" else v
     names = list(columns)
     lines += [f"_{c} #{i + 1}" for i, c in enumerate(names)]
     cells = [_column_text(columns[c]).astype(object) for c in names]

@@ -18,18 +18,29 @@ from ..data.star import write_star
 from ..metrics.alignment import align_poses, rotate_map
 from ..metrics.fsc import fsc, resolution_at
 
-__all__ = ["chimerax_script", "otsu_level", "write_config", "write_fsc", "write_outputs"]
+__all__ = ["RUN_OUTPUTS", "chimerax_script", "otsu_level", "write_config", "write_fsc", "write_outputs"]
+
+# Every file a run writes in its folder (a new run with --force clears them first).
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "map.mrc", "half1.mrc", "half2.mrc", "fsc.csv",
+               "fsc.png", "poses.star", "poses.cs", "chimerax.cxc", "ctf.pkl", "pose.pkl")
 
 
-def write_config(run_dir: Path, config_dict: dict) -> Path:
-    """``config.json``: the configuration with version, time and command line."""
+def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Path:
+    """``config.json``: the configuration with version, time and command line.
+
+    A resumed run keeps the original record and adds the resume (time, command, version) to ``resumed``.
+    """
     path = run_dir / "config.json"
-    record = {
+    now = {
         "version": __version__,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "config": config_dict,
     }
+    record = {**now, "config": config_dict}
+    if resumed and path.is_file():
+        record = json.loads(path.read_text())
+        record["resumed"] = [*record.get("resumed", []), now]
+        record["config"] = config_dict
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     return path

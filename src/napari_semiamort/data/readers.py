@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .dataset import ParticleDataset
-from .mrc import Stack
-from .particles import CTF_FIELDS, ParticleTable
+from .particles import ParticleTable
 
 __all__ = ["STACK_SUFFIXES", "open_dataset", "read_particles"]
 
@@ -48,19 +45,10 @@ def read_particles(
         from .cryosparc import read_cs
 
         table = read_cs(path, passthrough=passthrough, datadir=datadir)
-    elif suffix in STACK_SUFFIXES:
-        if ctf_pkl or pose_pkl:
-            from .cryodrgn import read_cryodrgn
+    elif suffix in STACK_SUFFIXES:  # a bare stack: image i is particle i, with or without cryoDRGN's pickles
+        from .cryodrgn import read_cryodrgn
 
-            table = read_cryodrgn(path, ctf_pkl=ctf_pkl, pose_pkl=pose_pkl, pixel_size=pixel_size)
-        else:
-            n = len(Stack(path))
-            if n == 0:
-                raise ValueError(f"{path}: the stack holds no complete image")
-            table = ParticleTable(
-                source=path, stacks=[path], stack_index=np.zeros(n, np.int64), image_index=np.arange(n),
-                ctf_missing=[c for c, d in CTF_FIELDS.items() if d is None],
-            )
+        table = read_cryodrgn(path, ctf_pkl=ctf_pkl, pose_pkl=pose_pkl, pixel_size=pixel_size)
     else:
         raise ValueError(f"{path}: unknown particle file type {suffix!r} "
                          "(expected .star, .cs, or a stack: .mrcs, .mrc, .mrcs.gz)")

@@ -1,4 +1,13 @@
+import os
 from pathlib import Path
+
+# napari without a screen (../shared/docs/HEADLESS.md): pytest-xvfb gives a DISPLAY, no settings file is
+# read or written, and napari objects touched off the GUI thread raise.
+os.environ.pop("QT_QPA_PLATFORM", None)
+os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
+os.makedirs(os.environ["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
+os.environ["NAPARI_CONFIG"] = ""
+os.environ["NAPARI_ENSURE_PLUGIN_MAIN_THREAD"] = "1"
 
 import pytest
 import torch
@@ -25,3 +34,13 @@ def igg_map():
 
     xyz, z = read_atoms(str(files("napari_semiamort") / "resources" / "1igy.cif.gz"))
     return density_from_atoms(xyz, z, 32, 8.0)
+
+
+@pytest.fixture
+def no_worker_outlives_its_test(qtbot):
+    """A napari worker still running when a test's viewer closes fails the next test (HEADLESS.md)."""
+    yield
+    from superqt.utils import WorkerBase
+
+    WorkerBase.await_workers(msecs=10_000)
+    qtbot.wait(10)

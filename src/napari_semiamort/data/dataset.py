@@ -29,6 +29,7 @@ from .particles import ParticleTable
 
 __all__ = [
     "ParticleDataset",
+    "ParticleStackView",
     "background_mask",
     "contrast_statistic",
     "normalize_background",
@@ -327,3 +328,44 @@ class ParticleDataset:
     @property
     def source(self) -> Path:
         return self.table.source
+
+
+class ParticleStackView:
+    """A particle table's raw images as a lazy, read-only array `(N, L, L)` float32: indexing reads only the
+    images asked for (what napari needs to browse a million particles without loading them)."""
+
+    def __init__(self, table: ParticleTable):
+        self.table = table
+        self._stacks = [Stack(p) for p in table.stacks]
+        boxes = {s.box for s in self._stacks}
+        if len(boxes) != 1:
+            raise ValueError(f"{table.source}: images of different sizes ({sorted(boxes)} px)")
+        box = boxes.pop()
+        self.shape = (len(table), box, box)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+        self.size = int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], key[1:]
+        rows = np.arange(self.shape[0])[first]
+        scalar = np.ndim(rows) == 0
+        rows = np.atleast_1d(rows)
+        out = np.empty((len(rows), *self.shape[1:]), np.float32)
+        s_ids, im_ids = self.table.stack_index[rows], self.table.image_index[rows]
+        for s in np.unique(s_ids):
+            sel = np.flatnonzero(s_ids == s)
+            stack = self._stacks[s]
+            for j in sel:
+                stack.check_index(int(im_ids[j]), self.table.source)
+            out[sel] = stack.data[im_ids[sel]]
+        out = out[0] if scalar else out
+        return out[rest] if rest else out
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)

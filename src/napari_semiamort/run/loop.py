@@ -509,6 +509,7 @@ class Reconstruction:
         if self.reference_map is not None and alignment is not None:
             aligned = rotate_map(self.volume.real_space().cpu(), alignment.transform)
             curve = fsc(aligned, self.reference_map)
+            m["fsc_curve"] = [round(float(c), 5) for c in curve]
             m["fsc_0.5_angstrom"] = resolution_at(curve, self.size, self.data.pixel_size, 0.5)
             m["fsc_0.143_angstrom"] = resolution_at(curve, self.size, self.data.pixel_size, 0.143)
         return m

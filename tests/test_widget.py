@@ -1,0 +1,128 @@
+"""The Reconstruction dock widget driven end to end (headless, under Xvfb): knobs, Start, live layers,
+Pause/Resume, Stop, export, errors, and a clean shutdown."""
+
+import threading
+import time
+from importlib.resources import files
+
+import mrcfile
+import numpy as np
+import pytest
+
+from napari_semiamort._qt.widget import CANDIDATES, VOLUME, WINNERS, ReconstructionWidget
+from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
+
+pytestmark = pytest.mark.usefixtures("no_worker_outlives_its_test")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=256, box=24, snr=1.0, seed=3))
+    return out
+
+
+def _widget(make_napari_viewer, tiny, tmp_path, epochs=40):
+    viewer = make_napari_viewer()
+    w = ReconstructionWidget(viewer)
+    viewer.window.add_dock_widget(w, name="semiamort")
+    w.path.setText(str(tiny / "particles.star"))
+    w.heads.setValue(4)
+    w.switch_epoch.setValue(2)
+    w.epochs.setValue(epochs)
+    w.batch_size.setValue(32)
+    w.device.setCurrentText("cpu")
+    w.watch.setText("0 5")
+    w.outdir.setText(str(tmp_path / "run"))
+    return viewer, w
+
+
+def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, qtbot):
+    viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
+    assert w.config().heads == 4 and w.config().device == "cpu" and w.config().watch == [0, 5]
+    w.start()
+    qtbot.waitUntil(lambda: VOLUME in viewer.layers, timeout=30_000)
+    first = np.array(viewer.layers[VOLUME].data)
+    qtbot.waitUntil(lambda: not np.array_equal(viewer.layers[VOLUME].data, first), timeout=30_000)
+    assert viewer.layers[VOLUME].scale[0] == pytest.approx(w.run.data.pixel_size)
+    assert viewer.dims.ndisplay == 3
+    # candidates: one row per watched particle, the particle then its 4 heads' projections, winners framed
+    qtbot.waitUntil(lambda: CANDIDATES in viewer.layers, timeout=30_000)
+    assert viewer.layers[CANDIDATES].data.shape == (2 * 28, 5 * 28)
+    frame = viewer.layers[WINNERS].data
+    assert frame.shape == (2 * 28, 5 * 28) and frame[:28, 28:].sum() > 0 and frame[:28, :28].sum() == 0
+    qtbot.waitUntil(lambda: len(w.plots.history) >= 2, timeout=30_000)
+
+    w.pause()
+    qtbot.wait(600)  # the step in flight finishes
+    paused_at = w.progress.value()
+    qtbot.wait(1000)
+    assert w.progress.value() == paused_at and w.worker.is_paused
+    w.resume()
+    qtbot.waitUntil(lambda: w.progress.value() > paused_at, timeout=10_000)
+
+    t0 = time.perf_counter()
+    w.stop()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=2_000)
+    assert time.perf_counter() - t0 < 2.0
+    assert "stopped" in w.status.text() and w.start_button.isEnabled()
+    run = tmp_path / "run"
+    for name in ("map.mrc", "poses.star", "config.json", "chimerax.cxc"):
+        assert (run / name).is_file(), name
+    script = w.export_chimerax()
+    assert script == run / "chimerax.cxc"
+    with mrcfile.open(run / "map.mrc") as m:
+        assert m.data.shape == (24, 24, 24) and float(m.voxel_size.x) == pytest.approx(w.run.data.pixel_size)
+    assert not any(t.name == "semiamort-loader" for t in threading.enumerate())
+
+
+def test_a_failing_run_is_reported_as_a_notification(make_napari_viewer, tmp_path, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    w = ReconstructionWidget(viewer)
+    bad = tmp_path / "bad.star"
+    bad.write_text("data_particles\n\nloop_\n_rlnImageName\n1@missing.mrcs\n")
+    w.path.setText(str(bad))
+    w.outdir.setText(str(tmp_path / "run"))
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        w.start()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=10_000)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    messages = [str(n.message) for n in seen]
+    assert any("Reconstruction failed" in m and "missing.mrcs" in m for m in messages), messages
+    assert "failed" in w.status.text()
+
+
+def test_closing_the_widget_mid_run_stops_the_worker_and_keeps_the_results(make_napari_viewer, tiny, tmp_path,
+                                                                           qtbot):
+    from qtpy.QtCore import QThreadPool
+
+    viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
+    w.start()
+    qtbot.waitUntil(lambda: VOLUME in viewer.layers, timeout=30_000)
+    viewer.window.remove_dock_widget(w)
+    w.close()
+    w.deleteLater()
+    qtbot.wait(50)
+    t0 = time.perf_counter()
+    assert QThreadPool.globalInstance().waitForDone(5_000)  # the worker ends on its own: no quit needed
+    assert time.perf_counter() - t0 < 5.0 and QThreadPool.globalInstance().activeThreadCount() == 0
+    assert (tmp_path / "run" / "map.mrc").is_file()  # the worker wrote what it had reached
+    epochs_done = len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert epochs_done < 40  # it stopped: it did not run to its end
+
+
+def test_the_device_list_offers_auto_and_cpu_and_the_watch_button_adds_the_shown_particle(
+        make_napari_viewer, tiny, tmp_path):
+    viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
+    items = [w.device.itemText(i) for i in range(w.device.count())]
+    assert items[0] == "auto" and items[-1] == "cpu"
+    viewer.open(str(tiny / "particles.star"), plugin="napari-semiamort")
+    viewer.dims.set_current_step(0, 17)
+    w.watch_shown_particle()
+    assert w.config().watch == [0, 5, 17]

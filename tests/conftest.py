@@ -1,6 +1,9 @@
 import os
 from pathlib import Path
 
+import pytest
+import torch
+
 # napari without a screen (../shared/docs/HEADLESS.md): pytest-xvfb gives a DISPLAY, no settings file is
 # read or written, and napari objects touched off the GUI thread raise.
 os.environ.pop("QT_QPA_PLATFORM", None)
@@ -8,9 +11,6 @@ os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
 os.makedirs(os.environ["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
 os.environ["NAPARI_CONFIG"] = ""
 os.environ["NAPARI_ENSURE_PLUGIN_MAIN_THREAD"] = "1"
-
-import pytest
-import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATA = Path(__file__).resolve().parent / "data"

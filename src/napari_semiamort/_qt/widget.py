@@ -10,12 +10,15 @@ framed, and the curves in a plots dock.
 from __future__ import annotations
 
 import datetime
+import gc
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -106,6 +109,8 @@ class ReconstructionWidget(QWidget):
         self._auto_contrast: tuple | None = None
         self._plots = None
         self._failure = ""
+        # steps between full snapshots (volume, candidates); the volume layer is updated at most twice a second
+        self.snapshot_every = 10
         d = ReconstructionConfig()
 
         # ---- Data
@@ -256,7 +261,10 @@ class ReconstructionWidget(QWidget):
         cfg.device = self.device.currentText()
         cfg.seed = self.seed.value()
         cfg.watch = self._watch_ids()
-        cfg.snapshot_every = 10  # volume and candidates every 10 steps (pushed to layers at most twice a second)
+        cfg.snapshot_every = self.snapshot_every
+        if cfg.device in ("auto", "cpu"):
+            # leave one core to the Qt main thread: with every core computing, the UI stalls for 100s of ms
+            cfg.threads = max(1, (os.cpu_count() or 2) - 1)
         cfg.validate()
         return cfg
 
@@ -343,6 +351,10 @@ class ReconstructionWidget(QWidget):
         from ..run.snapshot import Snapshot
 
         if not isinstance(item, Snapshot):  # the run, built in the worker
+            # Full garbage collections of napari's and torch's many long-lived objects took up to 300 ms
+            # (measured, benchmarks/ui_latency.py), stalling the event loop: the objects alive now are
+            # moved out of the collector's scans.
+            gc.freeze()
             self.run = item
             d = item.data
             self.status.setText(f"{len(d)} particles, box {item.size}, {d.pixel_size:.3f} Å/px on {item.device}")
@@ -355,17 +367,22 @@ class ReconstructionWidget(QWidget):
         self.status.setText(f"{restart}epoch {snap.epoch + 1}/{snap.epochs} · {snap.stage} · "
                             f"{snap.images_per_second:.0f} img/s · ETA {_duration(eta)}")
         now = time.perf_counter()
+        # layers are updated at most twice a second (and at every epoch end): the GUI thread stays free
+        # Each update is its own event-loop turn (QTimer.singleShot): the loop answers between them.
         if snap.volume is not None and (snap.epoch_end or now - self._last_volume_push > 0.5):
             self._last_volume_push = now
             self._show_volume(snap.volume, snap.epoch_end)
-        if snap.watched:
-            self._show_candidates(snap.watched)
+            if snap.watched:
+                QTimer.singleShot(0, lambda w=snap.watched: self._show_candidates(w))
         if snap.epoch_end and self.run is not None:
-            self.plots.set_history(self.run.history)
-            curve = snap.metrics.get("fsc_curve")
-            if curve is not None:
-                size, px = self.run.size, self.run.data.pixel_size
-                self.plots.set_fsc("vs reference", np.arange(len(curve)) / (size * px), np.asarray(curve))
+            QTimer.singleShot(0, lambda m=snap.metrics, h=list(self.run.history): self._show_curves(h, m))
+
+    def _show_curves(self, history: list[dict], metrics: dict) -> None:
+        self.plots.set_history(history)
+        curve = metrics.get("fsc_curve")
+        if curve is not None:
+            size, px = self.run.size, self.run.data.pixel_size
+            self.plots.set_fsc("vs reference", np.arange(len(curve)) / (size * px), np.asarray(curve))
 
     def _show_volume(self, volume: np.ndarray, epoch_end: bool) -> None:
         self._volume = volume

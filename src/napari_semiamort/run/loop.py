@@ -78,8 +78,12 @@ class _Frequencies:
         self.grid = torch.stack([kx[inside], ky[inside]], -1).to(torch.float32).to(device)  # (P, 2)
         self.per_pixel = self.grid / size  # cycles per pixel
         self.shells = torch.round(self.grid.norm(dim=-1)).long()
-        lookup = {(int(a), int(b)): i for i, (a, b) in enumerate(self.grid.long().tolist())}
-        self.negative = torch.tensor([lookup[(-a, -b)] for a, b in self.grid.long().tolist()], device=device)
+        # index of each frequency's negative, through a dense (L, L) map (a Python dict over the P
+        # frequencies held the GIL ~100 ms per band and stalled the napari GUI thread)
+        flat = torch.full((size * size,), -1, dtype=torch.long)
+        kx_in, ky_in = kx[inside], ky[inside]
+        flat[(ky_in + size // 2) * size + (kx_in + size // 2)] = torch.arange(len(kx_in))
+        self.negative = flat[(-ky_in + size // 2) * size + (-kx_in + size // 2)].to(device)
 
     def __len__(self) -> int:
         return self.grid.shape[0]

@@ -21,10 +21,11 @@ class PlotsWidget(QWidget):
         from matplotlib.figure import Figure
 
         self.viewer = viewer
-        self.figure = Figure(figsize=(4, 6), dpi=80)
-        self.figure.subplots_adjust(left=0.18, right=0.96, top=0.95, bottom=0.08, hspace=0.55)
+        self.figure = Figure(figsize=(10, 2.6), dpi=80)
+        self.figure.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.2, wspace=0.3)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.axes = self.figure.subplots(3, 1)
+        self.canvas.setMinimumHeight(200)
+        self.axes = self.figure.subplots(1, 3)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)

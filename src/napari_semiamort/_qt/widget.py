@@ -344,7 +344,7 @@ class ReconstructionWidget(QWidget):
             from .plots import PlotsWidget
 
             self._plots = PlotsWidget(self.viewer)
-            self.viewer.window.add_dock_widget(self._plots, name="semiamort plots", area="right")
+            self.viewer.window.add_dock_widget(self._plots, name="semiamort plots", area="bottom")
         return self._plots
 
     def _on_yield(self, item) -> None:

@@ -1,0 +1,89 @@
+"""Screenshots of the plugin during a live run, for the README and docs/plugin.md.
+
+  xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [--out docs/images]
+
+Opens napari (shown: screenshots of a hidden viewer are black), loads the demo sample (1,000 simulated
+ribosome images with their ground truth), opens the Reconstruction dock, starts a run, and after the
+switch to auto-decoding saves: the whole window (volume, candidates, plots), the volume alone, and the
+candidates montage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(__file__).parent / "images"))
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--switch-epoch", type=int, default=9)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import napari
+
+    from napari_semiamort._qt.widget import CANDIDATES, VOLUME, ReconstructionWidget
+
+    viewer = napari.Viewer(show=True, title="napari-semiamort")
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.open_sample("napari-semiamort", "demo-ribosome")
+    widget = ReconstructionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Ab-initio reconstruction", area="right")
+    widget.epochs.setValue(args.epochs)
+    widget.switch_epoch.setValue(args.switch_epoch)
+    widget.watch.setText("0 1 2")
+    app = napari.qt.get_qapp()
+    widget.start()
+    stage1_shot = False
+    while widget.worker is not None:
+        app.processEvents()
+        time.sleep(0.01)
+        run = widget.run
+        if (not stage1_shot and run is not None and run.trial is None and run.epoch >= args.switch_epoch - 2
+                and CANDIDATES in viewer.layers):
+            # stage 1: each watched particle next to its M heads' candidate projections, the winner framed;
+            # the first dozen columns, zoomed
+            viewer.layers[VOLUME].visible = False
+            viewer.dims.ndisplay = 2
+            px, size = run.data.pixel_size, run.size
+            step = (size + 4) * px
+            rows = viewer.layers[CANDIDATES].data.shape[0] / (size + 4)
+            viewer.camera.center = (rows * step / 2, (size + 8) * px + 6 * step)
+            viewer.camera.zoom = viewer.window._qt_viewer.canvas.size[0] / (12.5 * step)
+            app.processEvents()
+            viewer.screenshot(str(out / "plugin-stage1-candidates.png"), canvas_only=True)
+            viewer.layers[VOLUME].visible = True
+            viewer.dims.ndisplay = 3
+            stage1_shot = True
+    for _ in range(50):
+        app.processEvents()
+        time.sleep(0.02)
+    viewer.layers["demo particles"].visible = False
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (15, -30, 60)
+    viewer.reset_view()
+    app.processEvents()
+    viewer.screenshot(str(out / "plugin-window.png"), canvas_only=False)
+    viewer.layers[CANDIDATES].visible = False
+    viewer.layers["semiamort winners"].visible = False
+    viewer.reset_view()
+    app.processEvents()
+    viewer.screenshot(str(out / "plugin-volume.png"), canvas_only=True)
+    viewer.layers[VOLUME].visible = False
+    viewer.layers[CANDIDATES].visible = True
+    viewer.layers["semiamort winners"].visible = True
+    viewer.dims.ndisplay = 2
+    viewer.reset_view()
+    app.processEvents()
+    viewer.screenshot(str(out / "plugin-candidates.png"), canvas_only=True)
+    widget.plots.figure.savefig(out / "plugin-plots.png", facecolor=widget.plots.figure.get_facecolor())
+    print(f"screenshots in {out}: {widget.status.text()}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

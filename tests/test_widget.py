@@ -24,7 +24,7 @@ def tiny(tmp_path_factory):
 
 
 def _widget(make_napari_viewer, tiny, tmp_path, epochs=40):
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(strict_qt=True)  # fails the test if a widget outlives the viewer
     w = ReconstructionWidget(viewer)
     viewer.window.add_dock_widget(w, name="semiamort")
     w.path.setText(str(tiny / "particles.star"))
@@ -53,6 +53,13 @@ def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, 
     frame = viewer.layers[WINNERS].data
     assert frame.shape == (2 * 28, 5 * 28) and frame[:28, 28:].sum() > 0 and frame[:28, :28].sum() == 0
     qtbot.waitUntil(lambda: len(w.plots.history) >= 2, timeout=30_000)
+    # contrast limits the user sets are kept while the map updates
+    viewer.layers[VOLUME].contrast_limits = (0.001, 0.002)
+    before = np.array(viewer.layers[VOLUME].data)
+    qtbot.waitUntil(lambda: not np.array_equal(viewer.layers[VOLUME].data, before), timeout=30_000)
+    epoch_now = len(w.plots.history)
+    qtbot.waitUntil(lambda: len(w.plots.history) > epoch_now, timeout=30_000)  # past an epoch end too
+    assert tuple(viewer.layers[VOLUME].contrast_limits) == pytest.approx((0.001, 0.002))
 
     w.pause()
     qtbot.wait(600)  # the step in flight finishes
@@ -122,7 +129,35 @@ def test_the_device_list_offers_auto_and_cpu_and_the_watch_button_adds_the_shown
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
     items = [w.device.itemText(i) for i in range(w.device.count())]
     assert items[0] == "auto" and items[-1] == "cpu"
-    viewer.open(str(tiny / "particles.star"), plugin="napari-semiamort")
+    (layer,) = viewer.open(str(tiny / "particles.star"), plugin="napari-semiamort")
     viewer.dims.set_current_step(0, 17)
     w.watch_shown_particle()
     assert w.config().watch == [0, 5, 17]
+    viewer.dims.set_current_step(0, 30)
+    for callback in layer.mouse_double_click_callbacks:  # a double click in the gallery
+        callback(layer, None)
+    assert w.config().watch == [0, 5, 17, 30]
+
+
+def test_an_error_mid_run_is_notified_and_the_results_reached_are_kept(make_napari_viewer, tiny, tmp_path, qtbot,
+                                                                        monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_semiamort.run.loop import Reconstruction
+
+    def broken(self, idx):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Reconstruction, "_step_autodecode", broken)  # fails at the switch (epoch 3)
+    viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        w.start()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    assert any("CUDA out of memory (simulated)" in str(n.message) for n in seen)
+    run = tmp_path / "run"
+    assert (run / "map.mrc").is_file() and (run / "poses.star").is_file()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the two stage-1 epochs reached

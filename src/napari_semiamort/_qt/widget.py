@@ -218,9 +218,11 @@ class ReconstructionWidget(QWidget):
 
     def _on_layer_inserted(self, event) -> None:
         meta = getattr(event.value, "metadata", {}) or {}
-        if meta.get("semiamort_kind") == "particles" and not self.path.text():
-            self.path.setText(meta["source"])
-            self.particle_layer = event.value
+        if meta.get("semiamort_kind") == "particles":
+            if not self.path.text():
+                self.path.setText(meta["source"])
+            # a double click in the particle gallery watches the particle shown
+            event.value.mouse_double_click_callbacks.append(lambda layer, ev: self.watch_shown_particle())
         if meta.get("semiamort_kind") == "reference" and not self.reference.text():
             self.reference.setText(meta["source"])
 

@@ -246,6 +246,7 @@ class Reconstruction:
         self.table: PoseTable | None = None
         self.epoch = 0  # next epoch to run
         self.history: list[dict] = []
+        self.paths: dict[int, list[list[float]]] = {}  # watched particles' view directions, one per epoch
 
     def _encode(self, imgs: torch.Tensor):
         return self.encoder(fourier_crop_2d(imgs, self.encoder_size))
@@ -266,7 +267,7 @@ class Reconstruction:
         return (1.0 / self.noise.variance.to(self.device))[fr.shells]
 
     # ---------------------------------------------------------------- steps
-    def _inplane_scores(self, slices, batch: _Batch, idx, fr) -> torch.Tensor:
+    def _inplane_scores(self, slices, batch: _Batch, idx, fr, inplane: torch.Tensor | None = None) -> torch.Tensor:
         """Gaussian scores `(B, M, K)` of every head's slice `(B, M, P)` at every in-plane angle.
 
         Turning the pose in-plane, ``R → Rz(φ) R``, turns its slice: ``S(k) → S(Rz(φ)ᵀ k)``. Comparing that
@@ -274,7 +275,7 @@ class Reconstruction:
         so one slice per head serves all K angles and the scores are three matrix products.
         """
         size = self.size
-        k2 = self._inplane[:, :2, :2]  # (K, 2, 2)
+        k2 = (self._inplane if inplane is None else inplane)[:, :2, :2]  # (K, 2, 2)
         q = fr.grid  # (P, 2)
         rq = torch.einsum("kij,pj->kpi", k2, q)  # (K, P, 2) in Fourier pixels
         h = batch.hartley[:, None]  # (B, 1, L, L)
@@ -475,6 +476,29 @@ class Reconstruction:
         return self.volume.real_space().cpu().numpy()
 
     @torch.no_grad()
+    def log_likelihood_grid(self, index: int, rotations: torch.Tensor, inplane_angles: torch.Tensor,
+                            band: float = 1.0, chunk: int = 1024) -> torch.Tensor:
+        """``log p(image | R)`` `(D, K)` of particle ``index`` for the poses ``Rz(ψ_k) R_d``, up to a constant.
+
+        The Gaussian likelihood of the current volume (CTF applied, the noise model's σ² per shell) summed
+        over the image's frequencies within ``band`` of Nyquist: one slice per ``R_d`` `(D, 3, 3)`, the K
+        in-plane angles (radians) scored by resampling the image (``_inplane_scores``). Shifts are not
+        marginalised: the images are compared as they are.
+        """
+        fr = self._frequencies(band)
+        idx = torch.tensor([int(index)])
+        batch = self._batch(idx, fr)
+        angles = torch.as_tensor(inplane_angles, dtype=torch.float32)
+        z = torch.zeros_like(angles)
+        inplane = exp_so3(torch.stack([z, z, angles], -1)).to(self.device)
+        out = []
+        for s in range(0, rotations.shape[0], chunk):
+            rot = rotations[s : s + chunk].to(self.device, torch.float32)[None]  # (1, d, 3, 3)
+            scores = self._inplane_scores(self.volume.slice(fr.grid, rot), batch, idx, fr, inplane)  # (1, d, K)
+            out.append(-scores[0] * len(fr))  # the mean over frequencies back to their sum
+        return torch.cat(out).cpu().to(torch.float64)
+
+    @torch.no_grad()
     def backproject(self, which: np.ndarray, batch: int = 256) -> np.ndarray:
         """A map `(L, L, L)` reconstructed directly from the images ``which`` with the current poses
         (:class:`~napari_semiamort.physics.backproject.FourierInserter`): the half maps."""
@@ -623,6 +647,9 @@ class Reconstruction:
         if self.trial is not None:
             metrics["restart"] = self.trial
         self.history.append(metrics)
+        for i in self.config.watch:  # the view direction after each epoch (Rᵀ ẑ), for the posterior plots
+            if 0 <= i < len(self.data):
+                self.paths.setdefault(int(i), []).append(self.poses[i][2].tolist())
         self.epoch += 1
         if self.run_dir is not None:
             if self.trial is None:  # restarts are checkpointed once the best is chosen
@@ -648,6 +675,7 @@ class Reconstruction:
             "previous_poses": self._previous_poses,
             "table": None if self.table is None else self.table.state_dict(),
             "history": self.history,
+            "paths": self.paths,
             "trial": self.trial,
         }
 
@@ -661,6 +689,7 @@ class Reconstruction:
         self.poses, self.shifts = state["poses"], state["shifts"]
         self._previous_poses = state["previous_poses"]
         self.history = list(state["history"])
+        self.paths = {int(k): list(v) for k, v in state.get("paths", {}).items()}
         if state["table"] is not None:
             self.table = self._pose_table(self.poses.to(self.device))
             self.table.load_state_dict({k: v.to(self.device) for k, v in state["table"].items()})

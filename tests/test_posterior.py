@@ -100,3 +100,21 @@ def test_head_specialisation_counts_every_particle_once_per_winning_head(tmp_pat
     rates = spec.win_rate[spec.wins.sum(1) > 0]
     np.testing.assert_allclose(rates.sum(1), 1.0)
     assert spec.head_error_deg is not None and spec.head_error_deg.shape == (6,)
+
+
+def test_inspect_writes_posterior_maps_and_head_specialisation_for_a_run(tmp_path, capsys):
+    from napari_semiamort.cli.main import main
+
+    simulate_dataset(str(RIBOSOME), tmp_path / "sim", SimulationConfig(n_particles=150, box=32, snr=1.0, seed=5))
+    run = tmp_path / "run"
+    assert main(["reconstruct", str(tmp_path / "sim" / "particles.star"), "-o", str(run), "--epochs", "3",
+                 "--switch-epoch", "2", "--heads", "5", "--batch-size", "50", "--threads", "1", "--watch", "3"]) == 0
+    assert main(["inspect", str(run), "--particles", "3", "10", "--nside", "4"]) == 0
+    for name in ("posterior_000003.png", "posterior_000010.png", "head_specialization.png"):
+        assert (run / "inspect" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "particle 3:" in out and "from the truth" in out
+    # the watched particle's path was recorded once per epoch and survives the checkpoint
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert len(state["paths"][3]) == 3 and state["winners"].max() < 5
+    assert main(["inspect", str(tmp_path / "nope")]) == 1

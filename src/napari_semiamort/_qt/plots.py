@@ -21,11 +21,15 @@ class PlotsWidget(QWidget):
         from matplotlib.figure import Figure
 
         self.viewer = viewer
-        self.figure = Figure(figsize=(10, 2.6), dpi=80)
-        self.figure.subplots_adjust(left=0.06, right=0.98, top=0.88, bottom=0.2, wspace=0.3)
+        self.figure = Figure(figsize=(12, 2.6), dpi=80)
+        self.figure.subplots_adjust(left=0.05, right=0.99, top=0.88, bottom=0.2, wspace=0.35)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
-        self.axes = self.figure.subplots(1, 3)
+        self.axes = [self.figure.add_subplot(1, 4, k) for k in (1, 2, 3)]
+        self._map = self.figure.add_subplot(1, 4, 4, projection="mollweide")  # the pose posterior
+        self._map.set_xticklabels([])
+        self._map.grid(True, alpha=0.3)
+        self._map.set_title("pose posterior (Show posterior)", fontsize=9)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
@@ -61,6 +65,9 @@ class PlotsWidget(QWidget):
     def _apply_colors(self) -> None:
         c = self._colors
         self.figure.set_facecolor(c["bg"])
+        self._map.set_facecolor(c["bg"])
+        self._map.title.set_color(c["fg"])
+        self._map.tick_params(colors=c["fg"], labelsize=6)
         for ax in self.axes:
             ax.set_facecolor(c["bg"])
             ax.tick_params(colors=c["fg"])
@@ -91,6 +98,31 @@ class PlotsWidget(QWidget):
             legend.get_frame().set_alpha(0.3)
         self._fsc_lines[label].set_data(*self.fsc[label])
         self.axes[2].set_xlim(0, max(float(f[-1]) for f, _ in self.fsc.values()))
+        self.canvas.draw_idle()
+
+    def set_posterior(self, post) -> None:
+        """The posterior's Mollweide map in a fourth panel: colours are log posterior, markers as on the sphere."""
+        from ..plugin.layers import posterior_sphere
+        from ..run.figures import lonlat
+
+        if not hasattr(self, "_dots") or len(self._dots.get_offsets()) != len(post.directions):
+            lon, lat = lonlat(post.directions)
+            self._dots = self._map.scatter(lon, lat, c=np.zeros(len(lon)), s=4, cmap="magma", linewidths=0)
+            (self._cands,) = self._map.plot([], [], "o", mfc="none", mec="#e0e0e0", ms=3, lw=0)
+            (self._win,) = self._map.plot([], [], "o", mfc="none", mec="#ff5a36", ms=7, mew=1.5, lw=0)
+            (self._pose,) = self._map.plot([], [], "x", color="#00e676", ms=6, mew=1.5, lw=0)
+            (self._truth,) = self._map.plot([], [], "*", color="#ffd600", ms=8, lw=0)
+            (self._path,) = self._map.plot([], [], "-", color="#4fc3f7", lw=0.8)
+        values = posterior_sphere(post, post.directions)
+        self._dots.set_array(values)
+        self._dots.set_clim(values.min(), values.max() + 1e-9)
+        self._cands.set_data(*lonlat(post.candidates))
+        self._win.set_data(*[np.atleast_1d(v) for v in lonlat(post.candidates[post.winner])])
+        self._pose.set_data(*[np.atleast_1d(v) for v in lonlat(post.current)])
+        self._truth.set_data(*([np.atleast_1d(v) for v in lonlat(post.truth)] if post.truth is not None else [[], []]))
+        self._path.set_data(*lonlat(post.path) if len(post.path) else ([], []))
+        self._map.set_title(f"posterior of particle {post.index}", fontsize=9, color=self._colors["fg"])
+        self.posterior = post
         self.canvas.draw_idle()
 
     def clear(self) -> None:

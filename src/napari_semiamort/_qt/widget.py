@@ -42,6 +42,7 @@ from ..run.config import ReconstructionConfig
 __all__ = ["ReconstructionWidget"]
 
 VOLUME, CANDIDATES, WINNERS = "semiamort volume", "semiamort candidates", "semiamort winners"
+SPHERE, SPHERE_POINTS = "semiamort posterior", "semiamort posterior poses"
 
 
 def available_devices() -> list[str]:
@@ -59,6 +60,8 @@ class _Control:
 
     def __init__(self):
         self.stop = False
+        self.posterior: int | None = None  # the particle whose posterior the worker computes
+        self.posterior_live = True  # refresh it (at most every 2 s: ~0.1 s each at box 64 on a CPU), or once
 
 
 def _train(config: ReconstructionConfig, run_dir: Path, control: _Control):
@@ -71,14 +74,36 @@ def _train(config: ReconstructionConfig, run_dir: Path, control: _Control):
     run = Reconstruction(config, run_dir=run_dir)
     write_config(run_dir, config.to_dict())
     yield run
+    last_posterior = 0.0
     try:
         for snap in run:
             yield snap
             if control.stop:
                 break
+            due = time.perf_counter() - last_posterior >= 2.0 or not control.posterior_live
+            if control.posterior is not None and snap.volume is not None and due:
+                last_posterior = time.perf_counter()
+                index = control.posterior
+                if not control.posterior_live:
+                    control.posterior = None
+                yield _posterior(run, index)
     finally:
         write_outputs(run, run_dir)
     return str(run_dir)
+
+
+def _posterior(run, index: int):
+    from ..run.posterior import pose_posterior
+
+    return pose_posterior(run, index)
+
+
+def _posterior_from_checkpoint(run_dir: Path, index: int):
+    """For a run that is not in memory: read its checkpoint (in a worker), then the posterior."""
+    from ..run.loop import Reconstruction
+
+    run = Reconstruction.resume(run_dir)
+    return run, _posterior(run, index)
 
 
 def _spin(lo, hi, value, step=1, decimals=None, special=None):
@@ -194,8 +219,21 @@ class ReconstructionWidget(QWidget):
         run.addRow(self.status)
         run.addRow(self.export_button)
 
+        # ---- Posterior
+        self.posterior_particle = _spin(0, 10**9, 0)
+        self.posterior_live = QCheckBox("refresh at each snapshot")
+        self.posterior_live.setChecked(True)
+        show = QPushButton("Show posterior")
+        show.clicked.connect(self.show_posterior)
+        post_row = QHBoxLayout()
+        post_row.addWidget(self.posterior_particle)
+        post_row.addWidget(show)
+        posterior = QFormLayout()
+        posterior.addRow("Particle", post_row)
+        posterior.addRow("", self.posterior_live)
+
         layout = QVBoxLayout(self)
-        for title, form in (("Data", data), ("Training", train), ("Run", run)):
+        for title, form in (("Data", data), ("Training", train), ("Run", run), ("Pose posterior", posterior)):
             group = QGroupBox(title)
             group.setLayout(form)
             layout.addWidget(group)
@@ -350,8 +388,12 @@ class ReconstructionWidget(QWidget):
         return self._plots
 
     def _on_yield(self, item) -> None:
+        from ..run.posterior import PosePosterior
         from ..run.snapshot import Snapshot
 
+        if isinstance(item, PosePosterior):
+            self._show_posterior(item)
+            return
         if not isinstance(item, Snapshot):  # the run, built in the worker
             # Full garbage collections of napari's and torch's many long-lived objects took up to 300 ms
             # (measured, benchmarks/ui_latency.py), stalling the event loop: the objects alive now are
@@ -449,6 +491,80 @@ class ReconstructionWidget(QWidget):
                 table = np.genfromtxt(fsc_csv, delimiter=",", names=True)
                 if "fsc_halves" in table.dtype.names:
                     self.plots.set_fsc("half maps", table["frequency_per_angstrom"], table["fsc_halves"])
+
+    # ------------------------------------------------------------------ pose posterior
+    def show_posterior(self) -> None:
+        """The chosen particle's posterior: refreshed by the running worker, else computed once (from the run
+        in memory, or from the run folder's checkpoint) in a worker of its own."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        index = self.posterior_particle.value()
+        if self.worker is not None:  # the worker computes it at its next full snapshot (and then every 2 s)
+            self._control.posterior_live = self.posterior_live.isChecked()
+            self._control.posterior = index
+            return
+        if self.run is not None:
+            job = create_worker(_posterior, self.run, index, _ignore_errors=True)
+            job.returned.connect(self._show_posterior)
+        else:
+            out = Path(self.outdir.text().strip())
+            if not (out / "checkpoint.pt").is_file():
+                show_error("no run to question: start one, or give a run folder with a checkpoint")
+                return
+            job = create_worker(_posterior_from_checkpoint, out, index, _ignore_errors=True)
+            job.returned.connect(self._posterior_with_run)
+        job.errored.connect(lambda exc: show_error(f"Posterior failed: {exc}"))
+        self._posterior_job = job
+        job.start()
+
+    def _posterior_with_run(self, result) -> None:
+        self.run, post = result
+        self.run_dir = Path(self.outdir.text().strip())
+        self._show_posterior(post)
+
+    def _show_posterior(self, post) -> None:
+        """A sphere coloured by the log posterior, beside the volume, with the heads' candidates (labelled, the
+        winner red), the run's pose (green), the truth (yellow) and the path (blue) as points."""
+        from ..plugin.layers import posterior_sphere, sphere_mesh, to_world
+
+        if not hasattr(self, "_sphere"):
+            self._sphere = sphere_mesh()
+        verts, faces = self._sphere
+        px, size = self.run.data.pixel_size, self.run.size
+        radius = 0.45 * size * px
+        centre = np.array([size * px / 2, size * px / 2, -0.7 * size * px])  # (z, y, x): left of the volume
+        values = posterior_sphere(post, verts)
+        surface = (to_world(verts, centre, radius), faces, values)
+        if SPHERE not in self.viewer.layers:
+            self.viewer.add_surface(surface, name=SPHERE, colormap="magma")
+        else:
+            self.viewer.layers[SPHERE].data = surface
+        self.viewer.layers[SPHERE].contrast_limits = (float(values.min()), float(values.max()) + 1e-9)
+        self.viewer.layers[SPHERE].metadata["particle"] = post.index
+        m = len(post.candidates)
+        dirs = [post.candidates, post.current[None]]
+        labels = [str(h + 1) for h in range(m)] + ["pose"]
+        colors = ["#ff5a36" if h == post.winner else "#e0e0e0" for h in range(m)] + ["#00e676"]
+        if post.truth is not None:
+            dirs.append(post.truth[None])
+            labels.append("truth")
+            colors.append("#ffd600")
+        if len(post.path):
+            dirs.append(post.path)
+            labels += [""] * len(post.path)
+            colors += ["#4fc3f7"] * len(post.path)
+        coords = to_world(np.concatenate(dirs), centre, radius * 1.04)
+        features = {"label": labels}
+        if SPHERE_POINTS not in self.viewer.layers:
+            self.viewer.add_points(coords, name=SPHERE_POINTS, features=features, face_color=colors, size=0.06 * radius,
+                                   text={"string": "{label}", "size": 8, "color": "white"}, ndim=3)
+        else:
+            layer = self.viewer.layers[SPHERE_POINTS]
+            layer.data = coords
+            layer.features = features
+            layer.face_color = colors
+        self.plots.set_posterior(post)
 
     # ------------------------------------------------------------------ export
     def export_chimerax(self) -> Path | None:

@@ -6,4 +6,5 @@ SUMMARIES = {
     "fsc": "FSC between two maps, and pose errors against known poses",
     "demo": "simulate the bundled molecule, reconstruct it and report the errors",
     "export": "write a run's results for ChimeraX (.cxc), cryoSPARC (.cs) or cryoDRGN (.pkl)",
+    "inspect": "posterior maps of chosen particles and head specialisation (PNG)",
 }

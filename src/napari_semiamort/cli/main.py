@@ -7,6 +7,7 @@ Sub-commands (``semiamort COMMAND --help`` for each):
   fsc           FSC between two maps, and pose errors against known poses
   demo          simulate the bundled molecule, reconstruct it and report the errors
   export        write a run's results for ChimeraX (.cxc), cryoSPARC (.cs) or cryoDRGN (.pkl)
+  inspect       posterior maps of chosen particles and head specialisation (PNG)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _COMMANDS = {
     "fsc": "napari_semiamort.cli.fsc",
     "demo": "napari_semiamort.cli.demo",
     "export": "napari_semiamort.cli.export",
+    "inspect": "napari_semiamort.cli.inspect_run",
 }
 
 

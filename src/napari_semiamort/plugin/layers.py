@@ -40,3 +40,34 @@ def candidate_montage(watched, gap: int = 2) -> tuple[np.ndarray, np.ndarray, li
         labels.append(f"particle {w.index}: head {w.winner + 1} of {len(w.candidates)} wins"
                       if len(w.candidates) > 1 else f"particle {w.index}: refined pose")
     return out, frame, labels
+
+
+def sphere_mesh(rows: int = 48, cols: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A unit UV sphere: vertices `(V, 3)` (x, y, z) and triangles `(F, 3)`."""
+    theta = np.linspace(0, np.pi, rows + 1)
+    phi = np.linspace(0, 2 * np.pi, cols, endpoint=False)
+    t, p = np.meshgrid(theta, phi, indexing="ij")
+    verts = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], -1).reshape(-1, 3)
+    faces = []
+    for r in range(rows):
+        for c in range(cols):
+            a, b = r * cols + c, r * cols + (c + 1) % cols
+            faces += [[a, a + cols, b], [b, a + cols, b + cols]]
+    return verts, np.asarray(faces, dtype=np.int64)
+
+
+def to_world(directions: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """Unit vectors (x, y, z) to napari world coordinates (z, y, x) on a sphere of ``radius`` at ``centre``."""
+    d = np.asarray(directions, dtype=np.float64).reshape(-1, 3)
+    return np.asarray(centre)[None] + radius * d[:, ::-1]
+
+
+def posterior_sphere(post, vertices: np.ndarray, floor: float | None = None) -> np.ndarray:
+    """Per mesh vertex, the log posterior of the nearest HEALPix cell, clipped ``floor`` nats below the mode
+    (default: the median depth)."""
+    from ..physics.healpix import nearest_pixel
+
+    lp = post.log_posterior
+    depth = lp.max() - lp
+    floor = float(max(10.0, np.median(depth))) if floor is None else floor
+    return np.maximum(lp, lp.max() - floor)[nearest_pixel(vertices, post.directions)]

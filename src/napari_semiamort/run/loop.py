@@ -671,6 +671,7 @@ class Reconstruction:
             "opt_volume": self.opt_volume.state_dict(),
             "noise": self.noise.state_dict(),
             "poses": self.poses,
+            "winners": self.winners,
             "shifts": self.shifts,
             "previous_poses": self._previous_poses,
             "table": None if self.table is None else self.table.state_dict(),
@@ -687,6 +688,8 @@ class Reconstruction:
         self.opt_volume.load_state_dict(state["opt_volume"])
         self.noise.load_state_dict(state["noise"])
         self.poses, self.shifts = state["poses"], state["shifts"]
+        if "winners" in state:  # checkpoints before version 0.1 lack them
+            self.winners = state["winners"]
         self._previous_poses = state["previous_poses"]
         self.history = list(state["history"])
         self.paths = {int(k): list(v) for k, v in state.get("paths", {}).items()}

@@ -80,6 +80,23 @@ def main() -> None:
     viewer.reset_view()
     app.processEvents()
     viewer.screenshot(str(out / "plugin-candidates.png"), canvas_only=True)
+    # the pose posterior of particle 0 on a sphere beside the map, and in the plots dock
+    viewer.layers[CANDIDATES].visible = False
+    viewer.layers["semiamort winners"].visible = False
+    viewer.layers[VOLUME].visible = True
+    widget.posterior_particle.setValue(0)
+    widget.show_posterior()
+    while "semiamort posterior" not in viewer.layers:
+        app.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.02)
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (0, 30, 70)
+    viewer.reset_view()
+    app.processEvents()
+    viewer.screenshot(str(out / "plugin-posterior.png"), canvas_only=False)
     widget.plots.figure.savefig(out / "plugin-plots.png", facecolor=widget.plots.figure.get_facecolor())
     print(f"screenshots in {out}: {widget.status.text()}")
     viewer.close()

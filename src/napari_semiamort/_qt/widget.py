@@ -558,7 +558,7 @@ class ReconstructionWidget(QWidget):
         features = {"label": labels}
         if SPHERE_POINTS not in self.viewer.layers:
             self.viewer.add_points(coords, name=SPHERE_POINTS, features=features, face_color=colors, size=0.06 * radius,
-                                   text={"string": "{label}", "size": 8, "color": "white"}, ndim=3)
+                                   text={"string": "{label}", "size": 6, "color": "white"}, ndim=3)
         else:
             layer = self.viewer.layers[SPHERE_POINTS]
             layer.data = coords

@@ -43,3 +43,21 @@ def test_choosing_a_particle_shows_its_posterior_sphere_and_points_that_update(m
     w.posterior_particle.setValue(11)
     w.show_posterior()
     qtbot.waitUntil(lambda: viewer.layers[SPHERE].metadata["particle"] == 11, timeout=10_000)
+
+
+def test_a_posterior_on_demand_from_a_finished_runs_checkpoint(make_napari_viewer, tmp_path, qtbot):
+    from napari_semiamort.cli.main import main
+
+    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+    simulate_dataset(str(molecule), tmp_path / "sim", SimulationConfig(n_particles=128, box=24, snr=1.0, seed=4))
+    run_dir = tmp_path / "run"
+    assert main(["reconstruct", str(tmp_path / "sim" / "particles.star"), "-o", str(run_dir), "--epochs", "2",
+                 "--switch-epoch", "1", "--heads", "3", "--batch-size", "32", "--threads", "1"]) == 0
+    viewer = make_napari_viewer(strict_qt=True)
+    w = ReconstructionWidget(viewer)
+    w.outdir.setText(str(run_dir))
+    w.posterior_particle.setValue(5)
+    w.show_posterior()
+    qtbot.waitUntil(lambda: SPHERE in viewer.layers, timeout=30_000)
+    assert viewer.layers[SPHERE].metadata["particle"] == 5
+    assert list(viewer.layers[SPHERE_POINTS].features["label"])[:4] == ["1", "2", "3", "pose"]

@@ -38,6 +38,20 @@ def _widget(make_napari_viewer, tiny, tmp_path, epochs=40):
     return viewer, w
 
 
+def _run_collecting_notifications(w, qtbot) -> list[str]:
+    """Start the widget's run, wait for its worker to end, and return napari's notifications meanwhile."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        w.start()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    return [str(n.message) for n in seen]
+
+
 def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, qtbot):
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
     assert w.config().heads == 4 and w.config().device == "cpu" and w.config().watch == [0, 5]
@@ -85,22 +99,13 @@ def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, 
 
 
 def test_a_failing_run_is_reported_as_a_notification(make_napari_viewer, tmp_path, qtbot):
-    from napari.utils.notifications import notification_manager
-
     viewer = make_napari_viewer()
     w = ReconstructionWidget(viewer)
     bad = tmp_path / "bad.star"
     bad.write_text("data_particles\n\nloop_\n_rlnImageName\n1@missing.mrcs\n")
     w.path.setText(str(bad))
     w.outdir.setText(str(tmp_path / "run"))
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    try:
-        w.start()
-        qtbot.waitUntil(lambda: w.worker is None, timeout=10_000)
-    finally:
-        notification_manager.notification_ready.disconnect(seen.append)
-    messages = [str(n.message) for n in seen]
+    messages = _run_collecting_notifications(w, qtbot)
     assert any("Reconstruction failed" in m and "missing.mrcs" in m for m in messages), messages
     assert "failed" in w.status.text()
 
@@ -141,8 +146,6 @@ def test_the_device_list_offers_auto_and_cpu_and_the_watch_button_adds_the_shown
 
 def test_an_error_mid_run_is_notified_and_the_results_reached_are_kept(make_napari_viewer, tiny, tmp_path, qtbot,
                                                                         monkeypatch):
-    from napari.utils.notifications import notification_manager
-
     from napari_semiamort.run.loop import Reconstruction
 
     def broken(self, idx):
@@ -150,14 +153,7 @@ def test_an_error_mid_run_is_notified_and_the_results_reached_are_kept(make_napa
 
     monkeypatch.setattr(Reconstruction, "_step_autodecode", broken)  # fails at the switch (epoch 3)
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    try:
-        w.start()
-        qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
-    finally:
-        notification_manager.notification_ready.disconnect(seen.append)
-    assert any("CUDA out of memory (simulated)" in str(n.message) for n in seen)
+    assert any("CUDA out of memory (simulated)" in m for m in _run_collecting_notifications(w, qtbot))
     run = tmp_path / "run"
     assert (run / "map.mrc").is_file() and (run / "poses.star").is_file()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the two stage-1 epochs reached

@@ -1,0 +1,255 @@
+"""The benchmark suite: our throughput and memory, our map quality against time, and RELION's SGD initial
+model on the same data, in one run; results as JSON next to the plots.
+
+  python benchmarks/run.py --suite quick [--out benchmarks/results]     # about 10 minutes on 2 CPU cores
+  python benchmarks/run.py --suite full                                 # hours: RELION included
+
+Suites:
+  quick  3KPR (TCR–HLA, ../shared/data/structures), 2,000 images, box 64, SNR 0.1, CTF, centred;
+         throughput and peak memory at box 64 and 128 for M = 1, 7, 15 heads; our map quality over time
+  full   5,000 images, centred and with shifts (±3 px), and RELION 3.1's SGD initial model with its
+         GUI's defaults on the same data (on 2 cores one of its fine-sampling iterations took ~7 min)
+
+Every tool reads the same simulated particles (our simulator's STAR and stack). Each map is compared
+with the ground truth after aligning the run's frame and hand to the truth with the run's own poses
+(``align_poses``): FSC = 0.5 resolution, and the mean / median pose error. Times are wall-clock; peak
+memory is the tool's peak resident set (GNU ``time``'s %M).
+cryoDRGN (its own virtual environment: ``--cryodrgn PATH/TO/bin/cryodrgn``) runs when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STRUCTURES = ROOT.parent / "shared" / "data" / "structures"
+SUITES = {
+    "quick": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 2000, "box": 64, "snr": 0.1, "shifts": [0.0],
+              "throughput_boxes": [64, 128], "heads": [1, 7, 15], "relion": False},
+    "full": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 5000, "box": 64, "snr": 0.1, "shifts": [0.0, 3.0],
+             "throughput_boxes": [64, 128], "heads": [1, 7, 15], "relion": True},
+}
+
+
+def sh(cmd: list[str], cwd: Path | None = None, log: Path | None = None) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, its peak resident memory in MB, from GNU time's %M)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".rss") as rss:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd] if Path("/usr/bin/time").exists() else cmd
+        t0 = time.perf_counter()
+        with open(log or os.devnull, "w") as fh:
+            subprocess.run(timed, cwd=cwd, check=True, stdout=fh, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+        text = Path(rss.name).read_text().strip()
+    return wall, (float(text.splitlines()[-1]) / 1024 if text else float("nan"))
+
+
+def semiamort(*args: str) -> list[str]:
+    return [sys.executable, "-m", "napari_semiamort.cli.main", *args]
+
+
+# ---------------------------------------------------------------- throughput (one process per setting)
+def throughput_child(box: int, heads: int) -> dict:
+    """Images/s of stage 1 (at its widest band) and stage 2, and this process's peak memory."""
+    import tempfile
+    from importlib.resources import files
+
+    import torch
+
+    from napari_semiamort.run import Reconstruction, ReconstructionConfig
+    from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+        simulate_dataset(str(molecule), tmp, SimulationConfig(n_particles=1024, box=box, seed=0))
+        run = Reconstruction(ReconstructionConfig(particles=str(Path(tmp) / "particles.star"), heads=heads))
+        n, bs = len(run.data), run.config.batch_size
+        sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+
+        def rate(step, steps=8):
+            for s in range(2):
+                step(torch.arange(s * bs, (s + 1) * bs) % n)
+            sync()
+            t0 = time.perf_counter()
+            for s in range(steps):
+                step(torch.arange(s * bs, (s + 1) * bs) % n)
+            sync()
+            return steps * bs / (time.perf_counter() - t0)
+
+        run.epoch = run.config.switch_epoch - 1
+        s1 = rate(run._step_autoencode)
+        run._switch_to_autodecode()
+        s2 = rate(run._step_autodecode)
+        out = {"box": box, "heads": heads, "stage1_images_per_s": s1, "stage2_images_per_s": s2,
+               "device": str(run.device), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if run.device.type == "cuda":
+            out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
+
+def throughput(boxes, heads) -> list[dict]:
+    rows = []
+    for box in boxes:
+        for m in heads:
+            out = subprocess.run([sys.executable, __file__, "_throughput", str(box), str(m)], check=True,
+                                 capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  box {box:3d}  M {m:2d}: stage 1 {r['stage1_images_per_s']:7.0f} img/s, stage 2 "
+                  f"{r['stage2_images_per_s']:7.0f} img/s, peak {r['peak_rss_mb']:.0f} MB", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------- quality of a map against the truth
+def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path) -> dict:
+    """FSC = 0.5 resolution and pose errors of a map and its poses, after alignment to the truth."""
+    import torch
+
+    from napari_semiamort.data.mrc import read_map
+    from napari_semiamort.data.star import read_star
+    from napari_semiamort.metrics.alignment import align_poses, rotate_map
+    from napari_semiamort.metrics.fsc import fsc, resolution_at
+
+    est = read_star(poses_star, require_stacks=False)
+    ref = read_star(truth_star, require_stacks=False)
+    by_name = {n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name: i for i, n in enumerate(ref.image_names())}
+    rows = [by_name[n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name] for n in est.image_names()]
+    r_est = torch.from_numpy(est.rotations)
+    r_ref = torch.from_numpy(ref.rotations[rows])
+    al = align_poses(r_est, r_ref)
+    m, voxel = read_map(map_path)
+    t, tv = read_map(truth_map)
+    if m.shape != t.shape:
+        raise ValueError(f"{map_path}: box {m.shape[0]} differs from the truth's {t.shape[0]}")
+    curve = fsc(rotate_map(torch.from_numpy(m), al.transform), torch.from_numpy(t))
+    return {"fsc05_A": resolution_at(curve, t.shape[0], tv, 0.5), "pose_mean_deg": al.mean_error,
+            "pose_median_deg": al.median_error, "mirrored": al.mirrored}
+
+
+def run_ours(data: Path, out: Path, truth: Path) -> dict:
+    wall, peak = sh(semiamort("reconstruct", str(data / "particles.star"), "-o", str(out), "--force",
+                              "--reference-map", str(truth)), log=out.parent / f"{out.name}.log")
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    t = np.cumsum([m["seconds"] for m in metrics])
+    curve = [{"seconds": float(s), "fsc05_A": m.get("fsc_0.5_angstrom"), "pose_mean_deg": m.get("pose_error_mean_deg"),
+              "pose_median_deg": m.get("pose_error_median_deg")} for s, m in zip(t, metrics, strict=True)]
+    final = score(out / "map.mrc", out / "poses.star", data / "particles.star", truth)
+    return {"tool": "napari-semiamort", "wall_s": wall, "peak_rss_mb": peak, **final, "curve": curve}
+
+
+def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float) -> dict:
+    """RELION 3.1's SGD initial model with the settings of its GUI (3D initial model job)."""
+    out.mkdir(parents=True, exist_ok=True)
+    diameter = 0.8 * box * pixel
+    cmd = ["relion_refine", "--o", str(out / "run"), "--i", "particles.star", "--denovo_3dref", "--sgd",
+           "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200", "--sgd_fin_iter", "50", "--sgd_write_iter", "10",
+           "--sgd_ini_resol", "35", "--sgd_fin_resol", "15", "--sgd_ini_subset", "100", "--sgd_fin_subset", "500",
+           "--ctf", "--K", "1", "--sym", "C1", "--flatten_solvent", "--zero_mask", "--particle_diameter",
+           f"{diameter:.0f}", "--oversampling", "1", "--healpix_order", "1", "--offset_range", "6", "--offset_step",
+           "2", "--tau2_fudge", "4", "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc",
+           "--pool", "30", "--j", str(os.cpu_count() or 2)]
+    t0 = time.time()
+    wall, peak = sh(cmd, cwd=data, log=out / "relion.log")
+    curve = []
+    for star in sorted(out.glob("run_it*_data.star")):
+        it = star.name[len("run_it"):len("run_it") + 3]
+        mrc = out / f"run_it{it}_class001.mrc"
+        if mrc.is_file():
+            s = score(mrc, star, data / "particles.star", truth)
+            curve.append({"seconds": mrc.stat().st_mtime - t0, "iteration": int(it), **s})
+    final = curve[-1] if curve else {}
+    return {"tool": "RELION 3.1 SGD", "wall_s": wall, "peak_rss_mb": peak,
+            **{k: final.get(k) for k in ("fsc05_A", "pose_mean_deg", "pose_median_deg", "mirrored")},
+            "curve": curve}
+
+
+def first_time_to(curve: list[dict], resolution: float) -> float | None:
+    for p in curve:
+        if p.get("fsc05_A") is not None and p["fsc05_A"] <= resolution:
+            return p["seconds"]
+    return None
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for r in results:
+        pts = [(p["seconds"], p["fsc05_A"]) for p in r["curve"] if p.get("fsc05_A") is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=r["tool"])
+    ax.set_xscale("log")
+    ax.set_xlabel("wall-clock time (s)")
+    ax.set_ylabel("resolution at FSC = 0.5 vs truth (Å)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_throughput":
+        print(json.dumps(throughput_child(int(sys.argv[2]), int(sys.argv[3]))))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "ours", "relion"])
+    args = p.parse_args()
+    suite = SUITES[args.suite]
+    out = Path(args.out) / args.suite
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    record = {"suite": args.suite, "settings": suite, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "python": platform.python_version(), "torch": torch.__version__,
+              "relion": shutil.which("relion_refine") is not None, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if "throughput" not in args.skip:
+        print("throughput and peak memory (one process per setting):", flush=True)
+        record["throughput"] = throughput(suite["throughput_boxes"], suite["heads"])
+    record["quality"] = []
+    for shift in suite["shifts"]:
+        data = out / f"data_shift{shift:g}"
+        truth = data / "truth.mrc"
+        if not truth.is_file():
+            sh(semiamort("simulate", str(STRUCTURES / suite["molecule"]), "-o", str(data), "--n", str(suite["n"]),
+                         "--box", str(suite["box"]), "--snr", str(suite["snr"]), "--max-shift", str(shift),
+                         "--seed", "0", "--force"))
+        pixel = json.loads((data / "simulation.json").read_text())["pixel_size"]
+        results = []
+        if "ours" not in args.skip:
+            results.append(run_ours(data, out / f"ours_shift{shift:g}", truth))
+        if suite["relion"] and "relion" not in args.skip and shutil.which("relion_refine"):
+            results.append(run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel))
+        nyquist = 2 * pixel
+        for r in results:
+            r["time_to_1.5_nyquist_s"] = first_time_to(r["curve"], 1.5 * nyquist)
+            print(f"  {r['tool']:18s} shift {shift:g}: {r['wall_s'] / 60:5.1f} min, peak {r['peak_rss_mb']:.0f} MB, "
+                  f"FSC=0.5 {r['fsc05_A']:.1f} Å, pose error {r['pose_mean_deg']:.1f}° / {r['pose_median_deg']:.1f}°, "
+                  f"first at 1.5 × Nyquist ({1.5 * nyquist:.1f} Å) after {r['time_to_1.5_nyquist_s']} s", flush=True)
+        plot(results, out / f"resolution_vs_time_shift{shift:g}.png",
+             f"{suite['molecule'].split('_')[0]}, {suite['n']} images, box {suite['box']}, SNR {suite['snr']}, "
+             f"shifts ±{shift:g} px")
+        record["quality"].append({"shift_px": shift, "pixel_size": pixel, "results": results})
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

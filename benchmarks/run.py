@@ -175,6 +175,58 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float) -> di
             "curve": curve}
 
 
+def run_ablations(out: Path, n: int, box: int, snr: float) -> dict:
+    """The paper's ablations with our defaults otherwise: semi-amortised vs fully amortised after the switch
+    (Fig. 4 left, on 3KPR) and the number of heads on a pseudo-symmetric molecule (Fig. 5, 7PBL: RuvAB)."""
+    def curve(run_dir: Path) -> list[dict]:
+        return [{"epoch": m["epoch"], "stage": m["stage"], "pose_mean_deg": m.get("pose_error_mean_deg"),
+                 "pose_median_deg": m.get("pose_error_median_deg"), "fsc05_A": m.get("fsc_0.5_angstrom")}
+                for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                if "restart" not in m]
+
+    result = {}
+    for name, molecule in (("amortisation", "3KPR_TCR_HLA.cif.gz"), ("heads", "7pbl_RuvAB_HollidayJunction.pdb")):
+        data = out / f"data_{name}"
+        if not (data / "truth.mrc").is_file():
+            sh(semiamort("simulate", str(STRUCTURES / molecule), "-o", str(data), "--n", str(n), "--box", str(box),
+                         "--snr", str(snr), "--seed", "0", "--force"))
+        runs = ({"semi-amortised (switch at 15)": [], "fully amortised (no switch)": ["--switch-epoch", "25"]}
+                if name == "amortisation" else {f"M = {m}": ["--heads", str(m)] for m in (1, 2, 4, 7)})
+        result[name] = {"molecule": molecule, "runs": {}}
+        for k, (label, extra) in enumerate(runs.items()):
+            run_dir = out / f"ablation_{name}_{k}"
+            wall, _ = sh(semiamort("reconstruct", str(data / "particles.star"), "-o", str(run_dir), "--force",
+                                   "--reference-map", str(data / "truth.mrc"), *extra), log=run_dir.with_suffix(".log"))
+            c = curve(run_dir)
+            result[name]["runs"][label] = {"wall_s": wall, "curve": c}
+            last = c[-1]
+            print(f"  {name:12s} {label:30s}: pose error {last['pose_mean_deg']:.1f}° / {last['pose_median_deg']:.1f}°,"
+                  f" FSC=0.5 {last['fsc05_A']:.1f} Å, {wall / 60:.1f} min", flush=True)
+    return result
+
+
+def plot_ablations(ab: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    for ax, (name, title) in zip(axes, (("amortisation", "after the switch (3KPR)"),
+                                        ("heads", "number of heads (7PBL, pseudo-6-fold)")), strict=True):
+        for label, r in ab[name]["runs"].items():
+            ax.plot([p["epoch"] for p in r["curve"]], [p["pose_mean_deg"] for p in r["curve"]], marker="o", ms=3,
+                    label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean pose error (°)")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def first_time_to(curve: list[dict], resolution: float) -> float | None:
     for p in curve:
         if p.get("fsc05_A") is not None and p["fsc05_A"] <= resolution:
@@ -210,7 +262,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=sorted(SUITES), default="quick")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "ours", "relion"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "ours", "relion", "ablations"])
+    p.add_argument("--only", choices=["ablations"], help="run this part alone")
     args = p.parse_args()
     suite = SUITES[args.suite]
     out = Path(args.out) / args.suite
@@ -220,6 +273,13 @@ def main() -> None:
     record = {"suite": args.suite, "settings": suite, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "python": platform.python_version(), "torch": torch.__version__,
               "relion": shutil.which("relion_refine") is not None, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.only == "ablations":
+        args.skip = ["throughput", "ours", "relion"]
+        suite = {**suite, "shifts": []}
+    if "ablations" not in args.skip:
+        print("ablations:", flush=True)
+        record["ablations"] = run_ablations(out, suite["n"], suite["box"], suite["snr"])
+        plot_ablations(record["ablations"], out / "ablations.png")
     if "throughput" not in args.skip:
         print("throughput and peak memory (one process per setting):", flush=True)
         record["throughput"] = throughput(suite["throughput_boxes"], suite["heads"])
@@ -247,8 +307,9 @@ def main() -> None:
              f"{suite['molecule'].split('_')[0]}, {suite['n']} images, box {suite['box']}, SNR {suite['snr']}, "
              f"shifts ±{shift:g} px")
         record["quality"].append({"shift_px": shift, "pixel_size": pixel, "results": results})
-    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"results: {out / 'results.json'}")
+    name = "ablations.json" if args.only == "ablations" else "results.json"
+    (out / name).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"results: {out / name}")
 
 
 if __name__ == "__main__":

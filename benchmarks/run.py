@@ -14,7 +14,9 @@ Every tool reads the same simulated particles (our simulator's STAR and stack). 
 with the ground truth after aligning the run's frame and hand to the truth with the run's own poses
 (``align_poses``): FSC = 0.5 resolution, and the mean / median pose error. Times are wall-clock; peak
 memory is the tool's peak resident set (GNU ``time``'s %M).
-cryoDRGN (its own virtual environment: ``--cryodrgn PATH/TO/bin/cryodrgn``) runs when given.
+cryoDRGN (its own virtual environment: ``--cryodrgn PATH/TO/bin/cryodrgn``) runs when given; its maps have
+inverted contrast and are negated before the FSC. ``--peer-limit SECONDS`` stops a peer and scores what
+it wrote.
 """
 
 from __future__ import annotations
@@ -115,27 +117,35 @@ def throughput(boxes, heads) -> list[dict]:
 # ---------------------------------------------------------------- quality of a map against the truth
 def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path) -> dict:
     """FSC = 0.5 resolution and pose errors of a map and its poses, after alignment to the truth."""
-    import torch
-
-    from napari_semiamort.data.mrc import read_map
     from napari_semiamort.data.star import read_star
-    from napari_semiamort.metrics.alignment import align_poses, rotate_map
-    from napari_semiamort.metrics.fsc import fsc, resolution_at
 
     est = read_star(poses_star, require_stacks=False)
     ref = read_star(truth_star, require_stacks=False)
     by_name = {n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name: i for i, n in enumerate(ref.image_names())}
     rows = [by_name[n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name] for n in est.image_names()]
-    r_est = torch.from_numpy(est.rotations)
-    r_ref = torch.from_numpy(ref.rotations[rows])
-    al = align_poses(r_est, r_ref)
+    return score_rotations(map_path, est.rotations, ref.rotations[rows], truth_map)
+
+
+def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray, truth_map: Path) -> dict:
+    """As :func:`score`, with the poses `(N, 3, 3)` (RELION's A) given in the truth's particle order."""
+    import torch
+
+    from napari_semiamort.data.mrc import read_map
+    from napari_semiamort.metrics.alignment import align_poses, rotate_map
+    from napari_semiamort.metrics.fsc import fsc, resolution_at
+
+    al = align_poses(torch.as_tensor(rotations), torch.as_tensor(reference))
     m, voxel = read_map(map_path)
     t, tv = read_map(truth_map)
     if m.shape != t.shape:
         raise ValueError(f"{map_path}: box {m.shape[0]} differs from the truth's {t.shape[0]}")
-    curve = fsc(rotate_map(torch.from_numpy(m), al.transform), torch.from_numpy(t))
+    aligned = rotate_map(torch.from_numpy(m), al.transform)
+    curve = fsc(aligned, torch.from_numpy(t))
+    inverted = bool(np.mean(curve[1:4]) < 0)  # cryoDRGN's maps come out with inverted contrast: users flip them
+    if inverted:
+        curve = fsc(-aligned, torch.from_numpy(t))
     return {"fsc05_A": resolution_at(curve, t.shape[0], tv, 0.5), "pose_mean_deg": al.mean_error,
-            "pose_median_deg": al.median_error, "mirrored": al.mirrored}
+            "pose_median_deg": al.median_error, "mirrored": al.mirrored, "contrast_inverted": inverted}
 
 
 def run_ours(data: Path, out: Path, truth: Path) -> dict:
@@ -171,6 +181,40 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float) -> di
             curve.append({"seconds": mrc.stat().st_mtime - t0, "iteration": int(it), **s})
     final = curve[-1] if curve else {}
     return {"tool": "RELION 3.1 SGD", "wall_s": wall, "peak_rss_mb": peak,
+            **{k: final.get(k) for k in ("fsc05_A", "pose_mean_deg", "pose_median_deg", "mirrored")},
+            "curve": curve}
+
+
+def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: float, epochs: int = 10,
+                 limit_s: float | None = None) -> dict:
+    """cryoDRGN's homogeneous ab initio (``abinit_homo_old``, 4.x) on the same stack, centred data
+    (``--t-extent 0 --t-ngrid 1``: its ``--no-trans`` is not implemented), defaults otherwise; each epoch's
+    map and poses are scored like ours."""
+    from napari_semiamort.data.cryodrgn import read_pose_pkl
+    from napari_semiamort.data.star import read_star
+
+    out.mkdir(parents=True, exist_ok=True)
+    sh([exe, "parse_ctf_star", str(data / "particles.star"), "-o", str(out / "ctf.pkl"), "-D", str(box),
+        "--Apix", f"{pixel}"])
+    cmd = [exe, "abinit_homo_old", str(data / "particles.mrcs"), "--ctf", str(out / "ctf.pkl"), "-o",
+           str(out / "run"), "--t-extent", "0", "--t-ngrid", "1", "-n", str(epochs), "--seed", "0"]
+    if limit_s:
+        cmd = ["timeout", str(int(limit_s)), *cmd]
+    t0 = time.time()
+    try:
+        wall, peak = sh(cmd, log=out / "cryodrgn.log")
+    except subprocess.CalledProcessError:  # stopped by the time limit: score what it wrote
+        wall, peak = time.time() - t0, float("nan")
+    reference = read_star(data / "particles.star", require_stacks=False).rotations
+    curve = []
+    for mrc in sorted((out / "run").glob("reconstruct.*.mrc"), key=lambda p: int(p.name.split(".")[1])):
+        pose = out / "run" / f"pose.{mrc.name.split('.')[1]}.pkl"
+        if pose.is_file():
+            rot, _ = read_pose_pkl(pose, box, pixel)
+            curve.append({"seconds": mrc.stat().st_mtime - t0, "epoch": int(mrc.name.split(".")[1]),
+                          **score_rotations(mrc, rot, reference, truth)})
+    final = curve[-1] if curve else {}
+    return {"tool": "cryoDRGN abinit_homo_old", "wall_s": wall, "peak_rss_mb": peak,
             **{k: final.get(k) for k in ("fsc05_A", "pose_mean_deg", "pose_median_deg", "mirrored")},
             "curve": curve}
 
@@ -264,6 +308,9 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "ours", "relion", "ablations"])
     p.add_argument("--only", choices=["ablations"], help="run this part alone")
+    p.add_argument("--cryodrgn", help="cryodrgn executable of its own virtual environment (runs it as a peer)")
+    p.add_argument("--cryodrgn-epochs", type=int, default=10)
+    p.add_argument("--peer-limit", type=float, default=None, help="seconds after which a peer is stopped")
     args = p.parse_args()
     suite = SUITES[args.suite]
     out = Path(args.out) / args.suite
@@ -297,9 +344,15 @@ def main() -> None:
             results.append(run_ours(data, out / f"ours_shift{shift:g}", truth))
         if suite["relion"] and "relion" not in args.skip and shutil.which("relion_refine"):
             results.append(run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel))
+        if args.cryodrgn:
+            results.append(run_cryodrgn(args.cryodrgn, data, out / f"cryodrgn_shift{shift:g}", truth, suite["box"],
+                                        pixel, args.cryodrgn_epochs, args.peer_limit))
         nyquist = 2 * pixel
         for r in results:
             r["time_to_1.5_nyquist_s"] = first_time_to(r["curve"], 1.5 * nyquist)
+            if r["fsc05_A"] is None:
+                print(f"  {r['tool']:18s} shift {shift:g}: no map within {r['wall_s'] / 60:.1f} min", flush=True)
+                continue
             print(f"  {r['tool']:18s} shift {shift:g}: {r['wall_s'] / 60:5.1f} min, peak {r['peak_rss_mb']:.0f} MB, "
                   f"FSC=0.5 {r['fsc05_A']:.1f} Å, pose error {r['pose_mean_deg']:.1f}° / {r['pose_median_deg']:.1f}°, "
                   f"first at 1.5 × Nyquist ({1.5 * nyquist:.1f} Å) after {r['time_to_1.5_nyquist_s']} s", flush=True)

@@ -53,3 +53,8 @@ def test_rotate_map_undoes_a_known_rotation(igg_map):
     corr = np.corrcoef(back.numpy().ravel(), igg_map.numpy().ravel())[0, 1]
     assert corr > 0.99
     assert np.corrcoef(turned.numpy().ravel(), igg_map.numpy().ravel())[0, 1] < 0.9
+
+
+def test_resolution_of_a_curve_that_starts_below_the_threshold_is_the_lowest_shell():
+    curve = np.array([-1.0, -0.99, -0.9, 0.2, 0.1])
+    assert resolution_at(curve, 8, 2.0, 0.5) == 16.0  # the box length: no resolution at all

@@ -36,6 +36,8 @@ def resolution_at(curve: np.ndarray, size: int, pixel_size: float, threshold: fl
     for s in range(1, len(curve)):
         if curve[s] < threshold:
             c0, c1 = curve[s - 1], curve[s]
+            if c0 <= threshold:  # below from the start (an inverted or unrelated map): the box length
+                return float(size * pixel_size / max(s - 1, 1))
             frac = (c0 - threshold) / (c0 - c1) if c0 != c1 else 0.0
             shell = s - 1 + frac
             return float(size * pixel_size / max(shell, 1e-6))

@@ -80,6 +80,21 @@ def contrast_statistic(images: torch.Tensor) -> torch.Tensor:
     return images[..., inner].mean(-1) - images[..., ring].mean(-1)
 
 
+def read_images(table: ParticleTable, stacks: list[Stack], rows: np.ndarray, box: int,
+                check: bool = False) -> np.ndarray:
+    """Raw images `(B, box, box)` float32 of the table's ``rows``: one read per stack touched, in ascending
+    file order. ``check``: a missing image (index past the end, a truncated file) is a one-line error."""
+    out = np.empty((len(rows), box, box), dtype=np.float32)
+    s_ids, im_ids = table.stack_index[rows], table.image_index[rows]
+    for s in np.unique(s_ids):
+        sel = np.flatnonzero(s_ids == s)
+        order = sel[np.argsort(im_ids[sel], kind="stable")]  # ascending offsets: sequential reads
+        if check:
+            stacks[s].check_index(int(im_ids[order[-1]]), table.source)
+        out[order] = stacks[s].data[im_ids[order]]
+    return out
+
+
 class ParticleDataset:
     """A :class:`ParticleTable`'s images, prepared, plus what training needs per particle.
 
@@ -237,14 +252,7 @@ class ParticleDataset:
     # ------------------------------------------------------------------ reading
     def read_raw(self, idx: np.ndarray) -> np.ndarray:
         """The stacks' images `(B, L0, L0)` float32 for particles ``idx``, one read per stack touched."""
-        idx = np.asarray(idx)
-        out = np.empty((len(idx), self.raw_box, self.raw_box), dtype=np.float32)
-        s_ids, im_ids = self.table.stack_index[idx], self.table.image_index[idx]
-        for s in np.unique(s_ids):
-            sel = np.flatnonzero(s_ids == s)
-            order = np.argsort(im_ids[sel], kind="stable")  # ascending offsets: sequential reads
-            out[sel[order]] = self.stacks[s].data[im_ids[sel[order]]]
-        return out
+        return read_images(self.table, self.stacks, np.asarray(idx), self.raw_box)
 
     def prepare(self, raw: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw images `(B, L0, L0)` → prepared `(B, L, L)` (unmasked) and which were finite `(B,)`."""
@@ -354,15 +362,7 @@ class ParticleStackView:
         first, rest = key[0], key[1:]
         rows = np.arange(self.shape[0])[first]
         scalar = np.ndim(rows) == 0
-        rows = np.atleast_1d(rows)
-        out = np.empty((len(rows), *self.shape[1:]), np.float32)
-        s_ids, im_ids = self.table.stack_index[rows], self.table.image_index[rows]
-        for s in np.unique(s_ids):
-            sel = np.flatnonzero(s_ids == s)
-            stack = self._stacks[s]
-            for j in sel:
-                stack.check_index(int(im_ids[j]), self.table.source)
-            out[sel] = stack.data[im_ids[sel]]
+        out = read_images(self.table, self._stacks, np.atleast_1d(rows), self.shape[-1], check=True)
         out = out[0] if scalar else out
         return out[rest] if rest else out
 

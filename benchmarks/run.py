@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ STRUCTURES = ROOT.parent / "shared" / "data" / "structures"
 SUITES = {
     "quick": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 2000, "box": 64, "snr": 0.1, "shifts": [0.0],
               "throughput_boxes": [64, 128], "heads": [1, 7, 15], "relion": False},
-    "full": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 5000, "box": 64, "snr": 0.1, "shifts": [0.0, 3.0],
+    "full": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 2000, "box": 64, "snr": 0.1, "shifts": [0.0, 3.0],
              "throughput_boxes": [64, 128], "heads": [1, 7, 15], "relion": True},
 }
 
@@ -114,6 +113,54 @@ def throughput(boxes, heads) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- the paper's setting (Table 2)
+def paper_child(data: str, heads: int, backbone: str) -> dict:
+    """One full epoch of each stage on ``data`` (the data loader included), as the paper's Table 2 times
+    them (box 128, 50,000 images, M = 7, VGG16 features: 99.76 s and 81.61 s per epoch on its GPU)."""
+    import torch
+
+    from napari_semiamort.run import Reconstruction, ReconstructionConfig
+
+    cfg = ReconstructionConfig(particles=data, heads=heads, backbone=backbone, epochs=2, switch_epoch=1,
+                               restarts=1, watch=[])
+    run = Reconstruction(cfg)
+    cuda = run.device.type == "cuda"
+    peaks = []
+    for snap in run:
+        if snap.epoch_end:
+            if cuda:
+                peaks.append(torch.cuda.max_memory_allocated() / 2**20)
+                torch.cuda.reset_peak_memory_stats()
+    h = run.history
+    out = {"images": len(run.data), "box": run.size, "heads": heads, "backbone": backbone, "device": str(run.device),
+           "stage1_epoch_s": h[0]["seconds"], "stage2_epoch_s": h[1]["seconds"],
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if cuda:
+        out.update({"gpu": torch.cuda.get_device_name(), "stage1_peak_gpu_mb": peaks[0],
+                    "stage2_peak_gpu_mb": peaks[1]})
+    return out
+
+
+def paper_setting(out: Path, n: int, box: int, backbones: list[str]) -> list[dict]:
+    data = out / f"data_paper_{n}_{box}"
+    if not (data / "particles.star").is_file():
+        from importlib.resources import files
+
+        molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+        sh(semiamort("simulate", str(molecule), "-o", str(data), "--n", str(n), "--box", str(box), "--snr", "0.1",
+                     "--seed", "0", "--force"))
+    rows = []
+    for backbone in backbones:
+        text = subprocess.run([sys.executable, __file__, "_paper", str(data / "particles.star"), "7", backbone],
+                              check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(text.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"  {r['images']} images, box {r['box']}, M 7, {backbone}: stage 1 {r['stage1_epoch_s']:.1f} s/epoch, "
+              f"stage 2 {r['stage2_epoch_s']:.1f} s/epoch on {r.get('gpu', r['device'])} (paper: 99.76 s and 81.61 s)",
+              flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------- quality of a map against the truth
 def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path) -> dict:
     """FSC = 0.5 resolution and pose errors of a map and its poses, after alignment to the truth."""
@@ -148,30 +195,44 @@ def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray
             "pose_median_deg": al.median_error, "mirrored": al.mirrored, "contrast_inverted": inverted}
 
 
-def run_ours(data: Path, out: Path, truth: Path) -> dict:
+def run_ours(data: Path, out: Path, truth: Path, shifted: bool = False) -> dict:
+    """Our default configuration; on shifted data with shift estimation (``--estimate-shifts``)."""
+    t0 = time.time()
     wall, peak = sh(semiamort("reconstruct", str(data / "particles.star"), "-o", str(out), "--force",
-                              "--reference-map", str(truth)), log=out.parent / f"{out.name}.log")
+                              "--reference-map", str(truth), *(["--estimate-shifts"] if shifted else [])),
+                    log=out.parent / f"{out.name}.log")
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    t = np.cumsum([m["seconds"] for m in metrics])
+    # wall-clock since the command started, as for the peers (their maps' file times): start-up included
+    t = [m["time"] - t0 for m in metrics]
     curve = [{"seconds": float(s), "fsc05_A": m.get("fsc_0.5_angstrom"), "pose_mean_deg": m.get("pose_error_mean_deg"),
               "pose_median_deg": m.get("pose_error_median_deg")} for s, m in zip(t, metrics, strict=True)]
     final = score(out / "map.mrc", out / "poses.star", data / "particles.star", truth)
     return {"tool": "napari-semiamort", "wall_s": wall, "peak_rss_mb": peak, **final, "curve": curve}
 
 
-def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float) -> dict:
+def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, shifted: bool = True,
+               limit_s: float | None = None) -> dict:
     """RELION 3.1's SGD initial model with the settings of its GUI (3D initial model job)."""
     out.mkdir(parents=True, exist_ok=True)
     diameter = 0.8 * box * pixel
+    # the GUI's translational search (±6 px in steps of 2) on shifted data; none on centred data, as
+    # for cryoDRGN (--t-extent 0) and ours
+    offsets = ["--offset_range", "6", "--offset_step", "2"] if shifted else ["--offset_range", "0",
+                                                                             "--offset_step", "1"]
     cmd = ["relion_refine", "--o", str(out / "run"), "--i", "particles.star", "--denovo_3dref", "--sgd",
            "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200", "--sgd_fin_iter", "50", "--sgd_write_iter", "10",
            "--sgd_ini_resol", "35", "--sgd_fin_resol", "15", "--sgd_ini_subset", "100", "--sgd_fin_subset", "500",
            "--ctf", "--K", "1", "--sym", "C1", "--flatten_solvent", "--zero_mask", "--particle_diameter",
-           f"{diameter:.0f}", "--oversampling", "1", "--healpix_order", "1", "--offset_range", "6", "--offset_step",
-           "2", "--tau2_fudge", "4", "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc",
+           f"{diameter:.0f}", "--oversampling", "1", "--healpix_order", "1", *offsets, "--tau2_fudge", "4",
+           "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc",
            "--pool", "30", "--j", str(os.cpu_count() or 2)]
+    if limit_s:
+        cmd = ["timeout", str(int(limit_s)), *cmd]
     t0 = time.time()
-    wall, peak = sh(cmd, cwd=data, log=out / "relion.log")
+    try:
+        wall, peak = sh(cmd, cwd=data, log=out / "relion.log")
+    except subprocess.CalledProcessError:  # stopped by the time limit: score what it wrote
+        wall, peak = time.time() - t0, float("nan")
     curve = []
     for star in sorted(out.glob("run_it*_data.star")):
         it = star.name[len("run_it"):len("run_it") + 3]
@@ -185,8 +246,8 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float) -> di
             "curve": curve}
 
 
-def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: float, epochs: int = 10,
-                 limit_s: float | None = None) -> dict:
+def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: float, shifted: bool = True,
+                 epochs: int = 10, limit_s: float | None = None) -> dict:
     """cryoDRGN's homogeneous ab initio (``abinit_homo_old``, 4.x) on the same stack, centred data
     (``--t-extent 0 --t-ngrid 1``: its ``--no-trans`` is not implemented), defaults otherwise; each epoch's
     map and poses are scored like ours."""
@@ -197,7 +258,8 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
     sh([exe, "parse_ctf_star", str(data / "particles.star"), "-o", str(out / "ctf.pkl"), "-D", str(box),
         "--Apix", f"{pixel}"])
     cmd = [exe, "abinit_homo_old", str(data / "particles.mrcs"), "--ctf", str(out / "ctf.pkl"), "-o",
-           str(out / "run"), "--t-extent", "0", "--t-ngrid", "1", "-n", str(epochs), "--seed", "0"]
+           str(out / "run"), *([] if shifted else ["--t-extent", "0", "--t-ngrid", "1"]), "-n", str(epochs),
+           "--seed", "0"]
     if limit_s:
         cmd = ["timeout", str(int(limit_s)), *cmd]
     t0 = time.time()
@@ -299,39 +361,85 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+PARTS = ["throughput", "ours", "relion", "cryodrgn", "ablations", "paper"]
+
+
+def merge_quality(record: dict, shift: float, pixel: float, results: list[dict]) -> list[dict]:
+    """Put this run's results for `shift` into `record`, replacing the same tools' earlier results; return
+    every tool's results for that shift."""
+    entry = next((q for q in record["quality"] if q["shift_px"] == shift), None)
+    if entry is None:
+        entry = {"shift_px": shift, "pixel_size": pixel, "results": []}
+        record["quality"].append(entry)
+    tools = {r["tool"] for r in results}
+    entry["results"] = [r for r in entry["results"] if r["tool"] not in tools] + results
+    return entry["results"]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_throughput":
         print(json.dumps(throughput_child(int(sys.argv[2]), int(sys.argv[3]))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "_paper":
+        print(json.dumps(paper_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=sorted(SUITES), default="quick")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "ours", "relion", "ablations"])
-    p.add_argument("--only", choices=["ablations"], help="run this part alone")
+    p.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    p.add_argument("--only", nargs="+", choices=PARTS, help="run these parts alone (results merge into results.json)")
+    p.add_argument("--shifts", nargs="+", type=float, help="the suite's data to use, by maximum shift in pixels")
     p.add_argument("--cryodrgn", help="cryodrgn executable of its own virtual environment (runs it as a peer)")
     p.add_argument("--cryodrgn-epochs", type=int, default=10)
     p.add_argument("--peer-limit", type=float, default=None, help="seconds after which a peer is stopped")
+    p.add_argument("--paper-n", type=int, default=50000, help="images for the paper's setting (part 'paper')")
+    p.add_argument("--paper-box", type=int, default=128)
+    p.add_argument("--paper-backbones", nargs="+", default=["vgg16", "light"], choices=["vgg16", "light"])
     args = p.parse_args()
-    suite = SUITES[args.suite]
+    suite = dict(SUITES[args.suite])
+    if args.shifts is not None:
+        suite["shifts"] = args.shifts
+    skip = set(args.skip) if not args.only else set(PARTS) - set(args.only)
+    if not suite["relion"]:
+        skip.add("relion")
+    if not args.cryodrgn:
+        skip.add("cryodrgn")
+    if not args.only or "paper" not in args.only:
+        skip.add("paper")  # a GPU run: only when asked for
     out = Path(args.out) / args.suite
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    record = {"suite": args.suite, "settings": suite, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "python": platform.python_version(), "torch": torch.__version__,
-              "relion": shutil.which("relion_refine") is not None, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if args.only == "ablations":
-        args.skip = ["throughput", "ours", "relion"]
-        suite = {**suite, "shifts": []}
-    if "ablations" not in args.skip:
+    path = out / "results.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"quality": []}
+    record.update({"suite": args.suite, "settings": SUITES[args.suite],
+                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}".rstrip(", "),
+                   "python": platform.python_version(), "torch": torch.__version__})
+    record.setdefault("runs", []).append({"started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                          "parts": sorted(set(PARTS) - skip), "shifts": suite["shifts"],
+                                          "argv": sys.argv[1:]})
+
+    def save() -> None:
+        path.write_text(json.dumps(record, indent=2) + "\n")
+
+    if "ablations" not in skip:
         print("ablations:", flush=True)
         record["ablations"] = run_ablations(out, suite["n"], suite["box"], suite["snr"])
         plot_ablations(record["ablations"], out / "ablations.png")
-    if "throughput" not in args.skip:
+        save()
+    if "throughput" not in skip:
         print("throughput and peak memory (one process per setting):", flush=True)
         record["throughput"] = throughput(suite["throughput_boxes"], suite["heads"])
-    record["quality"] = []
-    for shift in suite["shifts"]:
+        save()
+    if "paper" not in skip:
+        print("the paper's setting (Table 2), one epoch per stage:", flush=True)
+        rows = paper_setting(out, args.paper_n, args.paper_box, args.paper_backbones)
+        record.setdefault("paper_setting", [])
+        record["paper_setting"] = [r for r in record["paper_setting"]
+                                   if (r["device"], r["images"], r["backbone"]) not in
+                                   {(x["device"], x["images"], x["backbone"]) for x in rows}] + rows
+        save()
+    for shift in suite["shifts"] if {"ours", "relion", "cryodrgn"} - skip else []:
         data = out / f"data_shift{shift:g}"
         truth = data / "truth.mrc"
         if not truth.is_file():
@@ -339,30 +447,37 @@ def main() -> None:
                          "--box", str(suite["box"]), "--snr", str(suite["snr"]), "--max-shift", str(shift),
                          "--seed", "0", "--force"))
         pixel = json.loads((data / "simulation.json").read_text())["pixel_size"]
-        results = []
-        if "ours" not in args.skip:
-            results.append(run_ours(data, out / f"ours_shift{shift:g}", truth))
-        if suite["relion"] and "relion" not in args.skip and shutil.which("relion_refine"):
-            results.append(run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel))
-        if args.cryodrgn:
-            results.append(run_cryodrgn(args.cryodrgn, data, out / f"cryodrgn_shift{shift:g}", truth, suite["box"],
-                                        pixel, args.cryodrgn_epochs, args.peer_limit))
         nyquist = 2 * pixel
-        for r in results:
+        results = []
+        for part in ("ours", "relion", "cryodrgn"):
+            if part in skip:
+                continue
+            if part == "ours":
+                r = run_ours(data, out / f"ours_shift{shift:g}", truth, shift > 0)
+            elif part == "relion":
+                r = run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel, shift > 0,
+                               args.peer_limit)
+            else:
+                r = run_cryodrgn(args.cryodrgn, data, out / f"cryodrgn_shift{shift:g}", truth, suite["box"], pixel,
+                                 shift > 0, args.cryodrgn_epochs, args.peer_limit)
             r["time_to_1.5_nyquist_s"] = first_time_to(r["curve"], 1.5 * nyquist)
+            r["time_to_2_nyquist_s"] = first_time_to(r["curve"], 2 * nyquist)
+            results.append(r)
             if r["fsc05_A"] is None:
                 print(f"  {r['tool']:18s} shift {shift:g}: no map within {r['wall_s'] / 60:.1f} min", flush=True)
-                continue
-            print(f"  {r['tool']:18s} shift {shift:g}: {r['wall_s'] / 60:5.1f} min, peak {r['peak_rss_mb']:.0f} MB, "
-                  f"FSC=0.5 {r['fsc05_A']:.1f} Å, pose error {r['pose_mean_deg']:.1f}° / {r['pose_median_deg']:.1f}°, "
-                  f"first at 1.5 × Nyquist ({1.5 * nyquist:.1f} Å) after {r['time_to_1.5_nyquist_s']} s", flush=True)
-        plot(results, out / f"resolution_vs_time_shift{shift:g}.png",
-             f"{suite['molecule'].split('_')[0]}, {suite['n']} images, box {suite['box']}, SNR {suite['snr']}, "
-             f"shifts ±{shift:g} px")
-        record["quality"].append({"shift_px": shift, "pixel_size": pixel, "results": results})
-    name = "ablations.json" if args.only == "ablations" else "results.json"
-    (out / name).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"results: {out / name}")
+            else:
+                print(f"  {r['tool']:18s} shift {shift:g}: {r['wall_s'] / 60:5.1f} min, "
+                      f"peak {r['peak_rss_mb']:.0f} MB, "
+                      f"FSC=0.5 {r['fsc05_A']:.1f} Å, pose error {r['pose_mean_deg']:.1f}° / "
+                      f"{r['pose_median_deg']:.1f}°, first at 1.5 × Nyquist ({1.5 * nyquist:.1f} Å) after "
+                      f"{r['time_to_1.5_nyquist_s']} s", flush=True)
+            everyone = merge_quality(record, shift, pixel, results)
+            save()
+            plot(everyone, out / f"resolution_vs_time_shift{shift:g}.png",
+                 f"{suite['molecule'].split('_')[0]}, {suite['n']} images, box {suite['box']}, SNR {suite['snr']}, "
+                 f"shifts ±{shift:g} px")
+    save()
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

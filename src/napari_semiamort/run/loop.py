@@ -524,6 +524,7 @@ class Reconstruction:
             "loss": float(np.mean(losses)),
             "seconds": seconds,
             "images_per_second": n / max(seconds, 1e-9),
+            "time": time.time(),  # when the epoch's training ended (Unix seconds; the scoring below follows)
         }
         if self._previous_poses is not None:
             m["pose_change_deg"] = float(torch.rad2deg(geodesic_distance(self._previous_poses, self.poses)).mean())

@@ -1,0 +1,89 @@
+"""The benchmark suite's scoring and bookkeeping (benchmarks/run.py): the numbers in docs/benchmarks.md come
+from these functions, so a wrong sign or a lost result would silently change every table."""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_semiamort.data.mrc import read_map, write_mrc
+from napari_semiamort.physics.so3 import random_rotations
+
+ROOT = Path(__file__).resolve().parents[1]
+RIBOSOME = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def truth(tmp_path):
+    import gzip
+
+    raw = tmp_path / "ribosome.mrc"
+    raw.write_bytes(gzip.decompress(RIBOSOME.read_bytes()))
+    volume, voxel = read_map(raw)
+    return write_mrc(tmp_path / "truth.mrc", volume, voxel), volume, voxel
+
+
+def test_score_rotations_the_truth_itself(bench, truth, tmp_path):
+    path, volume, voxel = truth
+    rots = random_rotations(200, torch.Generator().manual_seed(0), torch.float64).numpy()
+    s = bench.score_rotations(path, rots, rots, path)
+    assert s["fsc05_A"] == pytest.approx(2 * voxel, rel=0.02)  # identical maps: Nyquist
+    assert s["pose_mean_deg"] < 1e-3 and not s["mirrored"] and not s["contrast_inverted"]
+
+
+def test_score_rotations_flips_an_inverted_map_and_says_so(bench, truth, tmp_path):
+    """cryoDRGN's maps come out with negative density: they are negated (and flagged), not scored as junk."""
+    path, volume, voxel = truth
+    inverted = write_mrc(tmp_path / "inverted.mrc", -volume, voxel)
+    rots = random_rotations(200, torch.Generator().manual_seed(1), torch.float64).numpy()
+    s = bench.score_rotations(inverted, rots, rots, path)
+    assert s["contrast_inverted"]
+    assert s["fsc05_A"] == pytest.approx(2 * voxel, rel=0.02)
+
+
+def test_score_rotations_an_unrelated_map_scores_at_the_box_length(bench, truth, tmp_path):
+    path, volume, voxel = truth
+    rng = np.random.default_rng(0)
+    noise = write_mrc(tmp_path / "noise.mrc", rng.standard_normal(volume.shape).astype(np.float32), voxel)
+    rots = random_rotations(200, torch.Generator().manual_seed(2), torch.float64).numpy()
+    s = bench.score_rotations(noise, rots, rots, path)
+    assert s["fsc05_A"] > 10 * 2 * voxel
+
+
+def test_score_rotations_refuses_a_map_of_another_box(bench, truth, tmp_path):
+    path, volume, voxel = truth
+    small = write_mrc(tmp_path / "small.mrc", volume[::2, ::2, ::2].copy(), 2 * voxel)
+    rots = random_rotations(10, torch.Generator().manual_seed(3), torch.float64).numpy()
+    with pytest.raises(ValueError, match="small.mrc: box 32 differs from the truth's 64"):
+        bench.score_rotations(small, rots, rots, path)
+
+
+def test_merge_quality_replaces_a_tools_earlier_result_and_keeps_the_others(bench):
+    record = {"quality": []}
+    bench.merge_quality(record, 0.0, 5.15, [{"tool": "ours", "fsc05_A": 12.0}, {"tool": "RELION", "fsc05_A": 15.0}])
+    everyone = bench.merge_quality(record, 0.0, 5.15, [{"tool": "ours", "fsc05_A": 11.0}])
+    assert sorted((r["tool"], r["fsc05_A"]) for r in everyone) == [("RELION", 15.0), ("ours", 11.0)]
+    bench.merge_quality(record, 3.0, 5.15, [{"tool": "ours", "fsc05_A": 13.0}])
+    assert [q["shift_px"] for q in record["quality"]] == [0.0, 3.0]
+    assert len(record["quality"][0]["results"]) == 2
+
+
+def test_first_time_to_a_resolution(bench):
+    curve = [{"seconds": 1.0, "fsc05_A": None}, {"seconds": 2.0, "fsc05_A": 30.0},
+             {"seconds": 5.0, "fsc05_A": 14.0}, {"seconds": 9.0, "fsc05_A": 12.0}]
+    assert bench.first_time_to(curve, 15.0) == 5.0
+    assert bench.first_time_to(curve, 12.0) == 9.0
+    assert bench.first_time_to(curve, 10.0) is None

@@ -162,7 +162,10 @@ def paper_setting(out: Path, n: int, box: int, backbones: list[str]) -> list[dic
 
 
 # ---------------------------------------------------------------- quality of a map against the truth
-def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path) -> dict:
+FINAL_KEYS = ("fsc05_masked_A", "fsc05_A", "pose_mean_deg", "pose_median_deg", "mirrored", "contrast_inverted")
+
+
+def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path, mask_A: float | None = None) -> dict:
     """FSC = 0.5 resolution and pose errors of a map and its poses, after alignment to the truth."""
     from napari_semiamort.data.star import read_star
 
@@ -170,16 +173,20 @@ def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path) -
     ref = read_star(truth_star, require_stacks=False)
     by_name = {n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name: i for i, n in enumerate(ref.image_names())}
     rows = [by_name[n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name] for n in est.image_names()]
-    return score_rotations(map_path, est.rotations, ref.rotations[rows], truth_map)
+    return score_rotations(map_path, est.rotations, ref.rotations[rows], truth_map, mask_A)
 
 
-def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray, truth_map: Path) -> dict:
-    """As :func:`score`, with the poses `(N, 3, 3)` (RELION's A) given in the truth's particle order."""
+def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray, truth_map: Path,
+                    mask_A: float | None = None) -> dict:
+    """As :func:`score`, with the poses `(N, 3, 3)` (RELION's A) given in the truth's particle order.
+
+    ``fsc05_A`` compares the whole boxes; ``fsc05_masked_A`` (with ``mask_A``, a diameter in Å) compares
+    them within the same soft spherical mask, the fair figure when a tool flattens its map's solvent."""
     import torch
 
     from napari_semiamort.data.mrc import read_map
     from napari_semiamort.metrics.alignment import align_poses, rotate_map
-    from napari_semiamort.metrics.fsc import fsc, resolution_at
+    from napari_semiamort.metrics.fsc import fsc, masked_fsc, resolution_at
 
     al = align_poses(torch.as_tensor(rotations), torch.as_tensor(reference))
     m, voxel = read_map(map_path)
@@ -187,27 +194,35 @@ def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray
     if m.shape != t.shape:
         raise ValueError(f"{map_path}: box {m.shape[0]} differs from the truth's {t.shape[0]}")
     aligned = rotate_map(torch.from_numpy(m), al.transform)
-    curve = fsc(aligned, torch.from_numpy(t))
+    truth = torch.from_numpy(t)
+    curve = fsc(aligned, truth)
     inverted = bool(np.mean(curve[1:4]) < 0)  # cryoDRGN's maps come out with inverted contrast: users flip them
     if inverted:
-        curve = fsc(-aligned, torch.from_numpy(t))
-    return {"fsc05_A": resolution_at(curve, t.shape[0], tv, 0.5), "pose_mean_deg": al.mean_error,
-            "pose_median_deg": al.median_error, "mirrored": al.mirrored, "contrast_inverted": inverted}
+        aligned = -aligned
+        curve = fsc(aligned, truth)
+    out = {"fsc05_A": resolution_at(curve, t.shape[0], tv, 0.5), "pose_mean_deg": al.mean_error,
+           "pose_median_deg": al.median_error, "mirrored": al.mirrored, "contrast_inverted": inverted}
+    if mask_A:
+        out["fsc05_masked_A"] = resolution_at(masked_fsc(aligned, truth, mask_A / 2 / tv), t.shape[0], tv, 0.5)
+    return out
 
 
-def run_ours(data: Path, out: Path, truth: Path, shifted: bool = False) -> dict:
-    """Our default configuration; on shifted data with shift estimation (``--estimate-shifts``)."""
+def run_ours(data: Path, out: Path, truth: Path, shifted: bool = False, mask_A: float | None = None) -> dict:
+    """Our default configuration, given the mask diameter the peers get; on shifted data with shift
+    estimation (``--estimate-shifts``)."""
     t0 = time.time()
     wall, peak = sh(semiamort("reconstruct", str(data / "particles.star"), "-o", str(out), "--force",
-                              "--reference-map", str(truth), *(["--estimate-shifts"] if shifted else [])),
+                              "--reference-map", str(truth), *(["--estimate-shifts"] if shifted else []),
+                              *(["--mask-diameter", f"{mask_A:g}"] if mask_A else [])),
                     log=out.parent / f"{out.name}.log")
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # wall-clock since the command started, as for the peers (their maps' file times): start-up included
-    t = [m["time"] - t0 for m in metrics]
-    curve = [{"seconds": float(s), "fsc05_A": m.get("fsc_0.5_angstrom"), "pose_mean_deg": m.get("pose_error_mean_deg"),
-              "pose_median_deg": m.get("pose_error_median_deg")} for s, m in zip(t, metrics, strict=True)]
-    final = score(out / "map.mrc", out / "poses.star", data / "particles.star", truth)
-    return {"tool": "napari-semiamort", "wall_s": wall, "peak_rss_mb": peak, **final, "curve": curve}
+    curve = [{"seconds": m["time"] - t0, "fsc05_A": m.get("fsc_0.5_angstrom"),
+              "fsc05_masked_A": m.get("fsc_0.5_angstrom_masked"), "pose_mean_deg": m.get("pose_error_mean_deg"),
+              "pose_median_deg": m.get("pose_error_median_deg")} for m in metrics]
+    final = score(out / "map.mrc", out / "poses.star", data / "particles.star", truth, mask_A)
+    return {"tool": "napari-semiamort", "started_at": t0, "wall_s": wall, "peak_rss_mb": peak, **final,
+            "curve": curve}
 
 
 def relion_input(data: Path, out: Path, box: int) -> Path:
@@ -241,8 +256,24 @@ def mask_diameter(truth: Path) -> float:
     return float(np.round(1.1 * extent / 10) * 10)
 
 
+def peer_run(cmd: list[str], log: Path, previous: dict | None, first_output: Path | None) -> tuple[float, float, float]:
+    """Run a peer, or with ``previous`` (its earlier result, for ``--rescore``) take its times from there.
+    Returns (start time, wall seconds, peak MB); a peer stopped by ``--peer-limit`` has no peak."""
+    if previous is not None:
+        t0 = previous.get("started_at")
+        if t0 is None and first_output is not None and previous["curve"]:  # results from before started_at
+            t0 = first_output.stat().st_mtime - previous["curve"][0]["seconds"]
+        return t0, previous["wall_s"], previous["peak_rss_mb"]
+    t0 = time.time()
+    try:
+        wall, peak = sh(cmd, log=log)
+    except subprocess.CalledProcessError:  # stopped by the time limit: score what it wrote
+        wall, peak = time.time() - t0, float("nan")
+    return t0, wall, peak
+
+
 def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, shifted: bool = True,
-               limit_s: float | None = None) -> dict:
+               limit_s: float | None = None, previous: dict | None = None) -> dict:
     """RELION 3.1's SGD initial model with the settings of its GUI (3D initial model job)."""
     out.mkdir(parents=True, exist_ok=True)
     diameter = mask_diameter(truth)
@@ -250,7 +281,7 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, shift
     # for cryoDRGN (--t-extent 0) and ours
     offsets = ["--offset_range", "6", "--offset_step", "2"] if shifted else ["--offset_range", "0",
                                                                              "--offset_step", "1"]
-    star = relion_input(data, out, box)
+    star = out / "particles.star" if previous else relion_input(data, out, box)
     cmd = ["relion_refine", "--o", str(out / "run"), "--i", str(star), "--denovo_3dref", "--sgd",
            "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200", "--sgd_fin_iter", "50", "--sgd_write_iter", "10",
            "--sgd_ini_resol", "35", "--sgd_fin_resol", "15", "--sgd_ini_subset", "100", "--sgd_fin_subset", "500",
@@ -260,26 +291,24 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, shift
            "--pool", "30", "--j", str(os.cpu_count() or 2)]
     if limit_s:
         cmd = ["timeout", str(int(limit_s)), *cmd]
-    t0 = time.time()
-    try:
-        wall, peak = sh(cmd, cwd=data, log=out / "relion.log")
-    except subprocess.CalledProcessError:  # stopped by the time limit: score what it wrote
-        wall, peak = time.time() - t0, float("nan")
+    first = None
+    if previous and previous["curve"]:
+        first = out / f"run_it{previous['curve'][0]['iteration']:03d}_class001.mrc"
+    t0, wall, peak = peer_run(cmd, out / "relion.log", previous, first)
     curve = []
     for star in sorted(out.glob("run_it*_data.star")):
         it = star.name[len("run_it"):len("run_it") + 3]
         mrc = out / f"run_it{it}_class001.mrc"
         if mrc.is_file():
-            s = score(mrc, star, data / "particles.star", truth)
+            s = score(mrc, star, data / "particles.star", truth, diameter)
             curve.append({"seconds": mrc.stat().st_mtime - t0, "iteration": int(it), **s})
     final = curve[-1] if curve else {}
-    return {"tool": "RELION 3.1 SGD", "wall_s": wall, "peak_rss_mb": peak,
-            **{k: final.get(k) for k in ("fsc05_A", "pose_mean_deg", "pose_median_deg", "mirrored")},
-            "curve": curve}
+    return {"tool": "RELION 3.1 SGD", "started_at": t0, "wall_s": wall, "peak_rss_mb": peak,
+            "mask_diameter_A": diameter, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve}
 
 
 def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: float, shifted: bool = True,
-                 epochs: int = 10, limit_s: float | None = None) -> dict:
+                 epochs: int = 10, limit_s: float | None = None, previous: dict | None = None) -> dict:
     """cryoDRGN's homogeneous ab initio (``abinit_homo_old``, 4.x) on the same stack, centred data
     (``--t-extent 0 --t-ngrid 1``: its ``--no-trans`` is not implemented), defaults otherwise; each epoch's
     map and poses are scored like ours."""
@@ -287,18 +316,19 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
     from napari_semiamort.data.star import read_star
 
     out.mkdir(parents=True, exist_ok=True)
-    sh([exe, "parse_ctf_star", str(data / "particles.star"), "-o", str(out / "ctf.pkl"), "-D", str(box),
-        "--Apix", f"{pixel}"])
+    if previous is None:
+        sh([exe, "parse_ctf_star", str(data / "particles.star"), "-o", str(out / "ctf.pkl"), "-D", str(box),
+            "--Apix", f"{pixel}"])
     cmd = [exe, "abinit_homo_old", str(data / "particles.mrcs"), "--ctf", str(out / "ctf.pkl"), "-o",
            str(out / "run"), *([] if shifted else ["--t-extent", "0", "--t-ngrid", "1"]), "-n", str(epochs),
            "--seed", "0"]
     if limit_s:
         cmd = ["timeout", str(int(limit_s)), *cmd]
-    t0 = time.time()
-    try:
-        wall, peak = sh(cmd, log=out / "cryodrgn.log")
-    except subprocess.CalledProcessError:  # stopped by the time limit: score what it wrote
-        wall, peak = time.time() - t0, float("nan")
+    first = None
+    if previous and previous["curve"]:
+        first = out / "run" / f"reconstruct.{previous['curve'][0]['epoch']}.mrc"
+    t0, wall, peak = peer_run(cmd, out / "cryodrgn.log", previous, first)
+    diameter = mask_diameter(truth)
     reference = read_star(data / "particles.star", require_stacks=False).rotations
     curve = []
     for mrc in sorted((out / "run").glob("reconstruct.*.mrc"), key=lambda p: int(p.name.split(".")[1])):
@@ -306,11 +336,10 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
         if pose.is_file():
             rot, _ = read_pose_pkl(pose, box, pixel)
             curve.append({"seconds": mrc.stat().st_mtime - t0, "epoch": int(mrc.name.split(".")[1]),
-                          **score_rotations(mrc, rot, reference, truth)})
+                          **score_rotations(mrc, rot, reference, truth, diameter)})
     final = curve[-1] if curve else {}
-    return {"tool": "cryoDRGN abinit_homo_old", "wall_s": wall, "peak_rss_mb": peak,
-            **{k: final.get(k) for k in ("fsc05_A", "pose_mean_deg", "pose_median_deg", "mirrored")},
-            "curve": curve}
+    return {"tool": "cryoDRGN abinit_homo_old", "started_at": t0, "wall_s": wall, "peak_rss_mb": peak,
+            "mask_diameter_A": diameter, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve}
 
 
 def run_ablations(out: Path, n: int, box: int, snr: float) -> dict:
@@ -365,9 +394,9 @@ def plot_ablations(ab: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def first_time_to(curve: list[dict], resolution: float) -> float | None:
+def first_time_to(curve: list[dict], resolution: float, key: str = "fsc05_masked_A") -> float | None:
     for p in curve:
-        if p.get("fsc05_A") is not None and p["fsc05_A"] <= resolution:
+        if p.get(key) is not None and p[key] <= resolution:
             return p["seconds"]
     return None
 
@@ -380,12 +409,12 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for r in results:
-        pts = [(p["seconds"], p["fsc05_A"]) for p in r["curve"] if p.get("fsc05_A") is not None]
+        pts = [(p["seconds"], p["fsc05_masked_A"]) for p in r["curve"] if p.get("fsc05_masked_A") is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=r["tool"])
     ax.set_xscale("log")
     ax.set_xlabel("wall-clock time (s)")
-    ax.set_ylabel("resolution at FSC = 0.5 vs truth (Å)")
+    ax.set_ylabel("resolution at FSC = 0.5 vs truth, masked (Å)")
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
@@ -424,6 +453,8 @@ def main() -> None:
     p.add_argument("--cryodrgn", help="cryodrgn executable of its own virtual environment (runs it as a peer)")
     p.add_argument("--cryodrgn-epochs", type=int, default=10)
     p.add_argument("--peer-limit", type=float, default=None, help="seconds after which a peer is stopped")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the peers' earlier runs again (their folders, times from results.json); don't rerun")
     p.add_argument("--paper-n", type=int, default=50000, help="images for the paper's setting (part 'paper')")
     p.add_argument("--paper-box", type=int, default=128)
     p.add_argument("--paper-backbones", nargs="+", default=["vgg16", "light"], choices=["vgg16", "light"])
@@ -480,18 +511,21 @@ def main() -> None:
                          "--seed", "0", "--force"))
         pixel = json.loads((data / "simulation.json").read_text())["pixel_size"]
         nyquist = 2 * pixel
+        mask = mask_diameter(truth)
+        earlier = {r["tool"]: r for q in record["quality"] if q["shift_px"] == shift for r in q["results"]}
         results = []
         for part in ("ours", "relion", "cryodrgn"):
             if part in skip:
                 continue
             if part == "ours":
-                r = run_ours(data, out / f"ours_shift{shift:g}", truth, shift > 0)
+                r = run_ours(data, out / f"ours_shift{shift:g}", truth, shift > 0, mask)
             elif part == "relion":
                 r = run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel, shift > 0,
-                               args.peer_limit)
+                               args.peer_limit, earlier.get("RELION 3.1 SGD") if args.rescore else None)
             else:
                 r = run_cryodrgn(args.cryodrgn, data, out / f"cryodrgn_shift{shift:g}", truth, suite["box"], pixel,
-                                 shift > 0, args.cryodrgn_epochs, args.peer_limit)
+                                 shift > 0, args.cryodrgn_epochs, args.peer_limit,
+                                 earlier.get("cryoDRGN abinit_homo_old") if args.rescore else None)
             r["time_to_1.5_nyquist_s"] = first_time_to(r["curve"], 1.5 * nyquist)
             r["time_to_2_nyquist_s"] = first_time_to(r["curve"], 2 * nyquist)
             results.append(r)
@@ -499,8 +533,8 @@ def main() -> None:
                 print(f"  {r['tool']:18s} shift {shift:g}: no map within {r['wall_s'] / 60:.1f} min", flush=True)
             else:
                 print(f"  {r['tool']:18s} shift {shift:g}: {r['wall_s'] / 60:5.1f} min, "
-                      f"peak {r['peak_rss_mb']:.0f} MB, "
-                      f"FSC=0.5 {r['fsc05_A']:.1f} Å, pose error {r['pose_mean_deg']:.1f}° / "
+                      f"peak {r['peak_rss_mb']:.0f} MB, FSC=0.5 {r['fsc05_masked_A']:.1f} Å within a {mask:g} Å "
+                      f"mask ({r['fsc05_A']:.1f} Å unmasked), pose error {r['pose_mean_deg']:.1f}° / "
                       f"{r['pose_median_deg']:.1f}°, first at 1.5 × Nyquist ({1.5 * nyquist:.1f} Å) after "
                       f"{r['time_to_1.5_nyquist_s']} s", flush=True)
             everyone = merge_quality(record, shift, pixel, results)

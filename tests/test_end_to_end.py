@@ -1,5 +1,6 @@
 """The method works: on a tiny simulated problem, poses are recovered and the map matches the truth."""
 
+import json
 from importlib.resources import files
 
 import numpy as np
@@ -120,3 +121,20 @@ def test_noise_model_starts_from_the_background_without_a_zero_dc_shell(tiny_dat
     # white simulated noise: the shells agree within sampling error
     inner = var[1 : run.size // 2]
     assert float(inner.max() / inner.min()) < 1.5
+
+
+def test_the_reference_fsc_is_also_taken_within_the_users_mask(tiny_dataset):
+    def last_metrics(**extra):
+        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=2, switch_epoch=1,
+                                   heads=4, threads=1, reassign_epochs=0,
+                                   reference_map=str(tiny_dataset / "truth.mrc"), **extra)
+        run = Reconstruction(cfg)
+        return [s for s in run if s.epoch_end][-1].metrics, run
+
+    plain, _ = last_metrics()
+    assert "fsc_0.5_angstrom_masked" not in plain
+    pixel = json.loads((tiny_dataset / "simulation.json").read_text())["pixel_size"]
+    masked, run = last_metrics(mask_diameter=0.7 * 32 * pixel)
+    assert len(masked["fsc_curve_masked"]) == len(masked["fsc_curve"])
+    assert masked["fsc_curve_masked"] != masked["fsc_curve"]
+    assert 2 * run.data.pixel_size <= masked["fsc_0.5_angstrom_masked"] <= 32 * run.data.pixel_size

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from napari_semiamort.metrics.alignment import align_poses, rotate_map
-from napari_semiamort.metrics.fsc import fsc, resolution_at
+from napari_semiamort.metrics.fsc import fsc, masked_fsc, resolution_at, soft_sphere_mask
 from napari_semiamort.physics.so3 import exp_so3, random_rotations
 
 MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
@@ -58,3 +58,23 @@ def test_rotate_map_undoes_a_known_rotation(igg_map):
 def test_resolution_of_a_curve_that_starts_below_the_threshold_is_the_lowest_shell():
     curve = np.array([-1.0, -0.99, -0.9, 0.2, 0.1])
     assert resolution_at(curve, 8, 2.0, 0.5) == 16.0  # the box length: no resolution at all
+
+
+def test_soft_sphere_mask_is_one_inside_zero_outside_and_smooth_between():
+    m = soft_sphere_mask(32, radius=8.0, edge=5.0)
+    c = 16
+    assert m[c, c, c] == 1 and m[c, c + 8, c] == 1  # on the radius: still inside
+    assert m[c, c, c + 14] == 0 and m[0, 0, 0] == 0  # beyond radius + edge
+    assert 0 < m[c, c + 10, c] < 1  # within the edge
+    assert torch.allclose(m, m.flip(0).roll(1, 0))  # symmetric about the centre voxel L // 2
+
+
+def test_masked_fsc_ignores_noise_outside_the_mask(igg_map, generator):
+    """A map that is right inside the particle but noisy in the solvent: the masked FSC sees the particle."""
+    size = igg_map.shape[-1]
+    solvent = 1 - soft_sphere_mask(size, radius=size * 0.4, edge=2.0).float()
+    noisy = igg_map + 3 * igg_map.std() * torch.randn(igg_map.shape, generator=generator) * solvent
+    unmasked = fsc(noisy, igg_map)
+    masked = masked_fsc(noisy, igg_map, radius=size * 0.4 - 3, edge=3.0)
+    assert masked[1:].min() > 0.99
+    assert unmasked[size // 4 :].mean() < 0.9

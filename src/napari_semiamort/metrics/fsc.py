@@ -7,7 +7,7 @@ import torch
 
 from ..physics.fourier import fft_centered, radial_frequency_index_3d
 
-__all__ = ["fsc", "resolution_at"]
+__all__ = ["fsc", "masked_fsc", "resolution_at", "soft_sphere_mask"]
 
 
 def fsc(map1: torch.Tensor, map2: torch.Tensor) -> np.ndarray:
@@ -26,6 +26,23 @@ def fsc(map1: torch.Tensor, map2: torch.Tensor) -> np.ndarray:
     p1 = torch.zeros(n, dtype=torch.float64).index_add_(0, shells, f1.abs() ** 2)
     p2 = torch.zeros(n, dtype=torch.float64).index_add_(0, shells, f2.abs() ** 2)
     return (num / torch.sqrt(p1 * p2).clamp_min(1e-30)).numpy()
+
+
+def soft_sphere_mask(size: int, radius: float, edge: float = 5.0) -> torch.Tensor:
+    """`(L, L, L)` mask about the box centre: 1 within ``radius`` voxels, a raised cosine to 0 over ``edge``
+    voxels (RELION's default soft edge is 5 pixels)."""
+    k = torch.arange(size, dtype=torch.float64) - size // 2
+    r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    t = ((r - radius) / max(edge, 1e-6)).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(torch.pi * t))
+
+
+def masked_fsc(map1: torch.Tensor, map2: torch.Tensor, radius: float, edge: float = 5.0) -> np.ndarray:
+    """The FSC of both maps within the same soft spherical mask (radius and edge in voxels): what is
+    reported for a particle, without the solvent's noise (a solvent-flattened map, as RELION's initial
+    model writes, would otherwise win for flattening alone)."""
+    m = soft_sphere_mask(map1.shape[-1], radius, edge)
+    return fsc(torch.as_tensor(map1, dtype=torch.float64) * m, torch.as_tensor(map2, dtype=torch.float64) * m)
 
 
 def resolution_at(curve: np.ndarray, size: int, pixel_size: float, threshold: float) -> float:

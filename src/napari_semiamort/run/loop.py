@@ -24,7 +24,7 @@ from ..data.loader import BatchLoader
 from ..data.mrc import atomic_path, read_map
 from ..data.readers import open_dataset
 from ..metrics.alignment import align_poses, rotate_map
-from ..metrics.fsc import fsc, resolution_at
+from ..metrics.fsc import fsc, masked_fsc, resolution_at
 from ..models.encoder import MultiHeadEncoder
 from ..models.poses import PoseTable
 from ..models.volume import HartleyVolume
@@ -541,6 +541,11 @@ class Reconstruction:
             m["fsc_curve"] = [round(float(c), 5) for c in curve]
             m["fsc_0.5_angstrom"] = resolution_at(curve, self.size, self.data.pixel_size, 0.5)
             m["fsc_0.143_angstrom"] = resolution_at(curve, self.size, self.data.pixel_size, 0.143)
+            if self.config.mask_diameter:  # also within the user's mask, as a particle's FSC is reported
+                curve = masked_fsc(aligned, self.reference_map, self.config.mask_diameter / 2 / self.data.pixel_size)
+                m["fsc_curve_masked"] = [round(float(c), 5) for c in curve]
+                m["fsc_0.5_angstrom_masked"] = resolution_at(curve, self.size, self.data.pixel_size, 0.5)
+                m["fsc_0.143_angstrom_masked"] = resolution_at(curve, self.size, self.data.pixel_size, 0.143)
         return m
 
     def _order(self) -> torch.Tensor:

@@ -1,22 +1,31 @@
-"""The benchmark suite: our throughput and memory, our map quality against time, and RELION's SGD initial
-model on the same data, in one run; results as JSON next to the plots.
+"""The benchmark suite: our throughput and memory, our map quality against time, the paper's ablations, and
+RELION's and cryoDRGN's ab-initio runs on the same data; results as JSON (results.json) next to the plots.
 
-  python benchmarks/run.py --suite quick [--out benchmarks/results]     # about 10 minutes on 2 CPU cores
-  python benchmarks/run.py --suite full                                 # hours: RELION included
+  python benchmarks/run.py --suite quick                # ~20 min on 2 CPU cores: throughput, ours, ablations
+  python benchmarks/run.py --suite full --cryodrgn X/bin/cryodrgn --peer-limit 3000
+                                                        # + RELION and cryoDRGN, centred and shifted data: hours
+  python benchmarks/run.py --suite full --only paper    # the paper's Table 2 setting (a GPU: 50,000 images)
 
-Suites:
-  quick  3KPR (TCR–HLA, ../shared/data/structures), 2,000 images, box 64, SNR 0.1, CTF, centred;
-         throughput and peak memory at box 64 and 128 for M = 1, 7, 15 heads; our map quality over time
-  full   5,000 images, centred and with shifts (±3 px), and RELION 3.1's SGD initial model with its
-         GUI's defaults on the same data (on 2 cores one of its fine-sampling iterations took ~7 min)
+Suites (both 3KPR, TCR–HLA from ../shared/data/structures; 2,000 images, box 64, SNR 0.1, CTF):
+  quick  centred data; throughput and peak memory at box 64 and 128 for M = 1, 7, 15 heads; our map
+         quality over time; the ablations (semi- vs fully amortised; M = 1, 2, 4, 7 on 7PBL)
+  full   centred and shifted (±3 px) data; RELION 3.1's SGD initial model (its GUI's settings) and
+         cryoDRGN's abinit_homo_old beside ours
 
-Every tool reads the same simulated particles (our simulator's STAR and stack). Each map is compared
-with the ground truth after aligning the run's frame and hand to the truth with the run's own poses
-(``align_poses``): FSC = 0.5 resolution, and the mean / median pose error. Times are wall-clock; peak
-memory is the tool's peak resident set (GNU ``time``'s %M).
-cryoDRGN (its own virtual environment: ``--cryodrgn PATH/TO/bin/cryodrgn``) runs when given; its maps have
-inverted contrast and are negated before the FSC. ``--peer-limit SECONDS`` stops a peer and scores what
-it wrote.
+Parts (--only / --skip): throughput, ours, relion, cryodrgn, ablations, paper. Each part's results merge
+into the suite's results.json, so parts can be run (or re-run) separately; --rescore scores the peers'
+earlier runs again without rerunning them.
+
+Every tool reads the same simulated particles. RELION gets what its users give it: the images normalised
+by relion_preprocess, a STAR without the truth's poses, a mask diameter of the particle's size + 10 %
+(also given to ours). cryoDRGN (its own virtual environment: --cryodrgn) reads the stack and a ctf.pkl
+from its parse_ctf_star; its maps have inverted contrast and are negated. On centred data neither peer
+searches translations (RELION --offset_range 0, cryoDRGN --t-extent 0 --t-ngrid 1), as ours does not.
+Each map is compared with the truth after aligning the run's frame and hand with the run's own poses
+(align_poses): FSC = 0.5 within the same soft spherical mask (fsc05_masked_A; RELION flattens its map's
+solvent) and unmasked (fsc05_A), and the mean / median pose error. Times are wall-clock from the tool's
+start; peak memory is its peak resident set (GNU time's %M). --peer-limit SECONDS stops a peer and scores
+what it wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -43,18 +53,26 @@ SUITES = {
 }
 
 
-def sh(cmd: list[str], cwd: Path | None = None, log: Path | None = None) -> tuple[float, float]:
-    """Run ``cmd``; return (wall seconds, its peak resident memory in MB, from GNU time's %M)."""
+def sh_status(cmd: list[str], cwd: Path | None = None, log: Path | None = None) -> tuple[float, float, int]:
+    """Run ``cmd``; return (wall seconds, its peak resident memory in MB from GNU time's %M, exit status)."""
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".rss") as rss:
         timed = ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd] if Path("/usr/bin/time").exists() else cmd
         t0 = time.perf_counter()
         with open(log or os.devnull, "w") as fh:
-            subprocess.run(timed, cwd=cwd, check=True, stdout=fh, stderr=subprocess.STDOUT)
+            rc = subprocess.run(timed, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT).returncode
         wall = time.perf_counter() - t0
-        text = Path(rss.name).read_text().strip()
-    return wall, (float(text.splitlines()[-1]) / 1024 if text else float("nan"))
+        lines = [x for x in Path(rss.name).read_text().splitlines() if x.strip().isdigit()]
+    return wall, (float(lines[-1]) / 1024 if lines else float("nan")), rc
+
+
+def sh(cmd: list[str], cwd: Path | None = None, log: Path | None = None) -> tuple[float, float]:
+    """Run ``cmd``, which must succeed; return (wall seconds, peak resident memory in MB)."""
+    wall, peak, rc = sh_status(cmd, cwd, log)
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd)
+    return wall, peak
 
 
 def semiamort(*args: str) -> list[str]:
@@ -256,6 +274,15 @@ def mask_diameter(truth: Path) -> float:
     return float(np.round(1.1 * extent / 10) * 10)
 
 
+def ceiling(data: Path, out: Path, truth: Path, pixel: float, mask_A: float) -> dict:
+    """The best any pose estimate can do on these images: ``relion_reconstruct --ctf`` with the true poses,
+    scored like every tool's map."""
+    out.mkdir(parents=True, exist_ok=True)
+    sh(["relion_reconstruct", "--i", "particles.star", "--o", str(out / "true_poses.mrc"), "--ctf", "--angpix",
+        f"{pixel}"], cwd=data, log=out / "relion_reconstruct.log")
+    return score(out / "true_poses.mrc", data / "particles.star", data / "particles.star", truth, mask_A)
+
+
 def peer_run(cmd: list[str], log: Path, previous: dict | None, first_output: Path | None) -> tuple[float, float, float]:
     """Run a peer, or with ``previous`` (its earlier result, for ``--rescore``) take its times from there.
     Returns (start time, wall seconds, peak MB); a peer stopped by ``--peer-limit`` has no peak."""
@@ -265,10 +292,11 @@ def peer_run(cmd: list[str], log: Path, previous: dict | None, first_output: Pat
             t0 = first_output.stat().st_mtime - previous["curve"][0]["seconds"]
         return t0, previous["wall_s"], previous["peak_rss_mb"]
     t0 = time.time()
-    try:
-        wall, peak = sh(cmd, log=log)
-    except subprocess.CalledProcessError:  # stopped by the time limit: score what it wrote
-        wall, peak = time.time() - t0, float("nan")
+    wall, peak, rc = sh_status(cmd, log=log)
+    if rc == 124:  # stopped by --peer-limit (timeout's status): score what it wrote
+        print(f"  stopped after {wall / 60:.1f} min (--peer-limit)", flush=True)
+    elif rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd, f"see {log}")
     return t0, wall, peak
 
 
@@ -513,6 +541,10 @@ def main() -> None:
         nyquist = 2 * pixel
         mask = mask_diameter(truth)
         earlier = {r["tool"]: r for q in record["quality"] if q["shift_px"] == shift for r in q["results"]}
+        if shutil.which("relion_reconstruct"):
+            best = ceiling(data, out / f"relion_shift{shift:g}", truth, pixel, mask)
+            print(f"  true poses (relion_reconstruct), shift {shift:g}: FSC=0.5 {best['fsc05_masked_A']:.1f} Å "
+                  f"within the mask, {best['fsc05_A']:.1f} Å unmasked", flush=True)
         results = []
         for part in ("ours", "relion", "cryodrgn"):
             if part in skip:
@@ -538,6 +570,8 @@ def main() -> None:
                       f"{r['pose_median_deg']:.1f}°, first at 1.5 × Nyquist ({1.5 * nyquist:.1f} Å) after "
                       f"{r['time_to_1.5_nyquist_s']} s", flush=True)
             everyone = merge_quality(record, shift, pixel, results)
+            if shutil.which("relion_reconstruct"):
+                next(q for q in record["quality"] if q["shift_px"] == shift)["true_poses"] = best
             save()
             plot(everyone, out / f"resolution_vs_time_shift{shift:g}.png",
                  f"{suite['molecule'].split('_')[0]}, {suite['n']} images, box {suite['box']}, SNR {suite['snr']}, "

@@ -1,7 +1,7 @@
 """The benchmark suite: our throughput and memory, our map quality against time, the paper's ablations, and
 RELION's and cryoDRGN's ab-initio runs on the same data; results as JSON (results.json) next to the plots.
 
-  python benchmarks/run.py --suite quick                # ~20 min on 2 CPU cores: throughput, ours, ablations
+  python benchmarks/run.py --suite quick                # ~16 min on 2 CPU cores: throughput, ours, ablations
   python benchmarks/run.py --suite full --cryodrgn X/bin/cryodrgn --peer-limit 3000
                                                         # + RELION and cryoDRGN, centred and shifted data: hours
   python benchmarks/run.py --suite full --only paper    # the paper's Table 2 setting (a GPU: 50,000 images)
@@ -429,7 +429,7 @@ def first_time_to(curve: list[dict], resolution: float, key: str = "fsc05_masked
     return None
 
 
-def plot(results: list[dict], path: Path, title: str) -> None:
+def plot(results: list[dict], path: Path, title: str, ceiling: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -441,8 +441,11 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=r["tool"])
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("wall-clock time (s)")
     ax.set_ylabel("resolution at FSC = 0.5 vs truth, masked (Å)")
+    if ceiling:
+        ax.axhline(ceiling, color="grey", lw=0.8, ls="--", label=f"true poses ({ceiling:.1f} Å)")
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
@@ -575,7 +578,7 @@ def main() -> None:
             save()
             plot(everyone, out / f"resolution_vs_time_shift{shift:g}.png",
                  f"{suite['molecule'].split('_')[0]}, {suite['n']} images, box {suite['box']}, SNR {suite['snr']}, "
-                 f"shifts ±{shift:g} px")
+                 f"shifts ±{shift:g} px", best["fsc05_masked_A"] if shutil.which("relion_reconstruct") else None)
     save()
     print(f"results: {path}")
 

@@ -42,6 +42,9 @@ def test_score_rotations_the_truth_itself(bench, truth, tmp_path):
     s = bench.score_rotations(path, rots, rots, path)
     assert s["fsc05_A"] == pytest.approx(2 * voxel, rel=0.02)  # identical maps: Nyquist
     assert s["pose_mean_deg"] < 1e-3 and not s["mirrored"] and not s["contrast_inverted"]
+    assert "fsc05_masked_A" not in s
+    masked = bench.score_rotations(path, rots, rots, path, mask_A=0.6 * volume.shape[0] * voxel)
+    assert masked["fsc05_masked_A"] == pytest.approx(2 * voxel, rel=0.02)
 
 
 def test_score_rotations_flips_an_inverted_map_and_says_so(bench, truth, tmp_path):
@@ -81,9 +84,10 @@ def test_merge_quality_replaces_a_tools_earlier_result_and_keeps_the_others(benc
     assert len(record["quality"][0]["results"]) == 2
 
 
-def test_first_time_to_a_resolution(bench):
-    curve = [{"seconds": 1.0, "fsc05_A": None}, {"seconds": 2.0, "fsc05_A": 30.0},
-             {"seconds": 5.0, "fsc05_A": 14.0}, {"seconds": 9.0, "fsc05_A": 12.0}]
+def test_first_time_to_a_resolution_within_the_mask(bench):
+    curve = [{"seconds": 1.0, "fsc05_masked_A": None}, {"seconds": 2.0, "fsc05_masked_A": 30.0, "fsc05_A": 9.0},
+             {"seconds": 5.0, "fsc05_masked_A": 14.0}, {"seconds": 9.0, "fsc05_masked_A": 12.0}]
     assert bench.first_time_to(curve, 15.0) == 5.0
     assert bench.first_time_to(curve, 12.0) == 9.0
     assert bench.first_time_to(curve, 10.0) is None
+    assert bench.first_time_to(curve, 10.0, key="fsc05_A") == 2.0

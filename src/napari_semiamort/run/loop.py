@@ -537,15 +537,14 @@ class Reconstruction:
             m["mirrored"] = alignment.mirrored
         if self.reference_map is not None and alignment is not None:
             aligned = rotate_map(self.volume.real_space().cpu(), alignment.transform)
-            curve = fsc(aligned, self.reference_map)
-            m["fsc_curve"] = [round(float(c), 5) for c in curve]
-            m["fsc_0.5_angstrom"] = resolution_at(curve, self.size, self.data.pixel_size, 0.5)
-            m["fsc_0.143_angstrom"] = resolution_at(curve, self.size, self.data.pixel_size, 0.143)
+            curves = {"": fsc(aligned, self.reference_map)}
             if self.config.mask_diameter:  # also within the user's mask, as a particle's FSC is reported
-                curve = masked_fsc(aligned, self.reference_map, self.config.mask_diameter / 2 / self.data.pixel_size)
-                m["fsc_curve_masked"] = [round(float(c), 5) for c in curve]
-                m["fsc_0.5_angstrom_masked"] = resolution_at(curve, self.size, self.data.pixel_size, 0.5)
-                m["fsc_0.143_angstrom_masked"] = resolution_at(curve, self.size, self.data.pixel_size, 0.143)
+                curves["_masked"] = masked_fsc(aligned, self.reference_map,
+                                               self.config.mask_diameter / 2 / self.data.pixel_size)
+            for suffix, curve in curves.items():
+                m[f"fsc_curve{suffix}"] = [round(float(c), 5) for c in curve]
+                m[f"fsc_0.5_angstrom{suffix}"] = resolution_at(curve, self.size, self.data.pixel_size, 0.5)
+                m[f"fsc_0.143_angstrom{suffix}"] = resolution_at(curve, self.size, self.data.pixel_size, 0.143)
         return m
 
     def _order(self) -> torch.Tensor:

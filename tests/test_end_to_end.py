@@ -138,3 +138,36 @@ def test_the_reference_fsc_is_also_taken_within_the_users_mask(tiny_dataset):
     assert len(masked["fsc_curve_masked"]) == len(masked["fsc_curve"])
     assert masked["fsc_curve_masked"] != masked["fsc_curve"]
     assert 2 * run.data.pixel_size <= masked["fsc_0.5_angstrom_masked"] <= 32 * run.data.pixel_size
+
+
+def test_stage1_shift_search_scores_equal_the_shifted_predictions_loss(tiny_dataset):
+    """The shift search's scores are the Gaussian loss of the prediction turned by each in-plane angle and
+    shifted by each grid shift. At 0° and 90° the turned frequencies fall on the pixel grid, so the
+    resampling trick is exact there and the two must agree to rounding: this pins the shift's sign."""
+    from napari_semiamort.physics.so3 import random_rotations
+
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+                               estimate_shifts=True, shift_search=2)
+    run = Reconstruction(cfg)
+    assert run._shift_grid.shape == (25, 2)
+    idx = torch.arange(4)
+    fr = run._stage1_frequencies()
+    batch = run._batch(idx, fr)
+    rot = random_rotations(8, torch.Generator().manual_seed(0)).reshape(4, 2, 3, 3)
+    with torch.no_grad():
+        scores = run._inplane_scores(run.volume.slice(fr.grid, rot), batch, idx, fr, shifts=run._shift_grid)
+        assert scores.shape == (4, 2, cfg.inplane_search, 25)
+        inv_var = run._inv_var_for(fr)
+        for k in (0, cfg.inplane_search // 4):  # 0° and 90°
+            for j in (0, 7, 12, 18):  # (−2, −2), (0, −1), (0, 0), (1, 1) pixels
+                s = run._shift_grid[j].expand(4, 2, 2)
+                pred = run._predict(None, run._inplane[k] @ rot, s, batch.ctf[:, None], fr)
+                exact = run._loss(pred, batch.obs[:, None], inv_var)
+                assert torch.allclose(scores[:, :, k, j], exact, rtol=1e-4, atol=1e-6), (k, j)
+        # and a wrong sign would not pass: the opposite shift's loss is far from the score, compared with
+        # the agreement above
+        s = run._shift_grid[18].expand(4, 2, 2)
+        right = run._loss(run._predict(None, rot, s, batch.ctf[:, None], fr), batch.obs[:, None], inv_var)
+        wrong = run._loss(run._predict(None, rot, -s, batch.ctf[:, None], fr), batch.obs[:, None], inv_var)
+        err = (scores[:, :, 0, 18] - right).abs().max()
+        assert (scores[:, :, 0, 18] - wrong).abs().max() > 100 * err

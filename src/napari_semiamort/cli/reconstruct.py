@@ -28,7 +28,7 @@ _KNOBS = {
     "heads": int, "backbone": str, "encoder_lr": float, "volume_lr": float, "volume_lr_autodecode": float,
     "pose_lr": float, "pose_steps": int, "epochs": int, "switch_epoch": int, "batch_size": int,
     "loss": str, "noise_model": str, "max_freq": float, "autoencode_max_freq": float, "seed": int,
-    "device": str, "threads": int, "max_shift": float,
+    "device": str, "threads": int, "max_shift": float, "shift_search": int,
 }
 
 

@@ -69,6 +69,7 @@ class ReconstructionConfig:
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them)
     estimate_shifts: bool = False
     max_shift: float = 0.1  # fraction of the box
+    shift_search: int = 0  # >0: with estimate_shifts, stage 1 also scores shifts on a ±this-pixel grid (experimental)
 
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU

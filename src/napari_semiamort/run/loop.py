@@ -129,6 +129,10 @@ class Reconstruction:
             angles = torch.arange(cfg.inplane_search) * (2 * torch.pi / cfg.inplane_search)
             z = torch.zeros_like(angles)
             self._inplane = exp_so3(torch.stack([z, z, angles], -1)).to(self.device)  # (K, 3, 3) about z
+        self._shift_grid = None  # (J, 2) pixels: the shifts stage 1 searches when it estimates shifts
+        if cfg.estimate_shifts and cfg.shift_search > 0 and self._inplane is not None:
+            r = torch.arange(-cfg.shift_search, cfg.shift_search + 1, dtype=torch.float32)
+            self._shift_grid = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2).to(self.device)
         self.noise = ShellNoiseModel(self.freqs[STAGE2].shells, size // 2 + 1)
         self._init_noise()
         self._build(cfg.seed)
@@ -267,7 +271,8 @@ class Reconstruction:
         return (1.0 / self.noise.variance.to(self.device))[fr.shells]
 
     # ---------------------------------------------------------------- steps
-    def _inplane_scores(self, slices, batch: _Batch, idx, fr, inplane: torch.Tensor | None = None) -> torch.Tensor:
+    def _inplane_scores(self, slices, batch: _Batch, idx, fr, inplane: torch.Tensor | None = None,
+                        shifts: torch.Tensor | None = None) -> torch.Tensor:
         """Gaussian scores `(B, M, K)` of every head's slice `(B, M, P)` at every in-plane angle.
 
         Turning the pose in-plane, ``R → Rz(φ) R``, turns its slice: ``S(k) → S(Rz(φ)ᵀ k)``. Comparing that
@@ -284,9 +289,20 @@ class Reconstruction:
         ctf_k = self._ctf(idx, rq / size).to(img_k.dtype)
         w = self._inv_var_for(fr)
         quad = torch.einsum("bmp,bkp->bmk", slices * slices, w * ctf_k * ctf_k)
-        cross = torch.einsum("bmp,bkp->bmk", slices, w * ctf_k * img_k)
         const = (w * img_k * img_k).sum(-1)[:, None, :]
-        return 0.5 * (quad - 2 * cross + const) / q.shape[0]
+        if shifts is None:
+            cross = torch.einsum("bmp,bkp->bmk", slices, w * ctf_k * img_k)
+            return 0.5 * (quad - 2 * cross + const) / q.shape[0]
+        # Shifting the prediction by −s equals shifting the image by +s: at the turned frequencies k = Rz q,
+        # H'(k) = cos θ · H(k) + sin θ · H(−k) with θ = 2π k·s (shift_hartley's convention). Only the cross
+        # term depends on s: a shift is unitary over the symmetric band.
+        neg = ((-rq + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
+        img_neg = torch.nn.functional.grid_sample(h, neg, mode="bilinear", align_corners=True)[:, 0]  # (B, K, P)
+        theta = 2 * torch.pi * torch.einsum("kpi,ji->kjp", rq / size, shifts)  # (K, J, P)
+        a, b = w * ctf_k * img_k, w * ctf_k * img_neg
+        shifted = a[:, :, None] * torch.cos(theta) + b[:, :, None] * torch.sin(theta)  # (B, K, J, P)
+        cross = torch.einsum("bmp,bkjp->bmkj", slices, shifted)
+        return 0.5 * (quad[..., None] - 2 * cross + const[..., None]) / q.shape[0]
 
     def _step_autoencode(self, idx: torch.Tensor) -> float:
         fr = self._stage1_frequencies()
@@ -304,9 +320,13 @@ class Reconstruction:
             # winning (head, angle) pair is evaluated again with gradients for encoder and volume.
             with torch.no_grad():
                 slices = self.volume.slice(fr.grid, rot.detach())  # (B, M, P)
-                scores = self._inplane_scores(slices, batch, idx, fr).flatten(1)  # (B, M·K)
+                scores = self._inplane_scores(slices, batch, idx, fr, shifts=self._shift_grid)
+                j_count = 1 if self._shift_grid is None else self._shift_grid.shape[0]
                 k_count = self._inplane.shape[0]
-                head, turn = scores.argmin(1) // k_count, scores.argmin(1) % k_count
+                pick = scores.flatten(1).argmin(1)  # over (head, angle[, shift])
+                head, turn = pick // (k_count * j_count), (pick // j_count) % k_count
+                if self._shift_grid is not None:  # the searched shift replaces the heads' regressed ones
+                    sh = self._shift_grid[pick % j_count][:, None].expand(-1, rot.shape[1], -1)
             rot = self._inplane[turn][:, None] @ rot  # every head of an image turned by its winning angle
             best = self._loss(
                 self._predict(None, rot[b, head], None if sh is None else sh[b, head], ctf, fr), obs, inv_var

@@ -45,6 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = ROOT.parent / "shared" / "data" / "structures"
+RIBOSOME = "ribosome_6zu5_64.mrc.gz"  # bundled with the package: travels to machines without ../shared
 SUITES = {
     "quick": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 2000, "box": 64, "snr": 0.1, "shifts": [0.0],
               "throughput_boxes": [64, 128], "heads": [1, 7, 15], "relion": False},
@@ -91,7 +92,7 @@ def throughput_child(box: int, heads: int) -> dict:
     from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
-        molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+        molecule = files("napari_semiamort") / "resources" / RIBOSOME
         simulate_dataset(str(molecule), tmp, SimulationConfig(n_particles=1024, box=box, seed=0))
         run = Reconstruction(ReconstructionConfig(particles=str(Path(tmp) / "particles.star"), heads=heads))
         n, bs = len(run.data), run.config.batch_size
@@ -164,7 +165,7 @@ def paper_setting(out: Path, n: int, box: int, backbones: list[str]) -> list[dic
     if not (data / "particles.star").is_file():
         from importlib.resources import files
 
-        molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+        molecule = files("napari_semiamort") / "resources" / RIBOSOME
         sh(semiamort("simulate", str(molecule), "-o", str(data), "--n", str(n), "--box", str(box), "--snr", "0.1",
                      "--seed", "0", "--force"))
     rows = []
@@ -189,8 +190,12 @@ def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path, m
 
     est = read_star(poses_star, require_stacks=False)
     ref = read_star(truth_star, require_stacks=False)
-    by_name = {n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name: i for i, n in enumerate(ref.image_names())}
-    rows = [by_name[n.split("@")[0] + "@" + Path(n.split("@", 1)[1]).name] for n in est.image_names()]
+    def key(name: str) -> str:  # index@stack file name: the tools write the stack's path differently
+        index, stack = name.split("@", 1)
+        return f"{index}@{Path(stack).name}"
+
+    by_name = {key(n): i for i, n in enumerate(ref.image_names())}
+    rows = [by_name[key(n)] for n in est.image_names()]
     return score_rotations(map_path, est.rotations, ref.rotations[rows], truth_map, mask_A)
 
 
@@ -300,11 +305,11 @@ def peer_run(cmd: list[str], log: Path, previous: dict | None, first_output: Pat
     return t0, wall, peak
 
 
-def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, shifted: bool = True,
+def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, diameter: float, shifted: bool = True,
                limit_s: float | None = None, previous: dict | None = None) -> dict:
-    """RELION 3.1's SGD initial model with the settings of its GUI (3D initial model job)."""
+    """RELION 3.1's SGD initial model with the settings of its GUI (3D initial model job); ``diameter`` is
+    its mask (particle) diameter in Å, also the scoring mask's."""
     out.mkdir(parents=True, exist_ok=True)
-    diameter = mask_diameter(truth)
     # the GUI's translational search (±6 px in steps of 2) on shifted data; none on centred data, as
     # for cryoDRGN (--t-extent 0) and ours
     offsets = ["--offset_range", "6", "--offset_step", "2"] if shifted else ["--offset_range", "0",
@@ -335,8 +340,9 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, shift
             "mask_diameter_A": diameter, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve}
 
 
-def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: float, shifted: bool = True,
-                 epochs: int = 10, limit_s: float | None = None, previous: dict | None = None) -> dict:
+def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: float, diameter: float,
+                 shifted: bool = True, epochs: int = 10, limit_s: float | None = None,
+                 previous: dict | None = None) -> dict:
     """cryoDRGN's homogeneous ab initio (``abinit_homo_old``, 4.x) on the same stack, centred data
     (``--t-extent 0 --t-ngrid 1``: its ``--no-trans`` is not implemented), defaults otherwise; each epoch's
     map and poses are scored like ours."""
@@ -356,7 +362,6 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
     if previous and previous["curve"]:
         first = out / "run" / f"reconstruct.{previous['curve'][0]['epoch']}.mrc"
     t0, wall, peak = peer_run(cmd, out / "cryodrgn.log", previous, first)
-    diameter = mask_diameter(truth)
     reference = read_star(data / "particles.star", require_stacks=False).rotations
     curve = []
     for mrc in sorted((out / "run").glob("reconstruct.*.mrc"), key=lambda p: int(p.name.split(".")[1])):
@@ -555,11 +560,11 @@ def main() -> None:
             if part == "ours":
                 r = run_ours(data, out / f"ours_shift{shift:g}", truth, shift > 0, mask)
             elif part == "relion":
-                r = run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel, shift > 0,
+                r = run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel, mask, shift > 0,
                                args.peer_limit, earlier.get("RELION 3.1 SGD") if args.rescore else None)
             else:
                 r = run_cryodrgn(args.cryodrgn, data, out / f"cryodrgn_shift{shift:g}", truth, suite["box"], pixel,
-                                 shift > 0, args.cryodrgn_epochs, args.peer_limit,
+                                 mask, shift > 0, args.cryodrgn_epochs, args.peer_limit,
                                  earlier.get("cryoDRGN abinit_homo_old") if args.rescore else None)
             r["time_to_1.5_nyquist_s"] = first_time_to(r["curve"], 1.5 * nyquist)
             r["time_to_2_nyquist_s"] = first_time_to(r["curve"], 2 * nyquist)

@@ -89,6 +89,13 @@ class _Frequencies:
         return self.grid.shape[0]
 
 
+def _about_z(angles: torch.Tensor) -> torch.Tensor:
+    """Rotations `(K, 3, 3)` about z by ``angles`` (radians): the in-plane turns. Built by the exponential
+    map, not ``so3._rot_z``: the two differ at float rounding, and the tiny end-to-end run is sensitive to it."""
+    z = torch.zeros_like(angles)
+    return exp_so3(torch.stack([z, z, angles], -1))
+
+
 class _Batch(NamedTuple):
     images: torch.Tensor  # (B, L, L) normalised, real space
     hartley: torch.Tensor  # (B, L, L) their centred Hartley transforms
@@ -127,8 +134,7 @@ class Reconstruction:
         self._inplane = None
         if cfg.inplane_search > 1:
             angles = torch.arange(cfg.inplane_search) * (2 * torch.pi / cfg.inplane_search)
-            z = torch.zeros_like(angles)
-            self._inplane = exp_so3(torch.stack([z, z, angles], -1)).to(self.device)  # (K, 3, 3) about z
+            self._inplane = _about_z(angles).to(self.device)  # (K, 3, 3)
         self._shift_grid = None  # (J, 2) pixels: the shifts stage 1 searches when it estimates shifts
         if cfg.estimate_shifts and cfg.shift_search > 0 and self._inplane is not None:
             r = torch.arange(-cfg.shift_search, cfg.shift_search + 1, dtype=torch.float32)
@@ -284,8 +290,12 @@ class Reconstruction:
         q = fr.grid  # (P, 2)
         rq = torch.einsum("kij,pj->kpi", k2, q)  # (K, P, 2) in Fourier pixels
         h = batch.hartley[:, None]  # (B, 1, L, L)
-        grid = ((rq + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
-        img_k = torch.nn.functional.grid_sample(h, grid, mode="bilinear", align_corners=True)[:, 0]  # (B, K, P)
+
+        def sample(coords: torch.Tensor) -> torch.Tensor:  # the image at Fourier pixels `(K, P, 2)` → (B, K, P)
+            grid = ((coords + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
+            return torch.nn.functional.grid_sample(h, grid, mode="bilinear", align_corners=True)[:, 0]
+
+        img_k = sample(rq)
         ctf_k = self._ctf(idx, rq / size).to(img_k.dtype)
         w = self._inv_var_for(fr)
         quad = torch.einsum("bmp,bkp->bmk", slices * slices, w * ctf_k * ctf_k)
@@ -296,8 +306,7 @@ class Reconstruction:
         # Shifting the prediction by −s equals shifting the image by +s: at the turned frequencies k = Rz q,
         # H'(k) = cos θ · H(k) + sin θ · H(−k) with θ = 2π k·s (shift_hartley's convention). Only the cross
         # term depends on s: a shift is unitary over the symmetric band.
-        neg = ((-rq + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
-        img_neg = torch.nn.functional.grid_sample(h, neg, mode="bilinear", align_corners=True)[:, 0]  # (B, K, P)
+        img_neg = sample(-rq)  # H(−k)
         theta = 2 * torch.pi * torch.einsum("kpi,ji->kjp", rq / size, shifts)  # (K, J, P)
         a, b = w * ctf_k * img_k, w * ctf_k * img_neg
         shifted = a[:, :, None] * torch.cos(theta) + b[:, :, None] * torch.sin(theta)  # (B, K, J, P)
@@ -508,9 +517,7 @@ class Reconstruction:
         fr = self._frequencies(band)
         idx = torch.tensor([int(index)])
         batch = self._batch(idx, fr)
-        angles = torch.as_tensor(inplane_angles, dtype=torch.float32)
-        z = torch.zeros_like(angles)
-        inplane = exp_so3(torch.stack([z, z, angles], -1)).to(self.device)
+        inplane = _about_z(torch.as_tensor(inplane_angles, dtype=torch.float32)).to(self.device)
         out = []
         for s in range(0, rotations.shape[0], chunk):
             rot = rotations[s : s + chunk].to(self.device, torch.float32)[None]  # (1, d, 3, 3)

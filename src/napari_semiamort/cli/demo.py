@@ -76,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
     t_rec = time.perf_counter() - t1
     truth, pixel = read_map(out / "data" / "truth.mrc")
     al = align_poses(run.poses, run.data.reference_rotations)
-    curve = fsc(rotate_map(torch.from_numpy(run.volume_map()), al.transform), torch.from_numpy(truth))
+    final, _ = read_map(run_dir / "map.mrc")  # the map the run delivers (from its final poses)
+    curve = fsc(rotate_map(torch.from_numpy(final), al.transform), torch.from_numpy(truth))
     r05 = resolution_at(curve, args.box, pixel, 0.5)
     r0143 = resolution_at(curve, args.box, pixel, 0.143)
     nyq = 2 * pixel

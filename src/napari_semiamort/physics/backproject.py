@@ -2,9 +2,13 @@
 
 Each image's transform, weighted by its CTF, is inserted on its central slice ``Rᵀ (kx, ky, 0)`` with
 trilinear weights; the CTF² is inserted the same way; the map is ``Σ CTF·F / (Σ CTF² + λ)`` (a Wiener
-filter whose ``λ`` is a small fraction of the typical weight). This is what ``relion_reconstruct`` does,
-without its gridding correction and iterative weights: enough for half maps and their FSC at the
-resolutions an ab-initio run reaches.
+filter whose ``λ`` is a small fraction of the typical weight). Every frequency of the images up to Nyquist
+is inserted: the outermost shell decides the FSC of a map whose resolution reaches Nyquist (cutting at
+``L/2 − 1``, as the training loss must, cost 0.25 Å at 10.3 Å on the benchmark's data). This is what
+``relion_reconstruct --pad 1`` does, without its gridding correction and iterative weights (both measured:
+no gain at pad 1, and 2× padding lowered the FSC against the truth, ``docs/benchmarks.md``).
+
+Inserters add: the half maps' sums together are the whole data set's, so the map costs no second pass.
 """
 
 from __future__ import annotations
@@ -18,16 +22,23 @@ __all__ = ["FourierInserter"]
 
 
 class FourierInserter:
-    """Accumulates CTF-weighted image transforms `(B, L, L)` into an `(L, L, L)` frequency grid."""
+    """Accumulates CTF-weighted image transforms `(B, L, L)` into an `(L, L, L)` frequency grid.
 
-    def __init__(self, size: int, device=None):
+    ``radius``: the largest image frequency inserted, in Fourier pixels (default ``L/2``, Nyquist).
+    """
+
+    def __init__(self, size: int, device=None, radius: float | None = None):
         self.size = size
+        self.radius = size / 2 if radius is None else float(radius)
+        if not 0 < self.radius <= size / 2 * 2**0.5:
+            raise ValueError(f"radius {radius} must lie in (0, {size / 2 * 2**0.5:.1f}] Fourier pixels")
         self.num = torch.zeros(size**3, dtype=torch.complex64, device=device)
         self.den = torch.zeros(size**3, dtype=torch.float32, device=device)
         freqs = frequency_grid_2d(size, device=device) * size  # (L, L, 2) (kx, ky) in Fourier pixels
-        inside = (freqs**2).sum(-1) <= (size // 2 - 1) ** 2
+        inside = (freqs**2).sum(-1) <= self.radius**2
         self._freqs = freqs[inside]  # (P, 2)
         self._inside = inside
+        self.count = 0  # images inserted
 
     def insert(self, fourier_images: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor) -> None:
         """Insert centred transforms `(B, L, L)` (complex) with poses `(B, 3, 3)` and CTFs `(B, L, L)`."""
@@ -49,6 +60,16 @@ class FourierInserter:
                     flat = ((z * size + y) * size + x).reshape(-1)[ok]
                     self.num.index_add_(0, flat, (values[ok] * t[ok]).to(self.num.dtype))
                     self.den.index_add_(0, flat, weights[ok] * t[ok])
+        self.count += fourier_images.shape[0]
+
+    def __add__(self, other: FourierInserter) -> FourierInserter:
+        """The sums of both (the same box and radius): the reconstruction from both sets of images."""
+        if (other.size, other.radius) != (self.size, self.radius):
+            raise ValueError(f"cannot add inserters of box {self.size}, radius {self.radius} and box "
+                             f"{other.size}, radius {other.radius}")
+        out = FourierInserter(self.size, self.num.device, self.radius)
+        out.num, out.den, out.count = self.num + other.num, self.den + other.den, self.count + other.count
+        return out
 
     def volume(self, regularization: float = 0.01) -> torch.Tensor:
         """The real-space map `(L, L, L)` ``[z, y, x]``, origin at ``L // 2``."""

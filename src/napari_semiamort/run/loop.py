@@ -526,9 +526,9 @@ class Reconstruction:
         return torch.cat(out).cpu().to(torch.float64)
 
     @torch.no_grad()
-    def backproject(self, which: np.ndarray, batch: int = 256) -> np.ndarray:
-        """A map `(L, L, L)` reconstructed directly from the images ``which`` with the current poses
-        (:class:`~napari_semiamort.physics.backproject.FourierInserter`): the half maps."""
+    def insert(self, which: np.ndarray, batch: int = 256) -> FourierInserter:
+        """The images ``which`` inserted into a frequency grid with the current poses (and shifts), every
+        frequency up to Nyquist (:class:`~napari_semiamort.physics.backproject.FourierInserter`)."""
         inserter = FourierInserter(self.size, self.device)
         freqs = frequency_grid_2d(self.size, device=self.device)  # (L, L, 2) cycles per pixel
         for s in range(0, len(which), batch):
@@ -539,7 +539,24 @@ class Reconstruction:
                 phase = -2 * torch.pi * (freqs[None] * o[:, None, None, :]).sum(-1)
                 f = f * torch.polar(torch.ones_like(phase), phase)
             inserter.insert(f, self.poses[idx].to(self.device), self._ctf(idx, freqs))
-        return inserter.volume().cpu().numpy()
+        return inserter
+
+    def backproject(self, which: np.ndarray, batch: int = 256) -> np.ndarray:
+        """A map `(L, L, L)` reconstructed directly from the images ``which`` with the current poses."""
+        return self.insert(which, batch).volume().cpu().numpy()
+
+    def final_maps(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(map, half1, half2)`` by direct Fourier reconstruction from the final poses; the map from all
+        images (the halves' sums added, one pass over the data); no halves when the run keeps none.
+
+        This, not the decoder's volume, is the run's map: the decoder is trained on frequencies within
+        ``L/2 − 1`` (the −L/2 row has no Hermitian partner), so its outermost shell is untrained.
+        """
+        if not self.config.halves or self.data.half is None:
+            return self.backproject(np.arange(len(self.data))), None, None
+        halves = [self.insert(np.flatnonzero(self.data.half == k)) for k in (1, 2)]
+        whole = halves[0] + halves[1]
+        return tuple(x.volume().cpu().numpy() for x in (whole, *halves))
 
     # ---------------------------------------------------------------- epoch bookkeeping
     @torch.no_grad()

@@ -78,3 +78,28 @@ def test_masked_fsc_ignores_noise_outside_the_mask(igg_map, generator):
     masked = masked_fsc(noisy, igg_map, radius=size * 0.4 - 3, edge=3.0)
     assert masked[1:].min() > 0.99
     assert unmasked[size // 4 :].mean() < 0.9
+
+
+def test_density_centre_finds_a_blob_in_noise_and_ignores_the_solvent():
+    from napari_semiamort.metrics.density import density_centre
+
+    g = torch.arange(32, dtype=torch.float64) - 16
+    z, y, x = torch.meshgrid(g, g, g, indexing="ij")
+    blob = torch.exp(-((x - 3) ** 2 + (y + 2) ** 2 + (z - 1.5) ** 2) / (2 * 3.0**2))
+    noise = 0.05 * torch.randn(32, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    c = density_centre(blob + noise)
+    assert torch.allclose(c, torch.tensor([3.0, -2.0, 1.5], dtype=torch.float64), atol=0.1)
+    # a plain centre of mass of the positive density is pulled towards the middle by the noise
+    w = (blob + noise).clamp_min(0)
+    plain = torch.stack([(w * x).sum(), (w * y).sum(), (w * z).sum()]) / w.sum()
+    assert (plain - torch.tensor([3.0, -2.0, 1.5], dtype=torch.float64)).norm() > 0.3
+
+
+def test_volume_translation_by_whole_voxels_is_a_circular_shift():
+    from napari_semiamort.models.volume import HartleyVolume
+
+    m = torch.randn(16, 16, 16, generator=torch.Generator().manual_seed(5))
+    v = HartleyVolume(16)
+    v.set_from_map(m)
+    v.translate(torch.tensor([2.0, -1.0, 3.0]))  # (x, y, z)
+    torch.testing.assert_close(v.real_space(), torch.roll(m, shifts=(3, -1, 2), dims=(0, 1, 2)), atol=1e-4, rtol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..physics.fourier import hartley_centered, ihartley_centered, radial_frequency_index_3d
+from ..physics.fourier import flip_frequencies, hartley_centered, ihartley_centered, radial_frequency_index_3d
 from ..physics.slicing import slice_volume
 
 __all__ = ["HartleyVolume"]
@@ -42,6 +42,30 @@ class HartleyVolume(nn.Module):
         h = hartley_centered(density.to(torch.float32), 3)
         self.exponent.copy_(torch.log(h.abs().clamp_min(float(h.abs().max()) * 1e-8)))
         self.mantissa.copy_(torch.sign(h) + (h == 0).float())
+
+    @torch.no_grad()
+    def translate(self, shift_xyz: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Move the map by ``shift_xyz`` `(3,)` voxels, ``V(r) → V(r − t)``: the phase ramp
+        ``F · exp(−2πi k·t)``, in Hartley space ``H'(k) = cos φ · H(k) − sin φ · H(−k)``, ``φ = −2π k·t``.
+
+        The exponent (the scale per frequency) is kept; the mantissa takes the new coefficients. With the
+        Adam ``optimizer`` training the mantissa, its moments move with it (the first as the field, the
+        second as ``cos² φ · v(k) + sin² φ · v(−k)``), so the next steps continue where they were.
+        """
+        size = self.size
+        k = (torch.arange(size, device=self.mantissa.device, dtype=torch.float32) - size // 2) / size
+        t = shift_xyz.to(device=self.mantissa.device, dtype=torch.float32)
+        phase = -2 * torch.pi * (k[None, None, :] * t[0] + k[None, :, None] * t[1] + k[:, None, None] * t[2])
+        cos, sin = torch.cos(phase), torch.sin(phase)
+        h = self.hartley()
+        self.mantissa.copy_((cos * h - sin * flip_frequencies(h, 3)) / torch.exp(self.exponent))
+        state = {} if optimizer is None else optimizer.state.get(self.mantissa, {})
+        if "exp_avg" in state:
+            m = state["exp_avg"]
+            m.copy_(cos * m - sin * flip_frequencies(m, 3))
+        if "exp_avg_sq" in state:
+            v = state["exp_avg_sq"]
+            v.copy_(cos * cos * v + sin * sin * flip_frequencies(v, 3))
 
     def hartley(self) -> torch.Tensor:
         """The coefficients ``H`` `(L, L, L)`."""

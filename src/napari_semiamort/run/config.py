@@ -69,7 +69,9 @@ class ReconstructionConfig:
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them)
     estimate_shifts: bool = False
     max_shift: float = 0.1  # fraction of the box
-    shift_search: int = 0  # >0: with estimate_shifts, stage 1 also scores shifts on a ±this-pixel grid (experimental)
+    # with estimate_shifts, stage 1 (and stage 2's reassignment) scores shifts on a ±this-pixel grid (step 1 px)
+    # with each head's in-plane angles; 0: the heads' regressed shifts alone (they fail beyond ~1 px)
+    shift_search: int = 3
 
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU
@@ -90,6 +92,7 @@ class ReconstructionConfig:
             (self.invert in ("auto", "yes", "no"), "invert must be 'auto', 'yes' or 'no'"),
             (self.box is None or (self.box >= 8 and self.box % 2 == 0), "box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
+            (self.shift_search >= 0, "shift_search must be 0 (off) or a positive number of pixels"),
             (0 < self.max_freq <= 1 and 0 < self.autoencode_min_freq <= self.autoencode_max_freq <= 1,
              "frequency fractions must lie in (0, 1], autoencode_min_freq ≤ autoencode_max_freq"),
             (min(self.encoder_lr, self.volume_lr, self.volume_lr_autodecode, self.pose_lr) > 0,

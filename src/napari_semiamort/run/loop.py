@@ -24,6 +24,7 @@ from ..data.loader import BatchLoader
 from ..data.mrc import atomic_path, read_map
 from ..data.readers import open_dataset
 from ..metrics.alignment import align_poses, rotate_map
+from ..metrics.density import density_centre
 from ..metrics.fsc import fsc, masked_fsc, resolution_at
 from ..models.encoder import MultiHeadEncoder
 from ..models.poses import PoseTable
@@ -48,6 +49,8 @@ __all__ = ["Reconstruction", "select_device"]
 
 STAGE1, STAGE2 = "autoencode", "autodecode"
 _MIN_BAND_PIXELS = 5
+# Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
+_RECENTRE_MIN_PX = 0.25
 
 
 def select_device(name: str) -> torch.device:
@@ -136,8 +139,9 @@ class Reconstruction:
             angles = torch.arange(cfg.inplane_search) * (2 * torch.pi / cfg.inplane_search)
             self._inplane = _about_z(angles).to(self.device)  # (K, 3, 3)
         self._shift_grid = None  # (J, 2) pixels: the shifts stage 1 searches when it estimates shifts
-        if cfg.estimate_shifts and cfg.shift_search > 0 and self._inplane is not None:
-            r = torch.arange(-cfg.shift_search, cfg.shift_search + 1, dtype=torch.float32)
+        reach = min(cfg.shift_search, int(cfg.max_shift * size))  # shifts are bounded by max_shift
+        if cfg.estimate_shifts and reach > 0 and self._inplane is not None:
+            r = torch.arange(-reach, reach + 1, dtype=torch.float32)
             self._shift_grid = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2).to(self.device)
         self.noise = ShellNoiseModel(self.freqs[STAGE2].shells, size // 2 + 1)
         self._init_noise()
@@ -380,7 +384,8 @@ class Reconstruction:
     def _candidates(self, batch: _Batch, idx: torch.Tensor, fr: _Frequencies):
         """Each head's pose at its best in-plane angle `(B, M, 3, 3)`, its shift, and its score `(B, M)`.
 
-        ``batch`` holds the images at the band ``fr``.
+        ``batch`` holds the images at the band ``fr``. With a shift search, each head's shift is the best
+        of the grid at its best angle (as in stage 1), not the head's regressed one.
         """
         self.encoder.eval()
         rot, sh = self._encode(batch.images)
@@ -388,9 +393,42 @@ class Reconstruction:
         if self._inplane is None:
             pred = self._predict(None, rot, sh, batch.ctf[:, None], fr)
             return rot, sh, self._loss(pred, batch.obs[:, None], self._inv_var_for(fr))
-        scores = self._inplane_scores(self.volume.slice(fr.grid, rot), batch, idx, fr)  # (B, M, K)
-        best, turn = scores.min(-1)
-        return self._inplane[turn] @ rot, sh, best
+        slices = self.volume.slice(fr.grid, rot)  # (B, M, P)
+        if self._shift_grid is None:
+            best, turn = self._inplane_scores(slices, batch, idx, fr).min(-1)  # over (B, M, K)
+            return self._inplane[turn] @ rot, sh, best
+        step = self.config.batch_size  # the (B, K, J, P) term of the shift search bounds the chunk
+        best, turn, shift = [], [], []
+        for s in range(0, len(idx), step):
+            part = _Batch(*(x[s : s + step] for x in batch))
+            scores = self._inplane_scores(slices[s : s + step], part, idx[s : s + step], fr, shifts=self._shift_grid)
+            b, pick = scores.flatten(2).min(-1)  # (b, M) over (K, J)
+            best.append(b)
+            turn.append(pick // self._shift_grid.shape[0])
+            shift.append(self._shift_grid[pick % self._shift_grid.shape[0]])
+        best, turn, shift = torch.cat(best), torch.cat(turn), torch.cat(shift)
+        return self._inplane[turn] @ rot, shift, best
+
+    @torch.no_grad()
+    def _recentre(self) -> float:
+        """Move the volume's centre back to the box centre, and every shift with it; returns the move (voxels).
+
+        With shifts estimated, a translation ``t`` of the volume and the shifts ``(R t)_xy`` of every image
+        explain the data equally well, so the two drift together (by 1.9 voxels in a run on ±1 px data,
+        where the per-image shifts were right to 0.13 px after taking the drift out) and carry the shifts
+        out of their search range. Moving the volume by ``−c`` shifts image ``i``'s projection by
+        ``−(R_i c)_xy``; the volume optimiser's moments move with the volume.
+        """
+        c = density_centre(self.volume.real_space())  # (x, y, z) voxels
+        dist = float(c.norm())
+        if dist < _RECENTRE_MIN_PX:
+            return dist
+        self.volume.translate(-c, self.opt_volume)
+        self.shifts -= (self.poses[:, :2, :].to(torch.float64) @ c).to(self.shifts.dtype)
+        if self.table is not None and self.table.shifts is not None:
+            rot = self.table.rotations.to(torch.float64)
+            self.table.shifts -= (rot[:, :2, :] @ c.to(rot.device)).to(self.table.shifts.dtype)
+        return dist
 
     def _pose_table(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> PoseTable:
         cfg = self.config
@@ -688,7 +726,12 @@ class Reconstruction:
     def _finish_epoch(self, stage: str, losses: list[float], seconds: float, reassigned: int | None) -> dict:
         if self.config.noise_model == "shell-residual" and stage == STAGE2:
             self.noise.update()  # from the residuals: only once poses are settled enough to trust them
+        recentred = None
+        if self.shifts is not None and (stage == STAGE2 or self._shift_grid is not None):
+            recentred = self._recentre()  # before the metrics: they score the recentred volume
         metrics = self._epoch_metrics(stage, losses, seconds)
+        if recentred is not None:
+            metrics["volume_centre_px"] = recentred
         if stage == STAGE1:
             metrics["band_fraction"] = self.stage1_band(self.epoch)
         if reassigned is not None:

@@ -16,6 +16,7 @@ from .. import __version__
 from ..data.mrc import atomic_path, read_map, write_mrc
 from ..data.star import write_star
 from ..metrics.alignment import align_poses, rotate_map
+from ..metrics.density import otsu_level
 from ..metrics.fsc import fsc, resolution_at
 
 __all__ = ["RUN_OUTPUTS", "chimerax_script", "otsu_level", "write_config", "write_fsc", "write_outputs"]
@@ -90,20 +91,6 @@ def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_siz
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return {"fsc_csv": csv, "fsc_png": png}
-
-
-def otsu_level(volume: np.ndarray, bins: int = 256) -> float:
-    """The threshold separating a map's voxels into two classes of least within-class variance (Otsu):
-    particle versus solvent, a display level that does not depend on the map's scale."""
-    v = np.asarray(volume, dtype=np.float64).ravel()
-    hist, edges = np.histogram(v, bins=bins)
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
-    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
 
 
 def chimerax_script(run_dir: Path, force: bool = False) -> Path:

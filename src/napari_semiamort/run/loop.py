@@ -550,16 +550,20 @@ class Reconstruction:
         The Gaussian likelihood of the current volume (CTF applied, the noise model's σ² per shell) summed
         over the image's frequencies within ``band`` of Nyquist: one slice per ``R_d`` `(D, 3, 3)`, the K
         in-plane angles (radians) scored by resampling the image (``_inplane_scores``). Shifts are not
-        marginalised: the images are compared as they are.
+        marginalised: the image is compared at the run's current shift for it (none when shifts are not
+        estimated).
         """
         fr = self._frequencies(band)
         idx = torch.tensor([int(index)])
         batch = self._batch(idx, fr)
         inplane = _about_z(torch.as_tensor(inplane_angles, dtype=torch.float32)).to(self.device)
+        shift = None if self.shifts is None else self.shifts[idx].to(self.device)  # (1, 2): a one-shift "grid"
         out = []
         for s in range(0, rotations.shape[0], chunk):
             rot = rotations[s : s + chunk].to(self.device, torch.float32)[None]  # (1, d, 3, 3)
-            scores = self._inplane_scores(self.volume.slice(fr.grid, rot), batch, idx, fr, inplane)  # (1, d, K)
+            scores = self._inplane_scores(self.volume.slice(fr.grid, rot), batch, idx, fr, inplane, shift)
+            if shift is not None:
+                scores = scores[..., 0]  # (1, d, K)
             out.append(-scores[0] * len(fr))  # the mean over frequencies back to their sum
         return torch.cat(out).cpu().to(torch.float64)
 

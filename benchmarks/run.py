@@ -305,7 +305,8 @@ def ceiling_ours(data: Path, out: Path, truth: Path, mask_A: float) -> dict:
     from napari_semiamort.run import Reconstruction, ReconstructionConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), threads=os.cpu_count() or 2))
+    run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), mask_diameter=mask_A,
+                                              threads=os.cpu_count() or 2))
     run.poses = run.data.reference_rotations.to(torch.float32)
     if run.data.reference_shifts is not None:
         run.shifts = run.data.reference_shifts

@@ -202,7 +202,9 @@ def test_recentring_moves_volume_and_shifts_together_and_keeps_the_fit(tiny_data
         before = run._exact_loss(run.poses[idx], run.shifts[idx], batch.obs, batch.ctf, fr)
         centred = run._exact_loss(run.poses[idx], torch.zeros(64, 2), batch.obs, batch.ctf, fr)
     assert float((centred > 1.5 * before).float().mean()) > 0.9  # the shifts matter to this volume
+    run.table = run._pose_table(run.poses, run.shifts.clone())  # stage 2's copy moves too
     moved = run._recentre()
+    torch.testing.assert_close(run.table.shifts, run.shifts)
     assert abs(moved - float(c_true.norm())) < 0.15
     assert float(density_centre(run.volume.real_space()).norm()) < 0.1
     with torch.no_grad():

@@ -26,10 +26,13 @@ def density_centre(volume: torch.Tensor) -> torch.Tensor:
     """The particle's centre `(3,)` (x, y, z) in voxels from the box centre ``L // 2``: the centroid of the
     density above Otsu's level, weighted by its excess over the level.
 
-    Noise and solvent below the level do not pull the centre towards the middle of the box, as they do in
+    A map of negative skew (dark particle, light solvent: inverted contrast) is negated first. Noise and
+    solvent below the level do not pull the centre towards the middle of the box, as they do in
     a plain centre of mass (on a noisy map 1.1 voxels off, where this was within 0.1 of the truth).
     """
     v = volume.detach().to(torch.float64).cpu()
+    if float(((v - v.mean()) ** 3).mean()) < 0:  # a particle is sparse and dense: inverted contrast
+        v = -v
     w = (v - otsu_level(v.numpy())).clamp_min(0)
     total = w.sum()
     if float(total) <= 0:

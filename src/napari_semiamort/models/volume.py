@@ -48,15 +48,24 @@ class HartleyVolume(nn.Module):
         """Move the map by ``shift_xyz`` `(3,)` voxels, ``V(r) → V(r − t)``: the phase ramp
         ``F · exp(−2πi k·t)``, in Hartley space ``H'(k) = cos φ · H(k) − sin φ · H(−k)``, ``φ = −2π k·t``.
 
-        The exponent (the scale per frequency) is kept; the mantissa takes the new coefficients. With the
-        Adam ``optimizer`` training the mantissa, its moments move with it (the first as the field, the
-        second as ``cos² φ · v(k) + sin² φ · v(−k)``), so the next steps continue where they were.
+        On the −L/2 planes (no +L/2 partner) the ramp of a real map is its real part: the axis in question
+        contributes to a factor ``cos(π Σ t)`` instead of a phase, so whole-voxel moves are exact circular shifts and
+        fractional ones match the real part of the shifted transform. The exponent (the scale per
+        frequency) is kept; the mantissa takes the new coefficients. With the Adam ``optimizer`` training
+        the mantissa, its moments move with it (the first as the field, the second as
+        ``cos² φ · v(k) + sin² φ · v(−k)``), so the next steps continue where they were.
         """
         size = self.size
-        k = (torch.arange(size, device=self.mantissa.device, dtype=torch.float32) - size // 2) / size
-        t = shift_xyz.to(device=self.mantissa.device, dtype=torch.float32)
-        phase = -2 * torch.pi * (k[None, None, :] * t[0] + k[None, :, None] * t[1] + k[:, None, None] * t[2])
-        cos, sin = torch.cos(phase), torch.sin(phase)
+        dev = self.mantissa.device
+        k = (torch.arange(size, device=dev, dtype=torch.float64) - size // 2) / size
+        nyquist = torch.arange(size, device=dev) == 0
+        t = shift_xyz.to(device=dev, dtype=torch.float64)
+        phase, edge = 0.0, 0.0
+        for axis, shape in enumerate([(1, 1, size), (1, size, 1), (size, 1, 1)]):  # x, y, z: array axes 2, 1, 0
+            phase = phase + torch.where(nyquist, 0.0, -2 * torch.pi * k * t[axis]).reshape(shape)
+            edge = edge + torch.where(nyquist, torch.pi * t[axis], 0.0).reshape(shape)
+        damp = torch.cos(edge)  # the real part's factor: cos(π Σ t) over the voxel's −L/2 axes, else 1
+        cos, sin = (damp * torch.cos(phase)).float(), (damp * torch.sin(phase)).float()
         h = self.hartley()
         self.mantissa.copy_((cos * h - sin * flip_frequencies(h, 3)) / torch.exp(self.exponent))
         state = {} if optimizer is None else optimizer.state.get(self.mantissa, {})

@@ -311,10 +311,15 @@ class Reconstruction:
         # H'(k) = cos θ · H(k) + sin θ · H(−k) with θ = 2π k·s (shift_hartley's convention). Only the cross
         # term depends on s: a shift is unitary over the symmetric band.
         img_neg = sample(-rq)  # H(−k)
-        theta = 2 * torch.pi * torch.einsum("kpi,ji->kjp", rq / size, shifts)  # (K, J, P)
         a, b = w * ctf_k * img_k, w * ctf_k * img_neg
-        shifted = a[:, :, None] * torch.cos(theta) + b[:, :, None] * torch.sin(theta)  # (B, K, J, P)
-        cross = torch.einsum("bmp,bkjp->bmkj", slices, shifted)
+        # (B, K, J, P) would reach gigabytes at box 128 and beyond: the shifts go in chunks of ≤ 2²⁴ values
+        step = max(1, 2**24 // max(1, a.numel()))
+        cross = []
+        for j in range(0, shifts.shape[0], step):
+            theta = 2 * torch.pi * torch.einsum("kpi,ji->kjp", rq / size, shifts[j : j + step])  # (K, j, P)
+            shifted = a[:, :, None] * torch.cos(theta) + b[:, :, None] * torch.sin(theta)  # (B, K, j, P)
+            cross.append(torch.einsum("bmp,bkjp->bmkj", slices, shifted))
+        cross = torch.cat(cross, -1)
         return 0.5 * (quad[..., None] - 2 * cross + const[..., None]) / q.shape[0]
 
     def _step_autoencode(self, idx: torch.Tensor) -> float:
@@ -426,8 +431,9 @@ class Reconstruction:
         self.volume.translate(-c, self.opt_volume)
         self.shifts -= (self.poses[:, :2, :].to(torch.float64) @ c).to(self.shifts.dtype)
         if self.table is not None and self.table.shifts is not None:
-            rot = self.table.rotations.to(torch.float64)
-            self.table.shifts -= (rot[:, :2, :] @ c.to(rot.device)).to(self.table.shifts.dtype)
+            rot = self.table.rotations.cpu().to(torch.float64)  # on the CPU: MPS has no float64
+            move = (rot[:, :2, :] @ c).to(self.table.shifts.dtype).to(self.table.shifts.device)
+            self.table.shifts -= move
         return dist
 
     def _pose_table(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> PoseTable:
@@ -480,6 +486,8 @@ class Reconstruction:
                                      None if cand.shifts is None else cand.shifts[pick][take])
                     moved += int(take.sum())
         self.poses = self.table.rotations.cpu().clone()
+        if self.table.shifts is not None:
+            self.shifts = self.table.shifts.cpu().clone()
         return moved
 
     @torch.no_grad()
@@ -731,7 +739,9 @@ class Reconstruction:
         if self.config.noise_model == "shell-residual" and stage == STAGE2:
             self.noise.update()  # from the residuals: only once poses are settled enough to trust them
         recentred = None
-        if self.shifts is not None and (stage == STAGE2 or self._shift_grid is not None):
+        # With the shift search only: the encoder's regressed shifts (shift_search 0) would stay in the old
+        # frame, and stage 2's reassignment would score its candidates with them.
+        if self.shifts is not None and self._shift_grid is not None:
             recentred = self._recentre()  # before the metrics: they score the recentred volume
         metrics = self._epoch_metrics(stage, losses, seconds)
         if recentred is not None:

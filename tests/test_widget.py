@@ -157,3 +157,17 @@ def test_an_error_mid_run_is_notified_and_the_results_reached_are_kept(make_napa
     run = tmp_path / "run"
     assert (run / "map.mrc").is_file() and (run / "poses.star").is_file()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the two stage-1 epochs reached
+
+
+def test_shift_estimation_and_the_mask_reach_the_configuration(make_napari_viewer, tiny, tmp_path):
+    _, w = _widget(make_napari_viewer, tiny, tmp_path)
+    cfg = w.config()
+    assert not cfg.estimate_shifts and cfg.mask_diameter is None and not w.shift_search.isEnabled()
+    w.shifts.setChecked(True)
+    assert w.shift_search.isEnabled()
+    w.shift_search.setValue(2)
+    w.mask_diameter.setValue(220.0)
+    cfg = w.config()
+    assert cfg.estimate_shifts and cfg.shift_search == 2 and cfg.mask_diameter == 220.0
+    w.shifts.setChecked(False)
+    assert not w.shift_search.isEnabled() and not w.config().estimate_shifts

@@ -151,6 +151,17 @@ class ReconstructionWidget(QWidget):
         self.use_ctf = QCheckBox("model the CTF")
         self.use_ctf.setChecked(True)
         self.halves = QCheckBox("half maps and FSC")
+        self.mask_diameter = _spin(0, 100_000, 0, 10, decimals=1, special="none")
+        self.mask_diameter.setToolTip("soft circular mask on the images: the particle's diameter + ~10 % (Å)")
+        self.shifts = QCheckBox("estimate shifts (off-centre particles)")
+        self.shifts.setToolTip("search each image's shift in stage 1 and refine it in stage 2; the map is kept "
+                               "centred. Needed unless the particles were re-centred (e.g. re-extracted after "
+                               "a refinement)")
+        self.shift_search = _spin(0, 64, d.shift_search, special="none: regressed by the heads")
+        self.shift_search.setToolTip("the shifts stage 1 tries: ± this many pixels in steps of 1 (cost grows "
+                                     "with its square)")
+        self.shift_search.setEnabled(False)
+        self.shifts.toggled.connect(self.shift_search.setEnabled)
         self.reference = QLineEdit()
         self.reference.setPlaceholderText("optional: ground-truth map (simulated data)")
         data = QFormLayout()
@@ -159,6 +170,9 @@ class ReconstructionWidget(QWidget):
         data.addRow("Downsample to box", self.box)
         data.addRow("", self.use_ctf)
         data.addRow("", self.halves)
+        data.addRow("Mask diameter (Å)", self.mask_diameter)
+        data.addRow("", self.shifts)
+        data.addRow("Shift search (± px)", self.shift_search)
         data.addRow("Reference", self.reference)
 
         # ---- Training
@@ -292,6 +306,9 @@ class ReconstructionWidget(QWidget):
         cfg.box = self.box.value() or None
         cfg.use_ctf = self.use_ctf.isChecked()
         cfg.halves = self.halves.isChecked()
+        cfg.mask_diameter = self.mask_diameter.value() or None
+        cfg.estimate_shifts = self.shifts.isChecked()
+        cfg.shift_search = self.shift_search.value()
         cfg.reference_map = self.reference.text().strip() or None
         cfg.heads = self.heads.value()
         cfg.encoder_lr, cfg.volume_lr, cfg.pose_lr = (

@@ -1,14 +1,14 @@
 """The benchmark suite: our throughput and memory, our map quality against time, the paper's ablations, and
 RELION's and cryoDRGN's ab-initio runs on the same data; results as JSON (results.json) next to the plots.
 
-  python benchmarks/run.py --suite quick                # ~16 min on 2 CPU cores: throughput, ours, ablations
+  python benchmarks/run.py --suite quick                # ~25 min on 2 CPU cores: throughput, ours, ablations
   python benchmarks/run.py --suite full --cryodrgn X/bin/cryodrgn --peer-limit 3000
                                                         # + RELION and cryoDRGN, centred and shifted data: hours
   python benchmarks/run.py --suite full --only paper    # the paper's Table 2 setting (a GPU: 50,000 images)
 
 Suites (both 3KPR, TCR–HLA from ../shared/data/structures; 2,000 images, box 64, SNR 0.1, CTF):
-  quick  centred data; throughput and peak memory at box 64 and 128 for M = 1, 7, 15 heads; our map
-         quality over time; the ablations (semi- vs fully amortised; M = 1, 2, 4, 7 on 7PBL)
+  quick  throughput and peak memory at box 64 and 128 for M = 1, 7, 15 heads; our map quality over
+         time on centred and shifted (±3 px) data; the ablations (semi- vs fully amortised; M = 1, 2, 4, 7 on 7PBL)
   full   centred and shifted (±3 px) data; RELION 3.1's SGD initial model (its GUI's settings) and
          cryoDRGN's abinit_homo_old beside ours
 
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = ROOT.parent / "shared" / "data" / "structures"
 RIBOSOME = "ribosome_6zu5_64.mrc.gz"  # bundled with the package: travels to machines without ../shared
 SUITES = {
-    "quick": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 2000, "box": 64, "snr": 0.1, "shifts": [0.0],
+    "quick": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 2000, "box": 64, "snr": 0.1, "shifts": [0.0, 3.0],
               "throughput_boxes": [64, 128], "heads": [1, 7, 15], "relion": False},
     "full": {"molecule": "3KPR_TCR_HLA.cif.gz", "n": 2000, "box": 64, "snr": 0.1, "shifts": [0.0, 3.0],
              "throughput_boxes": [64, 128], "heads": [1, 7, 15], "relion": True},

@@ -1,7 +1,7 @@
 """The benchmark suite: our throughput and memory, our map quality against time, the paper's ablations, and
 RELION's and cryoDRGN's ab-initio runs on the same data; results as JSON (results.json) next to the plots.
 
-  python benchmarks/run.py --suite quick                # ~25 min on 2 CPU cores: throughput, ours, ablations
+  python benchmarks/run.py --suite quick                # ~18 min on 2 CPU cores: throughput, ours, ablations
   python benchmarks/run.py --suite full --cryodrgn X/bin/cryodrgn --peer-limit 3000
                                                         # + RELION and cryoDRGN, centred and shifted data: hours
   python benchmarks/run.py --suite full --only paper    # the paper's Table 2 setting (a GPU: 50,000 images)

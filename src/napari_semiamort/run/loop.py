@@ -428,12 +428,13 @@ class Reconstruction:
         dist = float(c.norm())
         if dist < _RECENTRE_MIN_PX:
             return dist
+        def projected(rotations: torch.Tensor) -> torch.Tensor:  # (R c)_xy, on the CPU: MPS has no float64
+            return (rotations.cpu().to(torch.float64)[:, :2, :] @ c).to(torch.float32)
+
         self.volume.translate(-c, self.opt_volume)
-        self.shifts -= (self.poses[:, :2, :].to(torch.float64) @ c).to(self.shifts.dtype)
+        self.shifts -= projected(self.poses)
         if self.table is not None and self.table.shifts is not None:
-            rot = self.table.rotations.cpu().to(torch.float64)  # on the CPU: MPS has no float64
-            move = (rot[:, :2, :] @ c).to(self.table.shifts.dtype).to(self.table.shifts.device)
-            self.table.shifts -= move
+            self.table.shifts -= projected(self.table.rotations).to(self.table.shifts.device)
         return dist
 
     def _pose_table(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> PoseTable:

@@ -332,15 +332,40 @@ def peer_run(cmd: list[str], log: Path, previous: dict | None, first_output: Pat
     return t0, wall, peak
 
 
+def peer_resume(cmd: list[str], log: Path, previous: dict, checkpoint: Path) -> tuple[list[dict], float, float]:
+    """Continue a peer that ``--peer-limit`` stopped, from its last checkpoint (``cmd`` restarts it there).
+    The time before the stop counts up to that checkpoint's writing, so the work lost with the stop is done
+    again and counted once. Returns (the run's segments, wall seconds in all, peak MB of both runs)."""
+    segments = previous.get("segments") or [{"started_at": previous["started_at"], "offset_s": 0.0}]
+    offset = elapsed(checkpoint.stat().st_mtime, segments)
+    t1 = time.time()
+    segments = [*segments, {"started_at": t1, "offset_s": offset, "from": checkpoint.name}]
+    wall, peak, rc = sh_status(cmd, log=log)
+    if rc == 124:
+        print(f"  stopped again after {wall / 60:.1f} min (--peer-limit)", flush=True)
+    elif rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd, f"see {log}")
+    return segments, offset + wall, float(np.nanmax([peak, previous.get("peak_rss_mb") or np.nan]))
+
+
+def elapsed(mtime: float, segments: list[dict]) -> float:
+    """A file's time into a peer's run of one or more segments (each a start and the run time before it)."""
+    seg = max((s for s in segments if s["started_at"] <= mtime), key=lambda s: s["started_at"], default=segments[0])
+    return seg["offset_s"] + mtime - seg["started_at"]
+
+
 def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, diameter: float, shifted: bool = True,
-               limit_s: float | None = None, previous: dict | None = None) -> dict:
+               limit_s: float | None = None, previous: dict | None = None, resume: bool = False) -> dict:
     """RELION 3.1's SGD initial model with the settings of its GUI (3D initial model job); ``diameter`` is
-    its mask (particle) diameter in Å, also the scoring mask's."""
+    its mask (particle) diameter in Å, also the scoring mask's. With ``previous`` (its earlier result), score
+    that run again, or with ``resume`` continue it from its last iteration written (a run stopped by
+    ``--peer-limit``)."""
     out.mkdir(parents=True, exist_ok=True)
     # the GUI's translational search (±6 px in steps of 2) on shifted data; none on centred data, as
     # for cryoDRGN (--t-extent 0) and ours
     offsets = ["--offset_range", "6", "--offset_step", "2"] if shifted else ["--offset_range", "0",
                                                                              "--offset_step", "1"]
+    iterations = 300  # --sgd_ini_iter + --sgd_inbetween_iter + --sgd_fin_iter
     star = out / "particles.star" if previous else relion_input(data, out, box)
     cmd = ["relion_refine", "--o", str(out / "run"), "--i", str(star), "--denovo_3dref", "--sgd",
            "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200", "--sgd_fin_iter", "50", "--sgd_write_iter", "10",
@@ -349,30 +374,46 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, diame
            f"{diameter:.0f}", "--oversampling", "1", "--healpix_order", "1", *offsets, "--tau2_fudge", "4",
            "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc",
            "--pool", "30", "--j", str(os.cpu_count() or 2)]
-    if limit_s:
-        cmd = ["timeout", str(int(limit_s)), *cmd]
-    first = None
-    if previous and previous["curve"]:
-        first = out / f"run_it{previous['curve'][0]['iteration']:03d}_class001.mrc"
-    t0, wall, peak = peer_run(cmd, out / "relion.log", previous, first)
+    segments = None
+    checkpoints = sorted(out.glob("run_it*_optimiser.star"))
+    if resume and previous and checkpoints and not (out / f"run_it{iterations:03d}_class001.mrc").is_file():
+        # RELION's own continuation (the GUI's "Continue"): every setting comes from the optimiser file
+        cmd = ["relion_refine", "--continue", str(checkpoints[-1]), "--o", str(out / "run"), "--pool", "30",
+               "--dont_combine_weights_via_disc", "--j", str(os.cpu_count() or 2)]
+        if limit_s:
+            cmd = ["timeout", str(int(limit_s)), *cmd]
+        print(f"  RELION continues from {checkpoints[-1].name}", flush=True)
+        segments, wall, peak = peer_resume(cmd, out / f"relion_{checkpoints[-1].stem}.log", previous, checkpoints[-1])
+        t0 = previous["started_at"]
+    else:
+        if limit_s:
+            cmd = ["timeout", str(int(limit_s)), *cmd]
+        first = None
+        if previous and previous["curve"]:
+            first = out / f"run_it{previous['curve'][0]['iteration']:03d}_class001.mrc"
+        t0, wall, peak = peer_run(cmd, out / "relion.log", previous, first)
+        segments = previous.get("segments") if previous else None
+    segments = segments or [{"started_at": t0, "offset_s": 0.0}]
     curve = []
     for star in sorted(out.glob("run_it*_data.star")):
         it = star.name[len("run_it"):len("run_it") + 3]
         mrc = out / f"run_it{it}_class001.mrc"
         if mrc.is_file():
             s = score(mrc, star, data / "particles.star", truth, diameter)
-            curve.append({"seconds": mrc.stat().st_mtime - t0, "iteration": int(it), **s})
+            curve.append({"seconds": elapsed(mrc.stat().st_mtime, segments), "iteration": int(it), **s})
     final = curve[-1] if curve else {}
     return {"tool": "RELION 3.1 SGD", "started_at": t0, "wall_s": wall, "peak_rss_mb": peak,
-            "mask_diameter_A": diameter, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve}
+            "mask_diameter_A": diameter, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve,
+            **({"segments": segments} if len(segments) > 1 else {})}
 
 
 def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: float, diameter: float,
                  shifted: bool = True, epochs: int = 10, limit_s: float | None = None,
-                 previous: dict | None = None) -> dict:
+                 previous: dict | None = None, resume: bool = False) -> dict:
     """cryoDRGN's homogeneous ab initio (``abinit_homo_old``, 4.x) on the same stack, centred data
     (``--t-extent 0 --t-ngrid 1``: its ``--no-trans`` is not implemented), defaults otherwise; each epoch's
-    map and poses are scored like ours."""
+    map and poses are scored like ours. ``previous`` and ``resume`` as for :func:`run_relion` (``epochs`` can
+    then be more than the first run's)."""
     from napari_semiamort.data.cryodrgn import read_pose_pkl
     from napari_semiamort.data.star import read_star
 
@@ -383,23 +424,40 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
     cmd = [exe, "abinit_homo_old", str(data / "particles.mrcs"), "--ctf", str(out / "ctf.pkl"), "-o",
            str(out / "run"), *([] if shifted else ["--t-extent", "0", "--t-ngrid", "1"]), "-n", str(epochs),
            "--seed", "0"]
-    if limit_s:
-        cmd = ["timeout", str(int(limit_s)), *cmd]
-    first = None
-    if previous and previous["curve"]:
-        first = out / "run" / f"reconstruct.{previous['curve'][0]['epoch']}.mrc"
-    t0, wall, peak = peer_run(cmd, out / "cryodrgn.log", previous, first)
+    segments = None
+    done = sorted((int(w.name.split(".")[1]) for w in (out / "run").glob("weights.*.pkl")), default=0)
+    last = done[-1] if done else 0
+    if resume and previous and 0 < last < epochs:
+        # cryoDRGN's own restart (--load, --load-poses); it then takes one step with random poses (its
+        # pretraining loop with --pretrain 0) before the epochs
+        checkpoint = out / "run" / f"weights.{last}.pkl"
+        cmd = [*cmd, "--load", str(checkpoint), "--load-poses", str(out / "run" / f"pose.{last}.pkl")]
+        if limit_s:
+            cmd = ["timeout", str(int(limit_s)), *cmd]
+        print(f"  cryoDRGN continues from epoch {last}", flush=True)
+        segments, wall, peak = peer_resume(cmd, out / f"cryodrgn_from{last}.log", previous, checkpoint)
+        t0 = previous["started_at"]
+    else:
+        if limit_s:
+            cmd = ["timeout", str(int(limit_s)), *cmd]
+        first = None
+        if previous and previous["curve"]:
+            first = out / "run" / f"reconstruct.{previous['curve'][0]['epoch']}.mrc"
+        t0, wall, peak = peer_run(cmd, out / "cryodrgn.log", previous, first)
+        segments = previous.get("segments") if previous else None
+    segments = segments or [{"started_at": t0, "offset_s": 0.0}]
     reference = read_star(data / "particles.star", require_stacks=False).rotations
     curve = []
     for mrc in sorted((out / "run").glob("reconstruct.*.mrc"), key=lambda p: int(p.name.split(".")[1])):
         pose = out / "run" / f"pose.{mrc.name.split('.')[1]}.pkl"
         if pose.is_file():
             rot, _ = read_pose_pkl(pose, box, pixel)
-            curve.append({"seconds": mrc.stat().st_mtime - t0, "epoch": int(mrc.name.split(".")[1]),
+            curve.append({"seconds": elapsed(mrc.stat().st_mtime, segments), "epoch": int(mrc.name.split(".")[1]),
                           **score_rotations(mrc, rot, reference, truth, diameter)})
     final = curve[-1] if curve else {}
     return {"tool": "cryoDRGN abinit_homo_old", "started_at": t0, "wall_s": wall, "peak_rss_mb": peak,
-            "mask_diameter_A": diameter, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve}
+            "mask_diameter_A": diameter, "epochs": epochs, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve,
+            **({"segments": segments} if len(segments) > 1 else {})}
 
 
 def run_ablations(out: Path, n: int, box: int, snr: float) -> dict:
@@ -518,10 +576,15 @@ def main() -> None:
     p.add_argument("--peer-limit", type=float, default=None, help="seconds after which a peer is stopped")
     p.add_argument("--rescore", action="store_true",
                    help="score the peers' earlier runs again (their folders, times from results.json); don't rerun")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the peers' runs stopped by --peer-limit from their last iteration or epoch written "
+                        "(RELION's --continue, cryoDRGN's --load); the time before the stop counts up to that point")
     p.add_argument("--paper-n", type=int, default=50000, help="images for the paper's setting (part 'paper')")
     p.add_argument("--paper-box", type=int, default=128)
     p.add_argument("--paper-backbones", nargs="+", default=["vgg16", "light"], choices=["vgg16", "light"])
     args = p.parse_args()
+    if args.rescore and args.resume:
+        p.error("--rescore and --resume exclude each other")
     suite = dict(SUITES[args.suite])
     if args.shifts is not None:
         suite["shifts"] = args.shifts
@@ -591,11 +654,13 @@ def main() -> None:
                 r = run_ours(data, out / f"ours_shift{shift:g}", truth, shift > 0, mask)
             elif part == "relion":
                 r = run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel, mask, shift > 0,
-                               args.peer_limit, earlier.get("RELION 3.1 SGD") if args.rescore else None)
+                               args.peer_limit, earlier.get("RELION 3.1 SGD") if args.rescore or args.resume else None,
+                               args.resume)
             else:
                 r = run_cryodrgn(args.cryodrgn, data, out / f"cryodrgn_shift{shift:g}", truth, suite["box"], pixel,
                                  mask, shift > 0, args.cryodrgn_epochs, args.peer_limit,
-                                 earlier.get("cryoDRGN abinit_homo_old") if args.rescore else None)
+                                 earlier.get("cryoDRGN abinit_homo_old") if args.rescore or args.resume else None,
+                                 args.resume)
             r["time_to_1.5_nyquist_s"] = first_time_to(r["curve"], 1.5 * nyquist)
             r["time_to_2_nyquist_s"] = first_time_to(r["curve"], 2 * nyquist)
             results.append(r)

@@ -91,3 +91,38 @@ def test_first_time_to_a_resolution_within_the_mask(bench):
     assert bench.first_time_to(curve, 12.0) == 9.0
     assert bench.first_time_to(curve, 10.0) is None
     assert bench.first_time_to(curve, 10.0, key="fsc05_A") == 2.0
+
+
+def test_a_resumed_peer_counts_its_time_up_to_the_checkpoint_once(bench, tmp_path):
+    """A peer stopped by --peer-limit and continued with --resume: its first run counts up to the checkpoint
+    it restarts from (the work after it is lost and done again), the second from there; files written in
+    either run get their time in that sum, and the peak is the larger of the two runs'."""
+    import os
+    import sys
+    import time
+
+    checkpoint = tmp_path / "run_it210_optimiser.star"
+    checkpoint.write_text("")
+    before = tmp_path / "run_it200_class001.mrc"
+    before.write_text("")
+    now = time.time()
+    t0 = now - 1000.0  # the first run started 1000 s ago and was stopped
+    os.utime(before, (t0 + 250.0, t0 + 250.0))
+    os.utime(checkpoint, (t0 + 300.0, t0 + 300.0))
+    written = tmp_path / "run_it220_class001.mrc"
+    cmd = [sys.executable, "-c", f"import time; time.sleep(0.3); open({str(written)!r}, 'w').write('x')"]
+    previous = {"started_at": t0, "peak_rss_mb": 1e6, "wall_s": 1000.0}
+    segments, wall, peak = bench.peer_resume(cmd, tmp_path / "log", previous, checkpoint)
+    assert [s["offset_s"] for s in segments] == [0.0, pytest.approx(300.0, abs=0.01)]
+    assert 300.3 <= wall < 320.0  # not 1000 + the second run
+    assert peak == 1e6  # the first run's, larger than a python -c's
+    assert bench.elapsed(before.stat().st_mtime, segments) == pytest.approx(250.0, abs=0.01)
+    late = bench.elapsed(written.stat().st_mtime, segments)
+    assert 300.3 <= late <= wall + 0.01
+    # a second continuation chains on the first: its offset is the new checkpoint's time in the sum
+    segments2, wall2, _ = bench.peer_resume([sys.executable, "-c", "pass"], tmp_path / "log2",
+                                            {**previous, "segments": segments}, written)
+    assert segments2[-1]["offset_s"] == pytest.approx(late, abs=0.01)
+    assert wall2 == pytest.approx(late, abs=5.0) and wall2 >= late
+    with pytest.raises(bench.subprocess.CalledProcessError):
+        bench.peer_resume([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log3", previous, checkpoint)

@@ -182,7 +182,7 @@ def paper_setting(out: Path, n: int, box: int, backbones: list[str]) -> list[dic
 
 # ---------------------------------------------------------------- quality of a map against the truth
 FINAL_KEYS = ("fsc05_masked_A", "fsc_outer_masked", "fsc05_A", "pose_mean_deg", "pose_median_deg", "mirrored",
-              "contrast_inverted")
+              "contrast_inverted", "map_offset_px")
 
 
 def score(map_path: Path, poses_star: Path, truth_star: Path, truth_map: Path, mask_A: float | None = None) -> dict:
@@ -205,11 +205,13 @@ def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray
     """As :func:`score`, with the poses `(N, 3, 3)` (RELION's A) given in the truth's particle order.
 
     ``fsc05_A`` compares the whole boxes; ``fsc05_masked_A`` (with ``mask_A``, a diameter in Å) compares
-    them within the same soft spherical mask, the fair figure when a tool flattens its map's solvent."""
+    them within the same soft spherical mask, the fair figure when a tool flattens its map's solvent. The map is
+    rotated (and mirrored, and its contrast flipped) into the truth's frame by the poses, then translated to
+    its best fit (``map_offset_px``): where shifts are estimated, a map's origin is arbitrary."""
     import torch
 
     from napari_semiamort.data.mrc import read_map
-    from napari_semiamort.metrics.alignment import align_poses, rotate_map
+    from napari_semiamort.metrics.alignment import align_poses, align_translation, rotate_map
     from napari_semiamort.metrics.fsc import fsc, masked_fsc, resolution_at
 
     al = align_poses(torch.as_tensor(rotations), torch.as_tensor(reference))
@@ -223,9 +225,12 @@ def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray
     inverted = bool(np.mean(curve[1:4]) < 0)  # cryoDRGN's maps come out with inverted contrast: users flip them
     if inverted:
         aligned = -aligned
-        curve = fsc(aligned, truth)
+    # and a map's origin is arbitrary where shifts are estimated: it is fitted too, as in ChimeraX's fitmap
+    aligned, offset = align_translation(aligned, truth)
+    curve = fsc(aligned, truth)
     out = {"fsc05_A": resolution_at(curve, t.shape[0], tv, 0.5), "pose_mean_deg": al.mean_error,
-           "pose_median_deg": al.median_error, "mirrored": al.mirrored, "contrast_inverted": inverted}
+           "pose_median_deg": al.median_error, "mirrored": al.mirrored, "contrast_inverted": inverted,
+           "map_offset_px": float(np.linalg.norm(offset))}
     if mask_A:
         masked = masked_fsc(aligned, truth, mask_A / 2 / tv)
         n = t.shape[0]

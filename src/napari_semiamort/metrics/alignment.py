@@ -11,7 +11,7 @@ from ..physics.fourier import fft_centered, ifft_centered
 from ..physics.slicing import sample_volume
 from ..physics.so3 import geodesic_distance
 
-__all__ = ["PoseAlignment", "align_poses", "rotate_map"]
+__all__ = ["PoseAlignment", "align_poses", "align_translation", "rotate_map"]
 
 _MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0]))
 
@@ -82,3 +82,34 @@ def rotate_map(volume: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
     coords = torch.stack([kx, ky, kz], -1) @ transform.to(torch.float64).T * 2.0  # T k, padded units
     s = sample_volume(torch.stack([f.real, f.imag]), coords)
     return ifft_centered(torch.complex(s[0], s[1]), 3).real.to(torch.float32)
+
+
+def align_translation(volume: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """Translate ``volume`` (cubic, real, already rotated into the reference's frame) to where it
+    correlates best with ``reference``; returns the moved volume and the translation (x, y, z) in voxels.
+
+    A map is the truth only up to a rotation *and a translation* when the particles' shifts are estimated:
+    moving the map by t and every image's shift by the projection of t fits the images equally well. A map
+    one voxel off scores ~20 Å against the truth at any resolution, so it is moved before any FSC. The
+    translation is the cross-correlation's integer peak (FFT), refined on finer grids around it to 1/512
+    voxel by evaluating the correlation there directly (a separable DFT, one axis at a time); the map is then
+    moved by a phase ramp.
+    """
+    n = volume.shape[-1]
+    fv = torch.fft.fftn(volume.to(torch.float64).cpu())
+    p = torch.fft.fftn(reference.to(torch.float64).cpu()) * fv.conj()  # c(t) = Σ_k p(k) e^{2πi k·t/n}
+    cc = torch.fft.ifftn(p).real
+    peak = np.unravel_index(int(torch.argmax(cc)), cc.shape)
+    t = torch.tensor([((i + n // 2) % n) - n // 2 for i in peak], dtype=torch.float64)  # (z, y, x)
+    k = torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64)
+    for step in (1 / 8, 1 / 64, 1 / 512):  # ±1 voxel in eighths, then ±1/8 in 64ths, ±1/64 in 512ths
+        grid = t[:, None] + torch.arange(-8, 9, dtype=torch.float64) * step  # (3, 17)
+        ez, ey, ex = (torch.exp(2j * torch.pi * torch.outer(g, k) / n) for g in grid)  # (17, n) each
+        c = torch.einsum("ayx,by->abx", torch.tensordot(ez, p, dims=([1], [0])), ey)
+        c = torch.einsum("abx,cx->abc", c, ex).real
+        a, b, d = np.unravel_index(int(torch.argmax(c)), c.shape)
+        t = torch.stack([grid[0, a], grid[1, b], grid[2, d]])
+    kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
+    ramp = torch.exp(-2j * torch.pi * (kz * t[0] + ky * t[1] + kx * t[2]) / n)
+    moved = torch.fft.ifftn(fv * ramp).real.to(volume.dtype)
+    return moved, t.flip(0).numpy()

@@ -23,7 +23,7 @@ from ..data.dataset import ParticleDataset, background_mask
 from ..data.loader import BatchLoader
 from ..data.mrc import atomic_path, read_map
 from ..data.readers import open_dataset
-from ..metrics.alignment import align_poses, rotate_map
+from ..metrics.alignment import align_poses, align_translation, rotate_map
 from ..metrics.density import density_centre
 from ..metrics.fsc import fsc, masked_fsc, resolution_at
 from ..models.encoder import MultiHeadEncoder
@@ -631,7 +631,9 @@ class Reconstruction:
             m["pose_error_median_deg"] = alignment.median_error
             m["mirrored"] = alignment.mirrored
         if self.reference_map is not None and alignment is not None:
-            aligned = rotate_map(self.volume.real_space().cpu(), alignment.transform)
+            aligned, offset = align_translation(rotate_map(self.volume.real_space().cpu(), alignment.transform),
+                                                self.reference_map)
+            m["reference_offset_px"] = round(float(np.linalg.norm(offset)), 3)
             curves = {"": fsc(aligned, self.reference_map)}
             if self.config.mask_diameter:  # also within the user's mask, as a particle's FSC is reported
                 curves["_masked"] = masked_fsc(aligned, self.reference_map,

@@ -15,7 +15,7 @@ import torch
 from .. import __version__
 from ..data.mrc import atomic_path, read_map, write_mrc
 from ..data.star import write_star
-from ..metrics.alignment import align_poses, rotate_map
+from ..metrics.alignment import align_poses, align_translation, rotate_map
 from ..metrics.density import otsu_level
 from ..metrics.fsc import fsc, resolution_at
 
@@ -140,7 +140,8 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
         extra["rlnRandomSubset"] = data.half
     if run.reference_map is not None and data.reference_rotations is not None:
         al = align_poses(run.poses, data.reference_rotations)
-        curves["reference"] = fsc(rotate_map(torch.from_numpy(whole), al.transform), run.reference_map)
+        aligned, _ = align_translation(rotate_map(torch.from_numpy(whole), al.transform), run.reference_map)
+        curves["reference"] = fsc(aligned, run.reference_map)
     if curves:
         out.update(write_fsc(run_dir, curves, run.size, data.pixel_size))
     # The poses refer to the original images: their pixel size and box, origins in Å.

@@ -408,7 +408,8 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, diame
             curve.append({"seconds": elapsed(mrc.stat().st_mtime, segments), "iteration": int(it), **s})
     final = curve[-1] if curve else {}
     return {"tool": "RELION 3.1 SGD", "started_at": t0, "wall_s": wall, "peak_rss_mb": peak,
-            "mask_diameter_A": diameter, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve,
+            "mask_diameter_A": diameter, "complete": bool(curve) and curve[-1]["iteration"] == iterations,
+            **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve,
             **({"segments": segments} if len(segments) > 1 else {})}
 
 
@@ -461,7 +462,8 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
                           **score_rotations(mrc, rot, reference, truth, diameter)})
     final = curve[-1] if curve else {}
     return {"tool": "cryoDRGN abinit_homo_old", "started_at": t0, "wall_s": wall, "peak_rss_mb": peak,
-            "mask_diameter_A": diameter, "epochs": epochs, **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve,
+            "mask_diameter_A": diameter, "epochs": epochs, "complete": bool(curve) and curve[-1]["epoch"] == epochs,
+            **{k: final.get(k) for k in FINAL_KEYS}, "curve": curve,
             **({"segments": segments} if len(segments) > 1 else {})}
 
 

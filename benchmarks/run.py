@@ -431,8 +431,7 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
            str(out / "run"), *([] if shifted else ["--t-extent", "0", "--t-ngrid", "1"]), "-n", str(epochs),
            "--seed", "0"]
     segments = None
-    done = sorted((int(w.name.split(".")[1]) for w in (out / "run").glob("weights.*.pkl")), default=0)
-    last = done[-1] if done else 0
+    last = max((int(w.name.split(".")[1]) for w in (out / "run").glob("weights.*.pkl")), default=0)
     if resume and previous and 0 < last < epochs:
         # cryoDRGN's own restart (--load, --load-poses); it then takes one step with random poses (its
         # pretraining loop with --pretrain 0) before the epochs

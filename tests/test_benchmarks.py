@@ -142,3 +142,71 @@ def test_a_resumed_peer_counts_its_time_up_to_the_checkpoint_once(bench, tmp_pat
     assert wall2 == pytest.approx(late, abs=5.0) and wall2 >= late
     with pytest.raises(bench.subprocess.CalledProcessError):
         bench.peer_resume([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log3", previous, checkpoint)
+
+
+FAKE_CRYODRGN = '''#!{python}
+"""A stand-in for cryoDRGN's command line: each epoch writes the files abinit_homo_old writes (the
+truth as its map, the true poses), and it "stops" (status 124, as timeout's) after epoch STOP."""
+import os, pickle, shutil, sys, time
+from pathlib import Path
+import numpy as np
+args = sys.argv[1:]
+if args[0] == "parse_ctf_star":
+    Path(args[args.index("-o") + 1]).write_bytes(b"ctf")
+    raise SystemExit(0)
+out = Path(args[args.index("-o") + 1]); out.mkdir(parents=True, exist_ok=True)
+epochs = int(args[args.index("-n") + 1])
+start = int(Path(args[args.index("--load") + 1]).name.split(".")[1]) + 1 if "--load" in args else 1
+assert "--load" not in args or Path(args[args.index("--load-poses") + 1]).name == f"pose.{{start - 1}}.pkl"
+for epoch in range(start, epochs + 1):
+    time.sleep(0.2)
+    shutil.copy(os.environ["FAKE_TRUTH"], out / f"reconstruct.{{epoch}}.mrc")
+    shutil.copy(os.environ["FAKE_POSES"], out / f"pose.{{epoch}}.pkl")
+    (out / f"weights.{{epoch}}.pkl").write_bytes(b"w")
+    if epoch == int(os.environ.get("FAKE_STOP", 0)):
+        raise SystemExit(124)
+'''
+
+
+def test_cryodrgn_stopped_then_resumed_scores_every_epoch_once(bench, tmp_path, monkeypatch):
+    """run_cryodrgn's two paths end to end with a stand-in executable: a run stopped after epoch 2 of 3,
+    then resumed to 4 epochs from its last checkpoint; the curve holds epochs 1–4 in time order and the
+    result says when the run is complete."""
+    import os
+    import sys
+
+    from napari_semiamort.data.cryodrgn import write_pose_pkl
+    from napari_semiamort.data.star import read_star
+    from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
+
+    data = tmp_path / "data"
+    simulate_dataset(str(ROOT / "src" / "napari_semiamort" / "resources" / "1igy.cif.gz"), str(data),
+                     SimulationConfig(n_particles=40, box=32, seed=0))
+    star = read_star(data / "particles.star", require_stacks=False)
+    poses = write_pose_pkl(tmp_path / "true_pose.pkl", star.rotations, None, 32, star.pixel_size)
+    exe = tmp_path / "fake_cryodrgn"
+    exe.write_text(FAKE_CRYODRGN.format(python=sys.executable))
+    exe.chmod(0o755)
+    monkeypatch.setenv("FAKE_TRUTH", str(data / "truth.mrc"))
+    monkeypatch.setenv("FAKE_POSES", str(poses))
+    monkeypatch.setenv("FAKE_STOP", "2")
+    out, pixel = tmp_path / "cryodrgn_shift0", star.pixel_size
+    first = bench.run_cryodrgn(str(exe), data, out, data / "truth.mrc", 32, pixel, 0.6 * 32 * pixel, False, 3)
+    assert [p["epoch"] for p in first["curve"]] == [1, 2] and not first["complete"]
+    assert "segments" not in first
+    assert first["curve"][-1]["pose_median_deg"] < 1e-3
+    assert first["curve"][-1]["fsc05_masked_A"] == pytest.approx(2 * pixel, rel=0.02)
+    monkeypatch.setenv("FAKE_STOP", "0")
+    # the time before the stop: up to weights.2.pkl, not to the end of the first run
+    os.utime(out / "run" / "weights.2.pkl", (first["started_at"] + 100.0, first["started_at"] + 100.0))
+    second = bench.run_cryodrgn(str(exe), data, out, data / "truth.mrc", 32, pixel, 0.6 * 32 * pixel, False, 4,
+                                previous=first, resume=True)
+    assert [p["epoch"] for p in second["curve"]] == [1, 2, 3, 4] and second["complete"]
+    assert len(second["segments"]) == 2 and second["segments"][1]["offset_s"] == pytest.approx(100.0, abs=0.01)
+    seconds = [p["seconds"] for p in second["curve"]]
+    assert seconds[2] > 100.0 and seconds[2] < seconds[3] <= second["wall_s"] + 0.01
+    assert (out / "cryodrgn_from2.log").is_file()
+    # nothing left to continue: --resume scores the run again and keeps its times
+    again = bench.run_cryodrgn(str(exe), data, out, data / "truth.mrc", 32, pixel, 0.6 * 32 * pixel, False, 4,
+                               previous=second, resume=True)
+    assert again["wall_s"] == second["wall_s"] and [p["seconds"] for p in again["curve"]] == seconds

@@ -353,6 +353,22 @@ def peer_resume(cmd: list[str], log: Path, previous: dict, checkpoint: Path) -> 
     return segments, offset + wall, float(np.nanmax([peak, previous.get("peak_rss_mb") or np.nan]))
 
 
+def run_or_resume(cmd: list[str], log: Path, previous: dict | None, first_output: Path | None,
+                  limit_s: float | None, resume: tuple[list[str], Path, Path] | None = None):
+    """Run a peer's ``cmd`` under ``limit_s``, or with ``previous`` take its times from there (rescoring), or
+    with ``resume`` = (its continuation command, the checkpoint it starts from, its log) continue it.
+    Returns (start time, wall seconds, peak MB, the run's segments)."""
+    def limited(c: list[str]) -> list[str]:
+        return ["timeout", str(int(limit_s)), *c] if limit_s else c
+
+    if resume is not None:
+        again, checkpoint, again_log = resume
+        segments, wall, peak = peer_resume(limited(again), again_log, previous, checkpoint)
+        return previous["started_at"], wall, peak, segments
+    t0, wall, peak = peer_run(limited(cmd), log, previous, first_output)
+    return t0, wall, peak, (previous or {}).get("segments") or [{"started_at": t0, "offset_s": 0.0}]
+
+
 def elapsed(mtime: float, segments: list[dict]) -> float:
     """A file's time into a peer's run of one or more segments (each a start and the run time before it)."""
     seg = max((s for s in segments if s["started_at"] <= mtime), key=lambda s: s["started_at"], default=segments[0])
@@ -379,26 +395,18 @@ def run_relion(data: Path, out: Path, truth: Path, box: int, pixel: float, diame
            f"{diameter:.0f}", "--oversampling", "1", "--healpix_order", "1", *offsets, "--tau2_fudge", "4",
            "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc",
            "--pool", "30", "--j", str(os.cpu_count() or 2)]
-    segments = None
     checkpoints = sorted(out.glob("run_it*_optimiser.star"))
+    again = None
     if resume and previous and checkpoints and not (out / f"run_it{iterations:03d}_class001.mrc").is_file():
         # RELION's own continuation (the GUI's "Continue"): every setting comes from the optimiser file
-        cmd = ["relion_refine", "--continue", str(checkpoints[-1]), "--o", str(out / "run"), "--pool", "30",
-               "--dont_combine_weights_via_disc", "--j", str(os.cpu_count() or 2)]
-        if limit_s:
-            cmd = ["timeout", str(int(limit_s)), *cmd]
+        again = (["relion_refine", "--continue", str(checkpoints[-1]), "--o", str(out / "run"), "--pool", "30",
+                  "--dont_combine_weights_via_disc", "--j", str(os.cpu_count() or 2)], checkpoints[-1],
+                 out / f"relion_{checkpoints[-1].stem}.log")
         print(f"  RELION continues from {checkpoints[-1].name}", flush=True)
-        segments, wall, peak = peer_resume(cmd, out / f"relion_{checkpoints[-1].stem}.log", previous, checkpoints[-1])
-        t0 = previous["started_at"]
-    else:
-        if limit_s:
-            cmd = ["timeout", str(int(limit_s)), *cmd]
-        first = None
-        if previous and previous["curve"]:
-            first = out / f"run_it{previous['curve'][0]['iteration']:03d}_class001.mrc"
-        t0, wall, peak = peer_run(cmd, out / "relion.log", previous, first)
-        segments = previous.get("segments") if previous else None
-    segments = segments or [{"started_at": t0, "offset_s": 0.0}]
+    first = None
+    if previous and previous["curve"]:
+        first = out / f"run_it{previous['curve'][0]['iteration']:03d}_class001.mrc"
+    t0, wall, peak, segments = run_or_resume(cmd, out / "relion.log", previous, first, limit_s, again)
     curve = []
     for star in sorted(out.glob("run_it*_data.star")):
         it = star.name[len("run_it"):len("run_it") + 3]
@@ -430,27 +438,19 @@ def run_cryodrgn(exe: str, data: Path, out: Path, truth: Path, box: int, pixel: 
     cmd = [exe, "abinit_homo_old", str(data / "particles.mrcs"), "--ctf", str(out / "ctf.pkl"), "-o",
            str(out / "run"), *([] if shifted else ["--t-extent", "0", "--t-ngrid", "1"]), "-n", str(epochs),
            "--seed", "0"]
-    segments = None
     last = max((int(w.name.split(".")[1]) for w in (out / "run").glob("weights.*.pkl")), default=0)
+    again = None
     if resume and previous and 0 < last < epochs:
         # cryoDRGN's own restart (--load, --load-poses); it then takes one step with random poses (its
         # pretraining loop with --pretrain 0) before the epochs
         checkpoint = out / "run" / f"weights.{last}.pkl"
-        cmd = [*cmd, "--load", str(checkpoint), "--load-poses", str(out / "run" / f"pose.{last}.pkl")]
-        if limit_s:
-            cmd = ["timeout", str(int(limit_s)), *cmd]
+        again = ([*cmd, "--load", str(checkpoint), "--load-poses", str(out / "run" / f"pose.{last}.pkl")], checkpoint,
+                 out / f"cryodrgn_from{last}.log")
         print(f"  cryoDRGN continues from epoch {last}", flush=True)
-        segments, wall, peak = peer_resume(cmd, out / f"cryodrgn_from{last}.log", previous, checkpoint)
-        t0 = previous["started_at"]
-    else:
-        if limit_s:
-            cmd = ["timeout", str(int(limit_s)), *cmd]
-        first = None
-        if previous and previous["curve"]:
-            first = out / "run" / f"reconstruct.{previous['curve'][0]['epoch']}.mrc"
-        t0, wall, peak = peer_run(cmd, out / "cryodrgn.log", previous, first)
-        segments = previous.get("segments") if previous else None
-    segments = segments or [{"started_at": t0, "offset_s": 0.0}]
+    first = None
+    if previous and previous["curve"]:
+        first = out / "run" / f"reconstruct.{previous['curve'][0]['epoch']}.mrc"
+    t0, wall, peak, segments = run_or_resume(cmd, out / "cryodrgn.log", previous, first, limit_s, again)
     reference = read_star(data / "particles.star", require_stacks=False).rotations
     curve = []
     for mrc in sorted((out / "run").glob("reconstruct.*.mrc"), key=lambda p: int(p.name.split(".")[1])):

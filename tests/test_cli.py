@@ -34,6 +34,23 @@ def test_simulate_writes_a_stack_a_star_with_true_poses_and_the_truth(sim):
         assert m.data.shape == (32, 32, 32) and np.isclose(float(m.voxel_size.x), pixel, atol=1e-3)
 
 
+def test_simulate_draws_the_same_stack_when_the_device_is_named(sim, tmp_path):
+    # --device moves only the projections: the seed's poses, CTFs and noise come from the CPU generator
+    out = tmp_path / "named"
+    assert main(["simulate", MOLECULE, "-o", str(out), "--n", "120", "--box", "32", "--snr", "1", "--seed", "2",
+                 "--device", "cpu"]) == 0
+    assert np.array_equal(mrcfile.read(out / "particles.mrcs"), mrcfile.read(sim / "particles.mrcs"))
+    assert (out / "particles.star").read_text() == (sim / "particles.star").read_text()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_simulate_on_an_absent_device_says_so_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["simulate", MOLECULE, "-o", str(out), "--n", "8", "--box", "16", "--device", "cuda"]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_reconstruct_then_resume_continues_the_run(sim, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["reconstruct", str(sim / "particles.star"), "-o", str(run), "--epochs", "2", "--switch-epoch", "1",

@@ -33,9 +33,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-shift", type=float, default=0.0, help="origins uniform in ± this many pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an earlier simulation in OUTDIR")
+    p.add_argument("--device", default="cpu",
+                   help="where to compute the projections: cpu (default), cuda, mps or auto; the seed's draws "
+                        "are the same on every device")
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..run.loop import select_device
     from ..sim.simulate import SimulationConfig, simulate_dataset
 
     if args.n < 1 or args.box < 8 or args.box % 2:
@@ -47,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         defocus_min=args.defocus_min, defocus_max=args.defocus_max, astigmatism_max=args.astigmatism,
         max_shift=args.max_shift, seed=args.seed,
     )
-    info = simulate_dataset(args.source, args.outdir, cfg, force=args.force)
+    info = simulate_dataset(args.source, args.outdir, cfg, force=args.force, device=select_device(args.device))
     print(f"{args.n} images of {args.box} px at {info['pixel_size']:.3f} Å/px, SNR {args.snr}: "
           f"{args.outdir}/particles.star, truth.mrc")
     return 0

@@ -19,7 +19,7 @@ class PaddedProjector:
     :class:`~napari_semiamort.models.HartleyVolume`, which *is* the model.
     """
 
-    def __init__(self, volume: torch.Tensor):
+    def __init__(self, volume: torch.Tensor, device: torch.device | str | None = None):
         size = volume.shape[-1]
         if volume.shape != (size, size, size):
             raise ValueError(f"volume must be cubic, got shape {tuple(volume.shape)}")
@@ -32,12 +32,12 @@ class PaddedProjector:
         lo = pad // 2 - size // 2
         padded[lo : lo + size, lo : lo + size, lo : lo + size] = volume.to(torch.float64) / corr
         f = fft_centered(padded, 3)
-        self._f = torch.stack([f.real, f.imag]).to(torch.float32)  # (2, 2L, 2L, 2L)
-        self._freqs = frequency_grid_2d(size).reshape(-1, 2) * size  # Fourier pixels of the L box
+        self._f = torch.stack([f.real, f.imag]).to(device=device, dtype=torch.float32)  # (2, 2L, 2L, 2L)
+        self._freqs = frequency_grid_2d(size, device=device).reshape(-1, 2) * size  # Fourier pixels of the L box
 
     def fourier(self, rotations: torch.Tensor) -> torch.Tensor:
         """Centred transforms `(B, L, L)` (complex) of the projections for poses `(B, 3, 3)`."""
-        s = slice_volume(self._f, self._freqs, rotations.to(torch.float32), scale=2.0)  # (B, 2, P)
+        s = slice_volume(self._f, self._freqs, rotations.to(torch.float32).to(self._f.device), scale=2.0)  # (B, 2, P)
         return torch.complex(s[:, 0], s[:, 1]).reshape(-1, self.size, self.size)
 
     def project(self, rotations: torch.Tensor) -> torch.Tensor:

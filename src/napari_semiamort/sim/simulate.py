@@ -71,8 +71,14 @@ def truth_map(source: str | Path, box: int, pixel_size: float | None, fill: floa
     return vol, voxel * data.shape[-1] / box
 
 
-def simulate_dataset(source: str | Path, out_dir: str | Path, cfg: SimulationConfig, force: bool = False) -> dict:
-    """Write ``particles.mrcs``, ``particles.star`` (true poses), ``truth.mrc`` and ``simulation.json``."""
+def simulate_dataset(source: str | Path, out_dir: str | Path, cfg: SimulationConfig, force: bool = False,
+                     device: torch.device | str | None = None) -> dict:
+    """Write ``particles.mrcs``, ``particles.star`` (true poses), ``truth.mrc`` and ``simulation.json``.
+
+    ``device`` computes the projections and CTFs there (a GPU makes large stacks fast); poses, CTF
+    parameters and noise are drawn from the seeded CPU generator on any device, so a seed gives the same
+    draws everywhere and images equal to float32 rounding.
+    """
     out_dir = Path(out_dir)
     star_path = out_dir / "particles.star"
     if star_path.exists() and not force:
@@ -91,18 +97,20 @@ def simulate_dataset(source: str | Path, out_dir: str | Path, cfg: SimulationCon
         voltage_in_kilovolts=cfg.voltage, spherical_aberration_in_mm=cfg.spherical_aberration,
         amplitude_contrast=cfg.amplitude_contrast,
     )
-    proj = PaddedProjector(vol)
-    freqs = frequency_grid_2d(box)  # (L, L, 2)
+    proj = PaddedProjector(vol, device)
+    freqs = frequency_grid_2d(box, device=device)  # (L, L, 2)
+    # the CTF is evaluated in float64, which MPS lacks: there it is computed on the CPU and moved
+    ctf_freqs = freqs.cpu() if freqs.device.type == "mps" else freqs
     clean = torch.empty(n, box, box)
     for s in range(0, n, 256):
         sl = slice(s, min(s + 256, n))
         f = proj.fourier(rots[sl])
         if cfg.ctf:
-            f = f * compute_ctf(ctf.index(sl), freqs, pixel_size)
+            f = f * compute_ctf(ctf.index(sl).to(ctf_freqs.device), ctf_freqs, pixel_size).to(freqs.device)
         # RELION: the image is the projection shifted by −origin, i.e. F · exp(+2πi k·origin)
-        phase = 2 * torch.pi * (freqs[None] * shifts[sl, None, None, :].float()).sum(-1)
+        phase = 2 * torch.pi * (freqs[None] * shifts[sl, None, None, :].float().to(freqs.device)).sum(-1)
         f = f * torch.polar(torch.ones_like(phase), phase)
-        clean[sl] = ifft_centered(f, 2).real
+        clean[sl] = ifft_centered(f, 2).real.cpu()
     signal_var = float(clean.var(dim=(-2, -1)).mean())
     noise_std = (signal_var / cfg.snr) ** 0.5
     images = clean + noise_std * torch.randn(clean.shape, generator=gen)

@@ -5,6 +5,11 @@
 #      our light encoder);
 #   3. with the time left, cryoDRGN's abinit_homo_old on the full suite's ±3 px data (its default 7 × 7 shift
 #      grid per pose, too slow for the 2-core CPU), scored like the CPU runs.
+# PARTS picks some of them (default "throughput paper cryodrgn"), PAPER_BACKBONES the encoders of part 2
+# (default "vgg16 light"). Seen on an H100 on 2026-11-26: part 1 took ~80 s; part 2 at 20,000 images took
+# 110 s for VGG16 with the simulation on the GPU (so ~4.5 min per backbone at 50,000); cryoDRGN's search
+# epochs took 12 s and the others 1 s (~2.5 min for 30). 15 min of device time, the start included, holds
+# part 2 with one backbone and part 3, or part 1 and part 3.
 # Results: $OUT/results.json (parts 1–2) and $OUT/results_cryodrgn.json (part 3); merge them into
 # docs/benchmarks.md. The simulated data stay in /tmp (3.3 GB).
 # Needs the wheels the GPU image lacks in .whl/ (mrcfile, starfile, gemmi; see docs/performance.md), for
@@ -19,14 +24,21 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
-timeout 150 python3 benchmarks/run.py --suite full --only throughput --out /tmp/bench 2>&1 | tee "$OUT/throughput.log"
-cp /tmp/bench/full/results.json "$OUT/results.json"
-timeout 330 python3 benchmarks/run.py --suite full --only paper --paper-n "${PAPER_N:-50000}" --out /tmp/bench 2>&1 \
-  | tee "$OUT/paper.log"
-cp /tmp/bench/full/results.json "$OUT/results.json"
+PARTS=${PARTS:-throughput paper cryodrgn}
+if [[ " $PARTS " == *" throughput "* ]]; then
+  timeout 150 python3 benchmarks/run.py --suite full --only throughput --out /tmp/bench 2>&1 | tee "$OUT/throughput.log"
+  cp /tmp/bench/full/results.json "$OUT/results.json"
+fi
+if [[ " $PARTS " == *" paper "* ]]; then
+  left=$((BUDGET - ($(date +%s) - T0) - 20))
+  [[ " $PARTS " == *" cryodrgn "* ]] && left=$((left - 220))  # cryoDRGN's 30 epochs and their scoring
+  timeout "$left" python3 benchmarks/run.py --suite full --only paper --paper-n "${PAPER_N:-50000}" \
+    --paper-backbones ${PAPER_BACKBONES:-vgg16 light} --out /tmp/bench 2>&1 | tee "$OUT/paper.log"
+  cp /tmp/bench/full/results.json "$OUT/results.json"
+fi
 
 data=benchmarks/results/full/data_shift3
-if ls .whl/cryodrgn/cryodrgn-*.whl >/dev/null 2>&1 && [ -f "$data/particles.mrcs" ]; then
+if [[ " $PARTS " == *" cryodrgn "* ]] && ls .whl/cryodrgn/cryodrgn-*.whl >/dev/null 2>&1 && [ -f "$data/particles.mrcs" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/cryodrgn/*.whl || exit 1
   # cryoDRGN's own entry point imports every command (and their analysis packages); this runs one, as it does

@@ -288,7 +288,7 @@ class ParticleDataset:
         n = len(self)
         cache = len(self) * self.box**2 * 4 <= cache_bytes
         kept = np.ones(n, bool)
-        chunks = []
+        cached = torch.empty(n, self.box, self.box) if cache else None  # filled in place: no second copy
         stats: list[torch.Tensor] = []
         sign, self.sign = self.sign, 1.0  # the contrast is measured on the data as they are
         for s in range(0, n, chunk):
@@ -298,13 +298,13 @@ class ParticleDataset:
             if sum(len(t) for t in stats) < contrast_sample:
                 stats.append(contrast_statistic(x[finite]))
             if cache:
-                chunks.append(x)
+                cached[s : s + len(idx)] = x
         self.sign = sign
         self.scanned = True
         if self.invert == "auto":
             self.sign = self._decide_contrast(torch.cat(stats))
         if cache:
-            self._cache = torch.cat(chunks) * self.sign
+            self._cache = cached.mul_(self.sign)
         bad = np.flatnonzero(~kept)
         if bad.size == n:
             raise ValueError(f"{self.table.source}: every image holds NaN or Inf values")

@@ -88,7 +88,7 @@ def rotate_map(volume: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
     coords = torch.stack([kx, ky, kz], -1) @ transform.to(torch.float32).T * 2.0  # T k, padded units
     s = sample_volume(torch.view_as_real(f).movedim(-1, 0), coords)
     del f
-    return ifft_centered(torch.complex(s[0], s[1]), 3).real
+    return ifft_centered(torch.complex(s[0], s[1]), 3).real.contiguous()  # not a view holding the complex map
 
 
 def align_translation(volume: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:

@@ -49,7 +49,8 @@ __all__ = ["Reconstruction", "select_device"]
 
 STAGE1, STAGE2 = "autoencode", "autodecode"
 _MIN_BAND_PIXELS = 5
-# The shift search's (B, K, J, P) term is built this many values at a time (each chunk holds ~4 such arrays).
+# The shift search's (B, K, J, P) term is built about this many values at a time, at least one shift per chunk
+# (each chunk holds ~4 such arrays).
 # At box 64's widest stage-1 band that is one shift at a time: 2²⁰ ran a stage-1 step in 0.49–0.52 s, 2²² in
 # 0.55–0.57 s and 2²⁴ in 0.82–0.83 s (1 thread; smaller chunks stay in cache), with 150 MB less peak memory.
 _SHIFT_CHUNK_VALUES = 2**20
@@ -65,9 +66,14 @@ def select_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r}: not a device torch knows (auto, cpu, cuda, cuda:N or mps)") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} requested but MPS is not available here")
     return dev

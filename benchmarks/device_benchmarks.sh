@@ -6,10 +6,10 @@
 #   3. with the time left, cryoDRGN's abinit_homo_old on the full suite's ±3 px data (its default 7 × 7 shift
 #      grid per pose, too slow for the 2-core CPU), scored like the CPU runs.
 # PARTS picks some of them (default "throughput paper cryodrgn"), PAPER_BACKBONES the encoders of part 2
-# (default "vgg16 light"). Seen on an H100 on 2026-11-26: part 1 took ~80 s; part 2 at 20,000 images took
-# 110 s for VGG16 with the simulation on the GPU (so ~4.5 min per backbone at 50,000); cryoDRGN's search
-# epochs took 12 s and the others 1 s (~2.5 min for 30). 15 min of device time, the start included, holds
-# part 2 with one backbone and part 3, or part 1 and part 3.
+# (default "vgg16 light"). Seen on an H100 on 2026-11-26: part 1 took ~80 s; part 2 at 50,000 images about
+# 3 min per backbone, the simulation on the GPU included; part 3 about 2.5 min with its scoring (search
+# epochs 10-15 s, the others under 1 s). 15 min of device time, the start included, holds all three parts
+# with one backbone, or parts 2 and 3 then a second call for the other backbone.
 # Results: $OUT/results.json (parts 1–2) and $OUT/results_cryodrgn.json (part 3); merge them into
 # docs/benchmarks.md. The simulated data stay in /tmp (3.3 GB).
 # Needs the wheels the GPU image lacks in .whl/ (mrcfile, starfile, gemmi; see docs/performance.md), for

@@ -81,8 +81,9 @@ def semiamort(*args: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- throughput (one process per setting)
-def throughput_child(box: int, heads: int) -> dict:
-    """Images/s of stage 1 (at its widest band) and stage 2, and this process's peak memory."""
+def throughput_child(box: int, heads: int, batch_size: int | None = None) -> dict:
+    """Images/s of stage 1 (at its widest band) and stage 2, and this process's peak memory, at the run's
+    default batch size or ``batch_size``."""
     import tempfile
     from importlib.resources import files
 
@@ -94,7 +95,8 @@ def throughput_child(box: int, heads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         molecule = files("napari_semiamort") / "resources" / RIBOSOME
         simulate_dataset(str(molecule), tmp, SimulationConfig(n_particles=1024, box=box, seed=0))
-        run = Reconstruction(ReconstructionConfig(particles=str(Path(tmp) / "particles.star"), heads=heads))
+        size = {} if batch_size is None else {"batch_size": batch_size}
+        run = Reconstruction(ReconstructionConfig(particles=str(Path(tmp) / "particles.star"), heads=heads, **size))
         n, bs = len(run.data), run.config.batch_size
         sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
 
@@ -112,23 +114,26 @@ def throughput_child(box: int, heads: int) -> dict:
         s1 = rate(run._step_autoencode)
         run._switch_to_autodecode()
         s2 = rate(run._step_autodecode)
-        out = {"box": box, "heads": heads, "stage1_images_per_s": s1, "stage2_images_per_s": s2,
+        out = {"box": box, "heads": heads, "batch_size": bs, "stage1_images_per_s": s1, "stage2_images_per_s": s2,
                "device": str(run.device), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if run.device.type == "cuda":
             out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return out
 
 
-def throughput(boxes, heads) -> list[dict]:
+def throughput(boxes, heads, batch_sizes=(None,)) -> list[dict]:
     rows = []
     for box in boxes:
         for m in heads:
-            out = subprocess.run([sys.executable, __file__, "_throughput", str(box), str(m)], check=True,
-                                 capture_output=True, text=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(f"  box {box:3d}  M {m:2d}: stage 1 {r['stage1_images_per_s']:7.0f} img/s, stage 2 "
-                  f"{r['stage2_images_per_s']:7.0f} img/s, peak {r['peak_rss_mb']:.0f} MB", flush=True)
+            for bs in batch_sizes:
+                extra = [] if bs is None else [str(bs)]
+                out = subprocess.run([sys.executable, __file__, "_throughput", str(box), str(m), *extra], check=True,
+                                     capture_output=True, text=True).stdout
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+                r = rows[-1]
+                print(f"  box {box:3d}  M {m:2d}  batch {r['batch_size']:4d}: stage 1 "
+                      f"{r['stage1_images_per_s']:7.0f} img/s, stage 2 "
+                      f"{r['stage2_images_per_s']:7.0f} img/s, peak {r['peak_rss_mb']:.0f} MB", flush=True)
     return rows
 
 
@@ -567,7 +572,7 @@ def merge_quality(record: dict, shift: float, pixel: float, results: list[dict])
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_throughput":
-        print(json.dumps(throughput_child(int(sys.argv[2]), int(sys.argv[3]))))
+        print(json.dumps(throughput_child(*map(int, sys.argv[2:5]))))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_paper":
         print(json.dumps(paper_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
@@ -586,6 +591,10 @@ def main() -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the peers' runs stopped by --peer-limit from their last iteration or epoch written "
                         "(RELION's --continue, cryoDRGN's --load); the time before the stop counts up to that point")
+    p.add_argument("--batch-sizes", nargs="+", type=int,
+                   help="throughput at these batch sizes (default: the run's own, 64)")
+    p.add_argument("--throughput-boxes", nargs="+", type=int, help="throughput at these boxes (default: 64 128)")
+    p.add_argument("--throughput-heads", nargs="+", type=int, help="throughput for these M (default: 1 7 15)")
     p.add_argument("--paper-n", type=int, default=50000, help="images for the paper's setting (part 'paper')")
     p.add_argument("--paper-box", type=int, default=128)
     p.add_argument("--paper-backbones", nargs="+", default=["vgg16", "light"], choices=["vgg16", "light"])
@@ -625,7 +634,12 @@ def main() -> None:
         save()
     if "throughput" not in skip:
         print("throughput and peak memory (one process per setting):", flush=True)
-        record["throughput"] = throughput(suite["throughput_boxes"], suite["heads"])
+        rows = throughput(args.throughput_boxes or suite["throughput_boxes"], args.throughput_heads or suite["heads"],
+                          args.batch_sizes or [None])
+        if args.batch_sizes or args.throughput_boxes or args.throughput_heads:  # a scan beside the standard table
+            record["throughput_scan"] = rows
+        else:
+            record["throughput"] = rows
         save()
     if "paper" not in skip:
         print("the paper's setting (Table 2), one epoch per stage:", flush=True)

@@ -263,3 +263,24 @@ def test_the_posterior_grid_compares_the_image_at_its_estimated_shift(tiny_datas
     err = (grid[:, 0] - right).abs().max()
     assert err <= 1e-4 * right.abs().max()
     assert (grid[:, 0] - unshifted).abs().max() > 100 * err
+
+
+def test_stage2_steps_at_its_own_batch_size_and_the_progress_counts_both(tiny_dataset):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=1, heads=2,
+                               threads=1, restarts=1, reassign_epochs=0, batch_size=100, stage2_batch_size=250)
+    run = Reconstruction(cfg)
+    snaps = list(run)
+    per_stage = {stage: sum(s.stage == stage for s in snaps) for stage in ("autoencode", "autodecode")}
+    assert per_stage == {"autoencode": 10, "autodecode": 2 * 4}  # 1,000 images: 10 steps of 100, 4 of 250
+    assert snaps[-1].total_steps == 18 and snaps[-1].progress == 1.0
+    assert [h["epoch"] for h in run.history] == [1, 2, 3]
+
+
+def test_stage2_batch_defaults_to_stage_1s(tiny_dataset):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, batch_size=32)
+    run = Reconstruction(cfg)
+    assert run.batch_size("autoencode") == 32 and run.batch_size("autodecode") == 32
+    cfg.stage2_batch_size = 48
+    assert run.batch_size("autodecode") == 48
+    with pytest.raises(ValueError, match="stage2_batch_size"):
+        ReconstructionConfig(stage2_batch_size=0).validate()

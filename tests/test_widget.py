@@ -55,6 +55,10 @@ def _run_collecting_notifications(w, qtbot) -> list[str]:
 def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, qtbot):
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
     assert w.config().heads == 4 and w.config().device == "cpu" and w.config().watch == [0, 5]
+    assert w.config().stage2_batch_size is None  # as stage 1
+    w.stage2_batch_size.setValue(48)
+    assert w.config().stage2_batch_size == 48
+    w.stage2_batch_size.setValue(0)
     w.start()
     qtbot.waitUntil(lambda: VOLUME in viewer.layers, timeout=30_000)
     first = np.array(viewer.layers[VOLUME].data)

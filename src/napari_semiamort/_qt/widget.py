@@ -183,6 +183,9 @@ class ReconstructionWidget(QWidget):
         self.switch_epoch = _spin(0, 10_000, d.switch_epoch)
         self.epochs = _spin(1, 10_000, d.epochs)
         self.batch_size = _spin(2, 4096, d.batch_size)
+        self.stage2_batch_size = _spin(0, 4096, d.stage2_batch_size or 0, special="as stage 1")
+        self.stage2_batch_size.setToolTip("images per step in stage 2; 256 is faster on a GPU, and each image "
+                                          "still gets its pose steps every epoch")
         self.device = QComboBox()
         self.device.addItems(available_devices())
         self.seed = _spin(0, 2**31 - 1, d.seed)
@@ -203,6 +206,7 @@ class ReconstructionWidget(QWidget):
         train.addRow("Switch epoch", self.switch_epoch)
         train.addRow("Epochs", self.epochs)
         train.addRow("Batch size", self.batch_size)
+        train.addRow("Stage-2 batch", self.stage2_batch_size)
         train.addRow("Device", self.device)
         train.addRow("Seed", self.seed)
         train.addRow("Watch", watch_row)
@@ -315,6 +319,7 @@ class ReconstructionWidget(QWidget):
             self.encoder_lr.value(), self.volume_lr.value(), self.pose_lr.value())
         cfg.switch_epoch, cfg.epochs, cfg.batch_size = (
             self.switch_epoch.value(), self.epochs.value(), self.batch_size.value())
+        cfg.stage2_batch_size = self.stage2_batch_size.value() or None
         cfg.device = self.device.currentText()
         cfg.seed = self.seed.value()
         cfg.watch = self._watch_ids()

@@ -54,6 +54,11 @@ class ReconstructionConfig:
     epochs: int = 25
     switch_epoch: int = 15
     batch_size: int = 64
+    # Stage 2's batch (None: batch_size). Each image still gets its pose steps once per epoch at any batch
+    # size; the volume gets fewer, larger steps. On an H100, 256 runs stage 2 1.6–3.3× faster; on the full
+    # benchmark's data it gave the same map and a 0.2° worse median pose error, 1,024 a lagging volume
+    # (docs/benchmarks.md). No faster on the CPU. Stage 1 needs its steps: at 256 it never left 60°.
+    stage2_batch_size: int | None = None
     restarts: int = 3  # initialisations tried for the first restart_epochs epochs; the lowest loss goes on
     restart_epochs: int = 5
 
@@ -89,6 +94,8 @@ class ReconstructionConfig:
              "noise_model must be 'shell', 'shell-residual' or 'white'"),
             (0 <= self.switch_epoch <= self.epochs, "switch_epoch must lie in [0, epochs]"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.stage2_batch_size is None or self.stage2_batch_size >= 1,
+             "stage2_batch_size must be at least 1 (or None: batch_size)"),
             (self.invert in ("auto", "yes", "no"), "invert must be 'auto', 'yes' or 'no'"),
             (self.box is None or (self.box >= 8 and self.box % 2 == 0), "box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),

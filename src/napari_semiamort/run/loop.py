@@ -683,9 +683,20 @@ class Reconstruction:
         epochs = cfg.epochs
         if cfg.restarts > 1 and 0 < cfg.restart_epochs < cfg.switch_epoch:
             epochs += (cfg.restarts - 1) * cfg.restart_epochs
-        n, bs = len(self.data), cfg.batch_size
-        steps = (n + bs - 1) // bs - (1 if n % bs == 1 and n > bs else 0)
-        return epochs * steps
+        stage2 = max(0, cfg.epochs - cfg.switch_epoch)
+        return (epochs - stage2) * self._steps_per_epoch(STAGE1) + stage2 * self._steps_per_epoch(STAGE2)
+
+    def batch_size(self, stage: str) -> int:
+        """Images per step in ``stage``: ``batch_size``, or ``stage2_batch_size`` in stage 2 where it is set
+        (on a GPU a larger stage-2 batch is faster; see the config)."""
+        cfg = self.config
+        return cfg.batch_size if stage == STAGE1 or cfg.stage2_batch_size is None else cfg.stage2_batch_size
+
+    def _steps_per_epoch(self, stage: str) -> int:
+        n, bs = len(self.data), self.batch_size(stage)
+        steps = (n + bs - 1) // bs
+        # a last batch of one image joins the one before (batch norm needs two)
+        return steps - 1 if n % bs == 1 and steps > 1 else steps
 
     def _restarts(self) -> Iterator[Snapshot]:
         """Train ``restarts`` initialisations for ``restart_epochs`` epochs each; keep the lowest loss.
@@ -714,12 +725,10 @@ class Reconstruction:
 
     def _epochs(self, until: int) -> Iterator[Snapshot]:
         cfg = self.config
-        n, bs = len(self.data), cfg.batch_size
-        steps_per_epoch = (n + bs - 1) // bs
-        if n % bs == 1 and steps_per_epoch > 1:
-            steps_per_epoch -= 1  # a last batch of one image joins the one before (batch norm needs two)
+        n = len(self.data)
         while self.epoch < until:
             stage = STAGE1 if self.epoch < cfg.switch_epoch else STAGE2
+            bs, steps_per_epoch = self.batch_size(stage), self._steps_per_epoch(stage)
             reassigned = None
             if stage == STAGE2 and self.table is None:
                 self._switch_to_autodecode()

@@ -315,20 +315,27 @@ def ceiling(data: Path, out: Path, truth: Path, pixel: float, mask_A: float) -> 
 def ceiling_ours(data: Path, out: Path, truth: Path, mask_A: float) -> dict:
     """The same bound for our map-making: our direct Fourier insertion (the one that writes ``map.mrc``)
     from the true poses and origins, scored like every map."""
+    out.mkdir(parents=True, exist_ok=True)
+    return insert_with_poses(data / "particles.star", data / "particles.star", out / "true_poses_ours.mrc", truth,
+                             mask_A)
+
+
+def insert_with_poses(poses_star: Path, truth_star: Path, out_map: Path, truth: Path, mask_A: float) -> dict:
+    """Our direct Fourier insertion of the images ``poses_star`` names, at their own box, with its angles and
+    origins (the truth's, or a run's ``poses.star``); the map is written to ``out_map`` and scored against
+    ``truth_star`` and ``truth`` like every map."""
     import torch
 
     from napari_semiamort.data.mrc import write_mrc
     from napari_semiamort.run import Reconstruction, ReconstructionConfig
 
-    out.mkdir(parents=True, exist_ok=True)
-    run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), mask_diameter=mask_A,
+    run = Reconstruction(ReconstructionConfig(particles=str(poses_star), mask_diameter=mask_A,
                                               threads=os.cpu_count() or 2))
     run.poses = run.data.reference_rotations.to(torch.float32)
     if run.data.reference_shifts is not None:
         run.shifts = run.data.reference_shifts
-    path = write_mrc(out / "true_poses_ours.mrc", run.backproject(np.arange(len(run.data))), run.data.pixel_size,
-                     force=True)
-    return score(path, data / "particles.star", data / "particles.star", truth, mask_A)
+    path = write_mrc(out_map, run.backproject(np.arange(len(run.data))), run.data.pixel_size, force=True)
+    return score(path, poses_star, truth_star, truth, mask_A)
 
 
 def peer_run(cmd: list[str], log: Path, previous: dict | None, first_output: Path | None) -> tuple[float, float, float]:

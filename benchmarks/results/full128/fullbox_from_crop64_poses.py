@@ -7,22 +7,12 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from napari_semiamort.data.mrc import write_mrc
-from napari_semiamort.run import Reconstruction, ReconstructionConfig
-
 ROOT = Path(__file__).resolve().parents[3]
 spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "run.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 DATA = ROOT / "benchmarks/results/full128/data_shift0"
-est = Path("/tmp/exp/b128_crop64/poses.star")
-run = Reconstruction(ReconstructionConfig(particles=str(est), mask_diameter=220.0, threads=2))
-run.poses = run.data.reference_rotations.to(torch.float32)  # the STAR's angles: the estimated poses
-path = write_mrc(Path("/tmp/exp/b128_fullbox.mrc"), run.backproject(np.arange(len(run.data))), run.data.pixel_size,
-                 force=True)
-s = bench.score(path, est, DATA / "particles.star", DATA / "truth.mrc", 220.0)
+s = bench.insert_with_poses(Path("/tmp/exp/b128_crop64/poses.star"), DATA / "particles.star",
+                            Path("/tmp/exp/b128_fullbox.mrc"), DATA / "truth.mrc", 220.0)
 print(json.dumps({k: s.get(k) for k in ("fsc05_masked_A", "fsc05_A", "fsc_outer_masked", "pose_mean_deg",
                                         "pose_median_deg")}))

@@ -284,3 +284,48 @@ def test_stage2_batch_defaults_to_stage_1s(tiny_dataset):
     assert run.batch_size("autodecode") == 48
     with pytest.raises(ValueError, match="stage2_batch_size"):
         ReconstructionConfig(stage2_batch_size=0).validate()
+
+
+def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsampled(tmp_path):
+    """``box`` downsamples the images the poses are inferred on; the maps come from the images at their own
+    box: the same maps, to float precision, as a run at full size with the same poses and shifts (scaled to
+    its pixels), and a map.mrc / fsc.csv at the full box and pixel size."""
+    from napari_semiamort.run.outputs import write_outputs
+
+    data = tmp_path / "data"
+    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+    simulate_dataset(str(molecule), data, SimulationConfig(n_particles=120, box=32, snr=1.0, seed=5, max_shift=3))
+
+    def known_poses(box, output_box=None):
+        run = Reconstruction(ReconstructionConfig(
+            particles=str(data / "particles.star"), box=box, output_box=output_box, halves=True, heads=2,
+            threads=1, estimate_shifts=True, mask_diameter=100.0, reference_map=str(data / "truth.mrc")))
+        run.poses = run.data.reference_rotations.clone()
+        run.shifts = run.data.reference_shifts.clone()
+        return run
+
+    small, full = known_poses(16), known_poses(None)
+    assert small.size == 16 and small.data.pixel_size == pytest.approx(2 * full.data.pixel_size)
+    maps = small.output_data()
+    assert maps.box == 32 and maps.pixel_size == pytest.approx(full.data.pixel_size)
+    for ours, theirs in zip(small.final_maps(), full.final_maps()):
+        assert ours.shape == (32, 32, 32)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5 * np.abs(theirs).max())
+    # the shifts matter: left in the small pixels (half the full ones), the map would differ
+    ours, theirs = small.final_maps()[0], full.final_maps()[0]
+    small.shifts = small.shifts / 2
+    assert np.abs(small.final_maps()[0] - theirs).max() > 100 * np.abs(ours - theirs).max()
+    small.shifts = small.shifts * 2
+
+    out = write_outputs(small, tmp_path / "run")
+    m, voxel = read_map(out["map"])
+    assert m.shape == (32, 32, 32) and voxel == pytest.approx(full.data.pixel_size, rel=1e-4)
+    assert read_map(out["half2"])[0].shape == (32, 32, 32)
+    rows = (tmp_path / "run" / "fsc.csv").read_text().splitlines()
+    assert rows[0].endswith("fsc_halves,fsc_reference") and len(rows) == 1 + 17
+    assert float(rows[-1].split(",")[2]) == pytest.approx(2 * full.data.pixel_size, rel=1e-3)  # full Nyquist
+
+    # output_box keeps the maps at the run's box
+    assert known_poses(16, output_box=16).final_maps()[0].shape == (16, 16, 16)
+    with pytest.raises(ValueError, match=r"particles\.star: box 64: choose an even size from 8 to the images' 32"):
+        known_poses(16, output_box=64)

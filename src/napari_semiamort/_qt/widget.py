@@ -148,6 +148,8 @@ class ReconstructionWidget(QWidget):
         row.addWidget(browse)
         self.pixel_size = _spin(0, 100, 0, 0.1, decimals=4, special="from the file")
         self.box = _spin(0, 1024, 0, 2, special="as extracted")
+        self.box.setToolTip("infer the poses on images downsampled to this box (faster); the exported map is "
+                            "still made at the images' own box from the final poses")
         self.use_ctf = QCheckBox("model the CTF")
         self.use_ctf.setChecked(True)
         self.halves = QCheckBox("half maps and FSC")

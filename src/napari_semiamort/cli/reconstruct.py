@@ -44,7 +44,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctf-pkl", help="cryoDRGN ctf.pkl for a bare particle stack")
     p.add_argument("--pose-pkl", help="cryoDRGN pose.pkl with known poses (for the pose-error log only)")
     p.add_argument("--passthrough", help="cryoSPARC passthrough .cs (default: found beside the .cs)")
-    p.add_argument("--box", type=int, help="downsample the images to this box by Fourier cropping")
+    p.add_argument("--box", type=int, help="downsample the images to this box by Fourier cropping to infer the "
+                   "poses (faster); the maps are still made at the images' box (see --output-box)")
+    p.add_argument("--output-box", type=int,
+                   help="box of map.mrc and the half maps, made from the final poses (default: the images' box)")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                    help="contrast inversion for dark-on-light particles (default: auto, decided from the data)")
     p.add_argument("--mask-diameter", type=float, help="soft circular mask diameter in Å (default: none)")
@@ -70,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
     cfg.pose_pkl = None if args.pose_pkl is None else str(Path(args.pose_pkl).resolve())
     cfg.passthrough = None if args.passthrough is None else str(Path(args.passthrough).resolve())
     cfg.box, cfg.invert, cfg.mask_diameter, cfg.halves = args.box, args.invert, args.mask_diameter, args.halves
+    cfg.output_box = args.output_box
     cfg.estimate_shifts = args.estimate_shifts
     cfg.reference_map = None if args.reference_map is None else str(Path(args.reference_map).resolve())
     if args.watch is not None:

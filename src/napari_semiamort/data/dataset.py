@@ -249,6 +249,30 @@ class ParticleDataset:
             new._half = self._half[keep]
         return new
 
+    def at_box(self, box: int | None = None) -> ParticleDataset:
+        """The same particles prepared at another ``box`` (default: the stacks' own, less one pixel when odd).
+
+        The contrast :meth:`scan` decided, the halves, the skipped rows and the mask's diameter in Å are kept;
+        the pixel size and the reference shifts follow the box. Images are read from the stacks (no cache):
+        this is for one pass, such as the final maps at the images' full resolution after poses were
+        inferred on downsampled images.
+        """
+        box = self.raw_box - self.raw_box % 2 if box is None else int(box)
+        if box == self.box:
+            return self
+        if box > self.raw_box or box < 8 or box % 2:
+            raise ValueError(f"{self.source}: box {box}: choose an even size from 8 to the images' {self.raw_box} px")
+        new = object.__new__(ParticleDataset)
+        new.__dict__.update(self.__dict__)
+        new.box = box
+        new.pixel_size = self.raw_pixel_size * self.raw_box / box
+        new._cache = None
+        if self._mask is not None:  # the same diameter in Å fits: the box spans the same width at any size
+            new._mask = soft_circular_mask(box, 0.5 * self.mask_diameter / new.pixel_size, edge=max(2.0, 0.05 * box))
+        if self.reference_shifts is not None:
+            new.reference_shifts = self.reference_shifts * float(self.pixel_size / new.pixel_size)
+        return new
+
     # ------------------------------------------------------------------ reading
     def read_raw(self, idx: np.ndarray) -> np.ndarray:
         """The stacks' images `(B, L0, L0)` float32 for particles ``idx``, one read per stack touched."""

@@ -24,6 +24,9 @@ class ReconstructionConfig:
 
     # Preparation (data/dataset.py)
     box: int | None = None  # downsample to this box by Fourier cropping; None keeps the images' box
+    # box of map.mrc and the half maps, reconstructed from the final poses: None, the images' own box (so
+    # poses inferred at a smaller `box` still give a map at the images' full resolution)
+    output_box: int | None = None
     invert: str = "auto"  # contrast inversion: "auto" (decided from the data), "yes", "no"
     mask_diameter: float | None = None  # soft circular mask in Å; None: none
     halves: bool = False  # split the particles in two (seeded, or rlnRandomSubset) and write half maps
@@ -98,6 +101,8 @@ class ReconstructionConfig:
              "stage2_batch_size must be at least 1 (or None: batch_size)"),
             (self.invert in ("auto", "yes", "no"), "invert must be 'auto', 'yes' or 'no'"),
             (self.box is None or (self.box >= 8 and self.box % 2 == 0), "box must be even and at least 8"),
+            (self.output_box is None or (self.output_box >= 8 and self.output_box % 2 == 0),
+             "output_box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
             (self.shift_search >= 0, "shift_search must be 0 (off) or a positive number of pixels"),
             (0 < self.max_freq <= 1 and 0 < self.autoencode_min_freq <= self.autoencode_max_freq <= 1,

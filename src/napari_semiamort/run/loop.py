@@ -134,6 +134,8 @@ class Reconstruction:
         self.data = data if data.scanned else data.scan()
         if cfg.halves and self.data.half is None:
             self.data.split_halves(cfg.seed)
+        if cfg.output_box is not None:
+            self.data.at_box(cfg.output_box)  # an impossible map box fails now, not after the training
         self.run_dir = Path(run_dir) if run_dir is not None else None
         size = self.data.box
         self.size = size
@@ -213,13 +215,14 @@ class Reconstruction:
             return ready[1]
         return self.data.read(idx.numpy())
 
-    def _ctf(self, idx: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        """The CTF `(B, ...)` the images ``idx`` went through, at frequencies ``freqs`` `(..., 2)` (1/px):
-        ``|CTF|`` for phase-flipped data, ``CTF²`` for CTF-premultiplied data."""
-        if self.data.ctf is None:
+    def _ctf(self, idx: torch.Tensor, freqs: torch.Tensor, data: ParticleDataset | None = None) -> torch.Tensor:
+        """The CTF `(B, ...)` the images ``idx`` went through, at frequencies ``freqs`` `(..., 2)` (1/px of
+        ``data``, default the run's): ``|CTF|`` for phase-flipped data, ``CTF²`` for CTF-premultiplied data."""
+        data = self.data if data is None else data
+        if data.ctf is None:
             return torch.ones(len(idx), *freqs.shape[:-1], device=self.device)
-        ctf = compute_ctf(self.data.ctf.index(idx), freqs.cpu(), self.data.pixel_size)
-        mode = self.data.ctf_mode[idx].reshape(-1, *([1] * (ctf.ndim - 1)))
+        ctf = compute_ctf(data.ctf.index(idx), freqs.cpu(), data.pixel_size)
+        mode = data.ctf_mode[idx].reshape(-1, *([1] * (ctf.ndim - 1)))
         ctf = torch.where(mode == 1, ctf.abs(), torch.where(mode == 2, ctf * ctf, ctf))
         return ctf.to(self.device)
 
@@ -598,35 +601,58 @@ class Reconstruction:
         return torch.cat(out).cpu().to(torch.float64)
 
     @torch.no_grad()
-    def insert(self, which: np.ndarray, batch: int = 256) -> FourierInserter:
+    def insert(self, which: np.ndarray, batch: int = 256, data: ParticleDataset | None = None) -> FourierInserter:
         """The images ``which`` inserted into a frequency grid with the current poses (and shifts), every
-        frequency up to Nyquist (:class:`~napari_semiamort.physics.backproject.FourierInserter`)."""
-        inserter = FourierInserter(self.size, self.device)
-        freqs = frequency_grid_2d(self.size, device=self.device)  # (L, L, 2) cycles per pixel
+        frequency up to Nyquist (:class:`~napari_semiamort.physics.backproject.FourierInserter`).
+
+        ``data``: the same particles prepared at another box (:meth:`ParticleDataset.at_box`), for a map at
+        that box; default the run's images."""
+        data = self.data if data is None else data
+        inserter = FourierInserter(data.box, self.device)
+        freqs = frequency_grid_2d(data.box, device=self.device)  # (L, L, 2) cycles per pixel
+        px = self.data.pixel_size / data.pixel_size  # the run's pixels in ``data``'s
         for s in range(0, len(which), batch):
             idx = torch.from_numpy(np.asarray(which[s : s + batch], dtype=np.int64))
-            f = fft_centered(self.data.read(idx.numpy()).to(self.device), 2)
+            f = fft_centered(data.read(idx.numpy()).to(self.device), 2)
             if self.shifts is not None:  # the image is the projection shifted by −origin: undo it
-                o = self.shifts[idx].to(self.device)
+                o = self.shifts[idx].to(self.device) * px
                 phase = -2 * torch.pi * (freqs[None] * o[:, None, None, :]).sum(-1)
                 f = f * torch.polar(torch.ones_like(phase), phase)
-            inserter.insert(f, self.poses[idx].to(self.device), self._ctf(idx, freqs))
+            inserter.insert(f, self.poses[idx].to(self.device), self._ctf(idx, freqs, data))
         return inserter
 
-    def backproject(self, which: np.ndarray, batch: int = 256) -> np.ndarray:
-        """A map `(L, L, L)` reconstructed directly from the images ``which`` with the current poses."""
-        return self.insert(which, batch).volume().cpu().numpy()
+    def backproject(self, which: np.ndarray, batch: int = 256, data: ParticleDataset | None = None) -> np.ndarray:
+        """A map `(L, L, L)` reconstructed directly from the images ``which`` with the current poses (at
+        ``data``'s box, default the run's)."""
+        return self.insert(which, batch, data).volume().cpu().numpy()
 
-    def final_maps(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """``(map, half1, half2)`` by direct Fourier reconstruction from the final poses; the map from all
-        images (the halves' sums added, one pass over the data); no halves when the run keeps none.
+    def output_data(self) -> ParticleDataset:
+        """The particles at the box of the run's maps (``output_box``; default the images' own box, which
+        differs from the run's when ``box`` downsampled them)."""
+        return self.data.at_box(self.config.output_box)
+
+    def reference_at(self, box: int) -> torch.Tensor | None:
+        """The reference map (``reference_map``) resampled to ``box``, or None without one."""
+        if not self.config.reference_map:
+            return None
+        if box == self.size and self.reference_map is not None:
+            return self.reference_map
+        return resample_map(torch.from_numpy(read_map(self.config.reference_map)[0]), box)
+
+    def final_maps(self, data: ParticleDataset | None = None) -> tuple[np.ndarray, np.ndarray | None,
+                                                                      np.ndarray | None]:
+        """``(map, half1, half2)`` by direct Fourier reconstruction from the final poses, at ``data``'s box
+        (default :meth:`output_data`); the map from all images (the halves' sums added, one pass over the
+        data); no halves when the run keeps none.
 
         This, not the decoder's volume, is the run's map: the decoder is trained on frequencies within
-        ``L/2 − 1`` (the −L/2 row has no Hermitian partner), so its outermost shell is untrained.
+        ``L/2 − 1`` (the −L/2 row has no Hermitian partner), so its outermost shell is untrained. And it is
+        made from the images at full size: poses found on downsampled images carry to the finer pixels.
         """
+        data = self.output_data() if data is None else data
         if not self.config.halves or self.data.half is None:
-            return self.backproject(np.arange(len(self.data))), None, None
-        halves = [self.insert(np.flatnonzero(self.data.half == k)) for k in (1, 2)]
+            return self.backproject(np.arange(len(self.data)), data=data), None, None
+        halves = [self.insert(np.flatnonzero(self.data.half == k), data=data) for k in (1, 2)]
         whole = halves[0] + halves[1]
         return tuple(x.volume().cpu().numpy() for x in (whole, *halves))
 

@@ -308,7 +308,7 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
     assert small.size == 16 and small.data.pixel_size == pytest.approx(2 * full.data.pixel_size)
     maps = small.output_data()
     assert maps.box == 32 and maps.pixel_size == pytest.approx(full.data.pixel_size)
-    for ours, theirs in zip(small.final_maps(), full.final_maps()):
+    for ours, theirs in zip(small.final_maps(), full.final_maps(), strict=True):
         assert ours.shape == (32, 32, 32)
         np.testing.assert_allclose(ours, theirs, atol=1e-5 * np.abs(theirs).max())
     # the shifts matter: left in the small pixels (half the full ones), the map would differ

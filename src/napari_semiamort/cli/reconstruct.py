@@ -28,7 +28,8 @@ _KNOBS = {
     "heads": int, "backbone": str, "encoder_lr": float, "volume_lr": float, "volume_lr_autodecode": float,
     "pose_lr": float, "pose_steps": int, "epochs": int, "switch_epoch": int, "batch_size": int,
     "stage2_batch_size": int,
-    "loss": str, "noise_model": str, "max_freq": float, "autoencode_max_freq": float, "seed": int,
+    "loss": str, "noise_model": str, "max_freq": float, "autoencode_min_freq": float, "autoencode_max_freq": float,
+    "seed": int,
     "device": str, "threads": int, "max_shift": float, "shift_search": int,
 }
 
@@ -57,11 +58,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-map", help="ground-truth map for FSC in the log (simulated data)")
     p.add_argument("--watch", type=int, nargs="*", help="particle indices whose candidates are snapshotted")
     defaults = ReconstructionConfig()
+    special = {
+        "stage2_batch_size": "default: --batch-size (256 runs stage 2 faster on a GPU)",
+        "autoencode_min_freq": "stage-1 band at the start, as a fraction of Nyquist (default: 5 Fourier pixels, "
+                               "i.e. the box's width / 5 in Å, at any box)",
+        "autoencode_max_freq": f"stage-1 band at the switch, as a fraction of Nyquist (default: "
+                               f"{defaults.autoencode_max_freq})",
+    }
     for name, typ in _KNOBS.items():
-        default = getattr(defaults, name)
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
-                       help="default: --batch-size (256 runs stage 2 faster on a GPU)" if name == "stage2_batch_size"
-                       else f"default: {default}")
+                       help=special.get(name, f"default: {getattr(defaults, name)}"))
 
 
 def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:

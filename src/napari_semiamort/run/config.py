@@ -71,7 +71,9 @@ class ReconstructionConfig:
     # residuals each stage-2 epoch; "white": one σ² for all frequencies
     noise_model: str = "shell"
     max_freq: float = 1.0  # fraction of Nyquist used in the loss after the switch
-    autoencode_min_freq: float = 0.15  # stage-1 band at the first epoch (fraction of Nyquist) ...
+    # stage-1 band at the first epoch (fraction of Nyquist; None: 5 Fourier pixels, a resolution of the box's
+    # width / 5 at any box: 0.15 of Nyquist at box 64, 0.08 at box 128, where 0.15 failed) ...
+    autoencode_min_freq: float | None = None
     autoencode_max_freq: float = 0.4  # ... growing linearly to this at the switch (frequency marching)
 
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them)
@@ -105,7 +107,8 @@ class ReconstructionConfig:
              "output_box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
             (self.shift_search >= 0, "shift_search must be 0 (off) or a positive number of pixels"),
-            (0 < self.max_freq <= 1 and 0 < self.autoencode_min_freq <= self.autoencode_max_freq <= 1,
+            (0 < self.max_freq <= 1 and 0 < self.autoencode_max_freq <= 1
+             and (self.autoencode_min_freq is None or 0 < self.autoencode_min_freq <= self.autoencode_max_freq),
              "frequency fractions must lie in (0, 1], autoencode_min_freq ≤ autoencode_max_freq"),
             (min(self.encoder_lr, self.volume_lr, self.volume_lr_autodecode, self.pose_lr) > 0,
              "learning rates must be positive"),

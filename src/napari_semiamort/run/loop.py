@@ -186,7 +186,11 @@ class Reconstruction:
         if cfg.switch_epoch <= 1:
             return cfg.autoencode_max_freq
         t = min(1.0, epoch / (cfg.switch_epoch - 1))
-        band = cfg.autoencode_min_freq + t * (cfg.autoencode_max_freq - cfg.autoencode_min_freq)
+        # the start in Fourier pixels by default: a fixed resolution relative to the box's width (and so to the
+        # particle), not to the pixel. At box 128 (0.15 of Nyquist = 10 px) 0.15 left stage 1 at 42° median
+        # pose error on 3KPR, and 2 of 3 restarts useful at best; 5 px (box 64's start) gave 12° (docs/method.md)
+        low = _MIN_BAND_PIXELS / (self.size / 2) if cfg.autoencode_min_freq is None else cfg.autoencode_min_freq
+        band = low + t * max(0.0, cfg.autoencode_max_freq - low)
         # Whole Fourier pixels (few frequency sets are built), and at least 5: below ~80 frequencies an
         # image says too little about its pose (box 32 with the 0.15 start failed to break symmetry).
         return min(1.0, max(_MIN_BAND_PIXELS, round(band * self.size / 2)) / (self.size / 2))

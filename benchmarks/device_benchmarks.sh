@@ -5,6 +5,7 @@
 #      our light encoder);
 #   3. with the time left, cryoDRGN's abinit_homo_old on the full suite's ±3 px data (its default 7 × 7 shift
 #      grid per pose, too slow for the 2-core CPU), scored like the CPU runs.
+#   4. ("ours", not in the default) our whole default run on the suites' data (see below).
 # PARTS picks some of them (default "throughput paper cryodrgn"), PAPER_BACKBONES the encoders of part 2
 # (default "vgg16 light"). Seen on an H100 on 2026-11-26: part 1 took ~80 s; part 2 at 50,000 images about
 # 3 min per backbone, the simulation on the GPU included; part 3 about 2.5 min with its scoring (search
@@ -67,5 +68,33 @@ PY
     cp /tmp/bench-cryodrgn/full/results.json "$OUT/results_cryodrgn.json"
     cp /tmp/bench-cryodrgn/full/cryodrgn_shift3/cryodrgn.log "$OUT/cryodrgn_run.log"
   fi
+fi
+if [[ " $PARTS " == *" ours "* ]]; then
+  # 4. our whole default run on the GPU, on the suites' data simulated here (the same seeds, so the same poses,
+  # CTFs and noise draws; the projections computed on the GPU): full128 (box 128), then the full suite's ±3 px
+  # and centred data, the centred data again with --stage2-batch-size 256. Each run's map, poses and metrics
+  # come back in $OUT/ours/NAME; score them with benchmarks/score_device_runs.py. Needs .gpu/3KPR_TCR_HLA.cif.gz.
+  mkdir -p "$OUT/ours"
+  simulate() {  # name box shift
+    [ -f "/tmp/sim/$1/truth.mrc" ] || python3 -m napari_semiamort.cli.main simulate .gpu/3KPR_TCR_HLA.cif.gz -o "/tmp/sim/$1" \
+      --n "${OURS_N:-2000}" --box "$2" --snr 0.1 --max-shift "$3" --seed 0 --device "${DEVICE:-cuda}" --force >/dev/null
+    cp "/tmp/sim/$1/particles.star" "$OUT/ours/$1.particles.star"  # the truth the runs are scored against
+  }
+  ours() {  # name data extra-args...
+    local name=$1 data=$2; shift 2
+    local left=$((BUDGET - ($(date +%s) - T0) - 10))
+    if [ "$left" -lt 60 ]; then echo "$name: no time left ($left s)"; return; fi
+    local t=$(date +%s.%N)
+    timeout "$left" python3 -m napari_semiamort.cli.main reconstruct "/tmp/sim/$data/particles.star" -o "/tmp/ours/$name" \
+      --force --mask-diameter 220 --reference-map "/tmp/sim/$data/truth.mrc" --device "${DEVICE:-cuda}" $OURS_EXTRA "$@" \
+      > "$OUT/ours/$name.log" 2>&1
+    local rc=$?
+    echo "$name: rc $rc, $(python3 -c "print(round($(date +%s.%N) - $t, 1))") s" | tee -a "$OUT/ours/walls.txt"
+    mkdir -p "$OUT/ours/$name"
+    cp /tmp/ours/$name/{map.mrc,poses.star,metrics.jsonl,config.json} "$OUT/ours/$name/" 2>/dev/null
+  }
+  simulate full128 128 0 && ours full128_defaults full128
+  simulate full_shift3 64 3 && ours full_shift3 full_shift3 --estimate-shifts
+  simulate full_shift0 64 0 && ours full_shift0_bs64 full_shift0 && ours full_shift0_bs256 full_shift0 --stage2-batch-size 256
 fi
 echo "script: $(($(date +%s) - T0)) s"

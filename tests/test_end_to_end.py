@@ -331,10 +331,11 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
         known_poses(16, output_box=64)
 
 
-def test_the_stage1_band_starts_at_five_fourier_pixels_at_any_box(tmp_path):
-    """Frequency marching starts at 5 Fourier pixels (the box's width / 5 in Å) whatever the box, and grows
-    to ``autoencode_max_freq`` of Nyquist at the switch; a start given as a fraction of Nyquist is kept.
-    (At box 128 the old start, 0.15 of Nyquist = 10 px, left stage 1 at 42° median pose error on 3KPR.)"""
+def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes(tmp_path):
+    """Frequency marching starts at 5 Fourier pixels (the box's width / 5 in Å) at any box from 64 up, and
+    grows to ``autoencode_max_freq`` of Nyquist at the switch; below box 67, from 0.15 of Nyquist as before; a
+    start given as a fraction of Nyquist is kept. (At box 128 the old start, 0.15 of Nyquist = 10 px, left
+    stage 1 at 42° median pose error on 3KPR.)"""
     molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
     simulate_dataset(str(molecule), tmp_path, SimulationConfig(n_particles=8, box=128, snr=1.0, seed=2))
 
@@ -348,3 +349,7 @@ def test_the_stage1_band_starts_at_five_fourier_pixels_at_any_box(tmp_path):
         assert px[0] == 5 and px == sorted(px), (box, px)
         assert px[-1] == round(0.4 * (box or 128) / 2), (box, px)
     assert schedule(autoencode_min_freq=0.15)[0] == 10
+    # box 32 and 64: the schedule of every earlier result (0.15 of Nyquist, at least 5 px)
+    for box in (32, 64):
+        old = [max(5, round((0.15 + e / 14 * 0.25) * box / 2)) for e in range(15)]
+        assert schedule(box=box) == old, box

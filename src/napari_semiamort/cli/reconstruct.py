@@ -60,8 +60,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     defaults = ReconstructionConfig()
     special = {
         "stage2_batch_size": "default: --batch-size (256 runs stage 2 faster on a GPU)",
-        "autoencode_min_freq": "stage-1 band at the start, as a fraction of Nyquist (default: 5 Fourier pixels, "
-                               "i.e. the box's width / 5 in Å, at any box)",
+        "autoencode_min_freq": "stage-1 band at the start, as a fraction of Nyquist (default: 0.15, or 5 Fourier "
+                               "pixels where that is less, i.e. at most the box's width / 5 in Å)",
         "autoencode_max_freq": f"stage-1 band at the switch, as a fraction of Nyquist (default: "
                                f"{defaults.autoencode_max_freq})",
     }

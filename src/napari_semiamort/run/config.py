@@ -71,8 +71,8 @@ class ReconstructionConfig:
     # residuals each stage-2 epoch; "white": one σ² for all frequencies
     noise_model: str = "shell"
     max_freq: float = 1.0  # fraction of Nyquist used in the loss after the switch
-    # stage-1 band at the first epoch (fraction of Nyquist; None: 5 Fourier pixels, a resolution of the box's
-    # width / 5 at any box: 0.15 of Nyquist at box 64, 0.08 at box 128, where 0.15 failed) ...
+    # stage-1 band at the first epoch (fraction of Nyquist; None: 0.15, or 5 Fourier pixels where that is less,
+    # i.e. at most the box's width / 5 in Å: 0.15 at box 64, 0.078 at box 128, where 0.15 failed) ...
     autoencode_min_freq: float | None = None
     autoencode_max_freq: float = 0.4  # ... growing linearly to this at the switch (frequency marching)
 

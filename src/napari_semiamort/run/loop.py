@@ -49,6 +49,7 @@ __all__ = ["Reconstruction", "select_device"]
 
 STAGE1, STAGE2 = "autoencode", "autodecode"
 _MIN_BAND_PIXELS = 5
+_DEFAULT_START = 0.15  # the stage-1 band's start (fraction of Nyquist) where 5 Fourier pixels is more
 # The shift search's (B, K, J, P) term is built about this many values at a time, at least one shift per chunk
 # (each chunk holds ~4 such arrays).
 # At box 64's widest stage-1 band that is one shift at a time: 2²⁰ ran a stage-1 step in 0.49–0.52 s, 2²² in
@@ -186,10 +187,13 @@ class Reconstruction:
         if cfg.switch_epoch <= 1:
             return cfg.autoencode_max_freq
         t = min(1.0, epoch / (cfg.switch_epoch - 1))
-        # the start in Fourier pixels by default: a fixed resolution relative to the box's width (and so to the
-        # particle), not to the pixel. At box 128 (0.15 of Nyquist = 10 px) 0.15 left stage 1 at 42° median
-        # pose error on 3KPR, and 2 of 3 restarts useful at best; 5 px (box 64's start) gave 12° (docs/method.md)
-        low = _MIN_BAND_PIXELS / (self.size / 2) if cfg.autoencode_min_freq is None else cfg.autoencode_min_freq
+        # By default the start is at most 5 Fourier pixels: a resolution relative to the box's width (and so to
+        # the particle), not to the pixel. At box 128, 0.15 of Nyquist (10 px) left stage 1 at 42° median pose
+        # error on 3KPR; 5 px (box 64's start) gave 12° (docs/method.md). Below box 67 it is 0.15 of Nyquist,
+        # as before, every box-64 result measured with it.
+        low = cfg.autoencode_min_freq
+        if low is None:
+            low = min(_DEFAULT_START, _MIN_BAND_PIXELS / (self.size / 2))
         band = low + t * max(0.0, cfg.autoencode_max_freq - low)
         # Whole Fourier pixels (few frequency sets are built), and at least 5: below ~80 frequencies an
         # image says too little about its pose (box 32 with the 0.15 start failed to break symmetry).

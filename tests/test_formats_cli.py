@@ -44,14 +44,16 @@ def test_reconstruct_from_a_relion_star_writes_map_halves_fsc_poses_and_a_chimer
                  "--reference-map", str(sim / "truth.mrc"), *QUICK]) == 0
     for name in ("map.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "fsc.png", "poses.star", "chimerax.cxc"):
         assert (run / name).is_file(), name
+    # poses inferred at 24 px; the maps made from the 32-px images at 8 Å/px
     with mrcfile.open(run / "map.mrc") as m:
-        assert m.data.shape == (24, 24, 24) and m.data.dtype == np.float32
-        assert float(m.voxel_size.x) == pytest.approx(8.0 * 32 / 24, abs=1e-3)
+        assert m.data.shape == (32, 32, 32) and m.data.dtype == np.float32
+        assert float(m.voxel_size.x) == pytest.approx(8.0, abs=1e-3)
     with mrcfile.open(run / "half1.mrc") as m:
-        assert float(m.voxel_size.x) == pytest.approx(8.0 * 32 / 24, abs=1e-3)
+        assert m.data.shape == (32, 32, 32) and float(m.voxel_size.x) == pytest.approx(8.0, abs=1e-3)
     fsc = np.genfromtxt(run / "fsc.csv", delimiter=",", names=True)
-    assert fsc["fsc_halves"][0] == pytest.approx(1.0) and len(fsc) == 13
-    assert "fsc_reference" in fsc.dtype.names  # the 32-px truth, downsampled to the run's 24 px
+    assert fsc["fsc_halves"][0] == pytest.approx(1.0) and len(fsc) == 17
+    assert fsc["resolution_angstrom"][-1] == pytest.approx(16.0)
+    assert "fsc_reference" in fsc.dtype.names  # against the 32-px truth
     assert (run / "fsc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the poses refer to the original 32-px images at 8 Å/px, with the halves and the CTF carried through
     out = starfile.read(run / "poses.star", always_dict=True)
@@ -61,7 +63,14 @@ def test_reconstruct_from_a_relion_star_writes_map_halves_fsc_poses_and_a_chimer
     src = read_star(sim / "particles.star")
     np.testing.assert_allclose(p["rlnDefocusU"], src.ctf["rlnDefocusU"], atol=1e-4)
     cxc = (run / "chimerax.cxc").read_text()
-    assert f"open {(run / 'map.mrc').resolve()}" in cxc and "voxelSize 10.6667" in cxc and "half2.mrc" in cxc
+    assert f"open {(run / 'map.mrc').resolve()}" in cxc and "voxelSize 8.0000" in cxc and "half2.mrc" in cxc
+    # --output-box: the maps at the run's 24 px (10.67 Å/px), and the FSC with them
+    small = tmp_path / "small"
+    assert main(["reconstruct", str(sim / "particles.star"), "-o", str(small), "--halves", "--box", "24",
+                 "--output-box", "24", "--reference-map", str(sim / "truth.mrc"), *QUICK]) == 0
+    m, voxel = read_map(small / "map.mrc")
+    assert m.shape == (24, 24, 24) and voxel == pytest.approx(8.0 * 32 / 24, abs=1e-3)
+    assert len(np.genfromtxt(small / "fsc.csv", delimiter=",", names=True)) == 13
 
 
 def test_export_chimerax_refuses_to_overwrite_without_force(sim, tmp_path, capsys):
@@ -131,10 +140,11 @@ def test_smoke_runs_on_real_particles_from_a_star_and_a_cs(tmp_path):
     """EMPIAR-10076's 7 real 320-px particles (header pixel size 0) through both readers, downsampled."""
     for src in ("empiar_10076_7.star", "empiar_10076_7.cs"):
         run = tmp_path / src.replace(".", "_")
-        assert main(["reconstruct", str(DATA / src), "-o", str(run), "--box", "32", "--epochs", "1",
-                     "--switch-epoch", "1", "--heads", "2", "--batch-size", "4", "--threads", "1"]) == 0
+        assert main(["reconstruct", str(DATA / src), "-o", str(run), "--box", "32", "--output-box", "64",
+                     "--epochs", "1", "--switch-epoch", "1", "--heads", "2", "--batch-size", "4",
+                     "--threads", "1"]) == 0
         m, voxel = read_map(run / "map.mrc")
-        assert m.shape == (32, 32, 32) and np.isfinite(m).all() and voxel == pytest.approx(1.31 * 10, abs=0.01)
+        assert m.shape == (64, 64, 64) and np.isfinite(m).all() and voxel == pytest.approx(1.31 * 5, abs=0.01)
 
 
 @needs_relion

@@ -175,3 +175,19 @@ def test_shift_estimation_and_the_mask_reach_the_configuration(make_napari_viewe
     assert cfg.estimate_shifts and cfg.shift_search == 2 and cfg.mask_diameter == 220.0
     w.shifts.setChecked(False)
     assert not w.shift_search.isEnabled() and not w.config().estimate_shifts
+
+
+def test_a_downsampled_run_shows_its_final_map_at_the_images_box_and_scale(make_napari_viewer, tiny, tmp_path,
+                                                                           qtbot):
+    """With "Downsample to box" the live map is at the run's box and pixel size; the final map.mrc, made from
+    the images at their own box, replaces it at its own voxel size: the same extent in Å."""
+    viewer, w = _widget(make_napari_viewer, tiny, tmp_path, epochs=3)
+    w.box.setValue(16)
+    assert w.config().box == 16
+    _run_collecting_notifications(w, qtbot)
+    layer = viewer.layers[VOLUME]
+    raw_px = w.run.data.raw_pixel_size
+    assert w.run.size == 16 and w.run.data.pixel_size == pytest.approx(1.5 * raw_px)
+    assert layer.data.shape == (24, 24, 24) and layer.scale[0] == pytest.approx(raw_px)
+    with mrcfile.open(tmp_path / "run" / "map.mrc") as m:
+        assert m.data.shape == (24, 24, 24) and float(m.voxel_size.x) == pytest.approx(raw_px, abs=1e-3)

@@ -452,9 +452,11 @@ class ReconstructionWidget(QWidget):
             size, px = self.run.size, self.run.data.pixel_size
             self.plots.set_fsc("vs reference", np.arange(len(curve)) / (size * px), np.asarray(curve))
 
-    def _show_volume(self, volume: np.ndarray, epoch_end: bool) -> None:
+    def _show_volume(self, volume: np.ndarray, epoch_end: bool, pixel_size: float | None = None) -> None:
+        """Show ``volume`` in the volume layer, scaled in Å: the decoder's map at the run's pixel size while
+        training, the final map.mrc at its own (the images' box, when the run downsampled them)."""
         self._volume = volume
-        px = self.run.data.pixel_size
+        px = self.run.data.pixel_size if pixel_size is None else pixel_size
         lo, hi = float(volume.min()), float(volume.max())
         limits = (lo, hi if hi > lo else lo + 1e-6)
         if VOLUME not in self.viewer.layers:
@@ -466,6 +468,8 @@ class ReconstructionWidget(QWidget):
         layer = self.viewer.layers[VOLUME]
         user_set = self._auto_contrast is not None and tuple(layer.contrast_limits) != self._auto_contrast
         layer.data = volume
+        if tuple(layer.scale) != (px,) * 3:
+            layer.scale = (px,) * 3
         if epoch_end and not user_set:  # follow the map's range unless the user has set the limits
             layer.contrast_limits = limits
             self._auto_contrast = tuple(layer.contrast_limits)
@@ -508,8 +512,8 @@ class ReconstructionWidget(QWidget):
         if self.run is not None and self.run_dir is not None and (self.run_dir / "map.mrc").is_file():
             from ..data.mrc import read_map
 
-            volume, _ = read_map(self.run_dir / "map.mrc")
-            self._show_volume(volume, epoch_end=True)
+            volume, voxel = read_map(self.run_dir / "map.mrc")
+            self._show_volume(volume, epoch_end=True, pixel_size=voxel)
             fsc_csv = self.run_dir / "fsc.csv"
             if fsc_csv.is_file():
                 table = np.genfromtxt(fsc_csv, delimiter=",", names=True)
@@ -602,7 +606,7 @@ class ReconstructionWidget(QWidget):
             show_error("no run yet: start a reconstruction first")
             return None
         if self.worker is not None and self._volume is not None:  # while running: the last map shown
-            write_mrc(self.run_dir / "map.mrc", self._volume, self.run.data.pixel_size)
+            write_mrc(self.run_dir / "map.mrc", self._volume, self.viewer.layers[VOLUME].scale[0])
         script = chimerax_script(self.run_dir, force=True)  # the run folder's own script
         exe = shutil.which("chimerax") or shutil.which("ChimeraX")
         if exe is not None:

@@ -23,7 +23,7 @@ def projections(igg_map):
     return f * ctf, rot, ctf
 
 
-def reconstruct(projections, radius=None, parts=1):
+def reconstruct(projections, radius=None, parts=1, in_place=False):
     f, rot, ctf = projections
     pieces = []
     for idx in np.array_split(np.arange(len(rot)), parts):
@@ -32,7 +32,7 @@ def reconstruct(projections, radius=None, parts=1):
         pieces.append(ins)
     total = pieces[0]
     for p in pieces[1:]:
-        total = total + p
+        total = total.add_(p) if in_place else total + p
     return total
 
 
@@ -50,10 +50,16 @@ def test_inserters_add_up_to_one_pass_over_all_images(projections):
     assert summed.count == whole.count == 1500
     torch.testing.assert_close(summed.den, whole.den, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(summed.volume(), whole.volume(), rtol=0, atol=1e-5 * float(whole.volume().abs().max()))
+    in_place = reconstruct(projections, parts=3, in_place=True)  # add_: the same sums, no third grid
+    assert in_place.count == 1500
+    torch.testing.assert_close(in_place.num, summed.num)
+    torch.testing.assert_close(in_place.den, summed.den)
 
 
 def test_inserters_of_different_grids_refuse_to_add():
     with pytest.raises(ValueError, match="cannot add inserters of box 32"):
         FourierInserter(32) + FourierInserter(32, radius=10)
+    with pytest.raises(ValueError, match="cannot add inserters of box 32"):
+        FourierInserter(32).add_(FourierInserter(24))
     with pytest.raises(ValueError, match="radius"):
         FourierInserter(32, radius=40)

@@ -75,11 +75,16 @@ def test_reconstruct_then_resume_continues_the_run(sim, tmp_path, capsys):
     assert len(poses["rlnAngleRot"]) == 120
     with mrcfile.open(run / "map.mrc") as m:
         assert m.data.shape == (32, 32, 32) and m.voxel_size.x > 0
+        voxel = float(m.voxel_size.x)
     assert main(["reconstruct", "--resume", str(run), "--epochs", "3"]) == 0
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
     out = capsys.readouterr().out
     assert "resuming" in out and "epoch   3" in out
+    # --output-box on a resume changes the maps' box, not the training
+    assert main(["reconstruct", "--resume", str(run), "--output-box", "16"]) == 0
+    with mrcfile.open(run / "map.mrc") as m:
+        assert m.data.shape == (16, 16, 16) and float(m.voxel_size.x) == pytest.approx(2 * voxel, abs=1e-3)
 
 
 def test_reconstruct_refuses_an_existing_run_folder_without_force(sim, tmp_path, capsys):

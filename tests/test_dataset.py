@@ -213,3 +213,24 @@ def test_thousands_of_stacks_never_hold_more_than_max_open_files(tmp_path, monke
     assert len(os.listdir("/proc/self/fd")) - before <= 8
     with mrcfile.open(tmp_path / "mic059.mrcs") as m:
         np.testing.assert_array_equal(d.read_raw(np.array([179])), m.data[2][None])
+
+
+def test_at_box_prepares_the_same_particles_at_the_images_box_with_the_decided_contrast(sim, tmp_path):
+    """The full-size view of a downsampled dataset (for the final maps) keeps the contrast decided on the
+    downsampled images, the mask's diameter in Å and the halves; it refuses before the contrast is decided."""
+    with mrcfile.open(sim / "particles.mrcs") as m:
+        write_mrc(tmp_path / "particles.mrcs", -np.asarray(m.data), 8.0)
+    (tmp_path / "particles.star").write_text((sim / "particles.star").read_text())
+    small = ParticleDataset(read_particles(tmp_path / "particles.star"), box=16, mask_diameter=160.0).scan()
+    small.split_halves(seed=1)
+    assert small.sign == -1.0 and small.pixel_size == pytest.approx(16.0)
+    full = small.at_box()
+    assert full.box == 32 and full.pixel_size == pytest.approx(8.0) and full.sign == -1.0
+    np.testing.assert_array_equal(full.half, small.half)
+    direct = ParticleDataset(read_particles(tmp_path / "particles.star"), mask_diameter=160.0, invert="yes").scan()
+    np.testing.assert_allclose(full.read(np.arange(5)), direct.read(np.arange(5)), atol=1e-5)
+    assert small.at_box(16) is small
+    with pytest.raises(ValueError, match=r"particles\.star: box 40: choose an even size from 8 to the images' 32"):
+        small.at_box(40)
+    with pytest.raises(RuntimeError, match="before scan"):
+        ParticleDataset(read_particles(tmp_path / "particles.star"), box=16).at_box()

@@ -311,6 +311,9 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
     for ours, theirs in zip(small.final_maps(), full.final_maps(), strict=True):
         assert ours.shape == (32, 32, 32)
         np.testing.assert_allclose(ours, theirs, atol=1e-5 * np.abs(theirs).max())
+    # the whole map from the halves' sums is the one pass over every image
+    one_pass = small.backproject(np.arange(len(small.data)), data=maps)
+    np.testing.assert_allclose(small.final_maps()[0], one_pass, atol=1e-5 * np.abs(one_pass).max())
     # the shifts matter: left in the small pixels (half the full ones), the map would differ
     ours, theirs = small.final_maps()[0], full.final_maps()[0]
     small.shifts = small.shifts / 2

@@ -131,6 +131,7 @@ class ReconstructionWidget(QWidget):
         self._started = 0.0
         self._last_volume_push = 0.0
         self._volume: np.ndarray | None = None
+        self._volume_px: float | None = None  # its voxel size (Å)
         self._auto_contrast: tuple | None = None
         self._plots = None
         self._failure = ""
@@ -457,6 +458,7 @@ class ReconstructionWidget(QWidget):
         training, the final map.mrc at its own (the images' box, when the run downsampled them)."""
         self._volume = volume
         px = self.run.data.pixel_size if pixel_size is None else pixel_size
+        self._volume_px = px
         lo, hi = float(volume.min()), float(volume.max())
         limits = (lo, hi if hi > lo else lo + 1e-6)
         if VOLUME not in self.viewer.layers:
@@ -606,7 +608,7 @@ class ReconstructionWidget(QWidget):
             show_error("no run yet: start a reconstruction first")
             return None
         if self.worker is not None and self._volume is not None:  # while running: the last map shown
-            write_mrc(self.run_dir / "map.mrc", self._volume, self.viewer.layers[VOLUME].scale[0])
+            write_mrc(self.run_dir / "map.mrc", self._volume, self._volume_px)
         script = chimerax_script(self.run_dir, force=True)  # the run folder's own script
         exe = shutil.which("chimerax") or shutil.which("ChimeraX")
         if exe is not None:

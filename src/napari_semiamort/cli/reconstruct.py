@@ -140,7 +140,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        overrides = {k: getattr(args, k) for k in ("epochs", "device", "threads") if getattr(args, k) is not None}
+        # what does not change the training: the run's length, where it runs, and the maps' box
+        overrides = {k: getattr(args, k) for k in ("epochs", "device", "threads", "output_box")
+                     if getattr(args, k) is not None}
         run = Reconstruction.resume(run_dir, **overrides)
         print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.config.epochs}")
     else:
@@ -155,7 +157,8 @@ def main(args: argparse.Namespace) -> int:
             (run_dir / name).unlink(missing_ok=True)
         run = Reconstruction(cfg, run_dir=run_dir)
         d = run.data
-        size = f"box {run.size}" + (f" (from {d.raw_box})" if d.raw_box != run.size else "")
+        maps = d.check_box(cfg.output_box)
+        size = f"box {run.size}" + (f" (from {d.raw_box}; maps at box {maps})" if d.raw_box != run.size else "")
         skipped = f", {len(d.skipped)} skipped (NaN/Inf)" if len(d.skipped) else ""
         print(f"{len(d)} particles{skipped}, {size}, {d.pixel_size:.3f} Å/px, "
               f"{'inverted' if d.sign < 0 else 'contrast as is'}, device {run.device}")

@@ -249,6 +249,13 @@ class ParticleDataset:
             new._half = self._half[keep]
         return new
 
+    def check_box(self, box: int | None) -> int:
+        """``box`` (None: the stacks' own, less one pixel when odd) if the images can be prepared at it."""
+        box = self.raw_box - self.raw_box % 2 if box is None else int(box)
+        if box > self.raw_box or box < 8 or box % 2:
+            raise ValueError(f"{self.source}: box {box}: choose an even size from 8 to the images' {self.raw_box} px")
+        return box
+
     def at_box(self, box: int | None = None) -> ParticleDataset:
         """The same particles prepared at another ``box`` (default: the stacks' own, less one pixel when odd).
 
@@ -257,11 +264,11 @@ class ParticleDataset:
         this is for one pass, such as the final maps at the images' full resolution after poses were
         inferred on downsampled images.
         """
-        box = self.raw_box - self.raw_box % 2 if box is None else int(box)
+        box = self.check_box(box)
         if box == self.box:
             return self
-        if box > self.raw_box or box < 8 or box % 2:
-            raise ValueError(f"{self.source}: box {box}: choose an even size from 8 to the images' {self.raw_box} px")
+        if not self.scanned:  # the contrast must be decided once, on the images the run trains on
+            raise RuntimeError(f"{self.source}: at_box before scan(): the contrast is not decided yet")
         new = object.__new__(ParticleDataset)
         new.__dict__.update(self.__dict__)
         new.box = box

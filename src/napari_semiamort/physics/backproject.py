@@ -62,14 +62,25 @@ class FourierInserter:
                     self.den.index_add_(0, flat, weights[ok] * t[ok])
         self.count += fourier_images.shape[0]
 
-    def __add__(self, other: FourierInserter) -> FourierInserter:
-        """The sums of both (the same box and radius): the reconstruction from both sets of images."""
+    def _check_same(self, other: FourierInserter) -> None:
         if (other.size, other.radius) != (self.size, self.radius):
             raise ValueError(f"cannot add inserters of box {self.size}, radius {self.radius} and box "
                              f"{other.size}, radius {other.radius}")
+
+    def __add__(self, other: FourierInserter) -> FourierInserter:
+        """The sums of both (the same box and radius): the reconstruction from both sets of images."""
+        self._check_same(other)
         out = FourierInserter(self.size, self.num.device, self.radius)
         out.num, out.den, out.count = self.num + other.num, self.den + other.den, self.count + other.count
         return out
+
+    def add_(self, other: FourierInserter) -> FourierInserter:
+        """``self + other`` in place (no third grid); returns ``self``."""
+        self._check_same(other)
+        self.num += other.num
+        self.den += other.den
+        self.count += other.count
+        return self
 
     def volume(self, regularization: float = 0.01) -> torch.Tensor:
         """The real-space map `(L, L, L)` ``[z, y, x]``, origin at ``L // 2``."""

@@ -132,11 +132,10 @@ class Reconstruction:
             torch.set_num_threads(cfg.threads)
         self.device = select_device(cfg.device)
         data = dataset if dataset is not None else open_dataset(cfg)
+        data.check_box(cfg.output_box)  # an impossible map box fails now, not after the scan or the training
         self.data = data if data.scanned else data.scan()
         if cfg.halves and self.data.half is None:
             self.data.split_halves(cfg.seed)
-        if cfg.output_box is not None:
-            self.data.at_box(cfg.output_box)  # an impossible map box fails now, not after the training
         self.run_dir = Path(run_dir) if run_dir is not None else None
         size = self.data.box
         self.size = size
@@ -616,6 +615,8 @@ class Reconstruction:
         ``data``: the same particles prepared at another box (:meth:`ParticleDataset.at_box`), for a map at
         that box; default the run's images."""
         data = self.data if data is None else data
+        # images per batch: 256 at box 128 and below, fewer above (the insertion's temporaries grow with L²)
+        batch = max(8, min(batch, batch * 128**2 // data.box**2))
         inserter = FourierInserter(data.box, self.device)
         freqs = frequency_grid_2d(data.box, device=self.device)  # (L, L, 2) cycles per pixel
         px = self.data.pixel_size / data.pixel_size  # the run's pixels in ``data``'s
@@ -660,9 +661,13 @@ class Reconstruction:
         data = self.output_data() if data is None else data
         if not self.config.halves or self.data.half is None:
             return self.backproject(np.arange(len(self.data)), data=data), None, None
-        halves = [self.insert(np.flatnonzero(self.data.half == k), data=data) for k in (1, 2)]
-        whole = halves[0] + halves[1]
-        return tuple(x.volume().cpu().numpy() for x in (whole, *halves))
+        first = self.insert(np.flatnonzero(self.data.half == 1), data=data)
+        half1 = first.volume().cpu().numpy()
+        second = self.insert(np.flatnonzero(self.data.half == 2), data=data)
+        half2 = second.volume().cpu().numpy()
+        first.add_(second)  # the whole set's sums, without a third grid (1.6 GB each at box 512)
+        del second
+        return first.volume().cpu().numpy(), half1, half2
 
     # ---------------------------------------------------------------- epoch bookkeeping
     @torch.no_grad()

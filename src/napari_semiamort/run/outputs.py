@@ -125,21 +125,29 @@ def chimerax_script(run_dir: Path, force: bool = False) -> Path:
 def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     """Everything a finished (or interrupted) :class:`~napari_semiamort.run.Reconstruction` leaves."""
     data, run_dir = run.data, Path(run_dir)
+    n = len(data)
+    rotations = run.poses.to(torch.float64).numpy()
+    origins = np.zeros((n, 2)) if run.shifts is None else run.shifts.to(torch.float64).numpy() * data.pixel_size
+    extra = {} if not run.config.halves or data.half is None else {"rlnRandomSubset": data.half}
+    # The poses first: they are the run's result, and the maps below take a pass over the images at full size.
+    # They refer to the original images: their pixel size and box, origins in Å.
+    out = {"poses": write_star(run_dir / "poses.star", data.table, rotations, origins,
+                               pixel_size=data.raw_pixel_size, box=data.raw_box, extra=extra, force=True)}
+    if Path(data.source).suffix.lower() == ".cs":
+        from ..data.cryosparc import write_cs
+
+        out["poses_cs"] = write_cs(run_dir / "poses.cs", data.table, rotations, origins, force=True)
     # The map and the half maps from the final poses (Run.final_maps), at the images' own box unless
     # output_box says otherwise; the decoder's volume stays in checkpoint.pt and is what the viewer showed
     # during training.
     maps_data = run.output_data()
     whole, *halves = run.final_maps(maps_data)
-    out = {"map": write_mrc(run_dir / "map.mrc", whole, maps_data.pixel_size)}
-    n = len(data)
-    rotations = run.poses.to(torch.float64).numpy()
-    origins = np.zeros((n, 2)) if run.shifts is None else run.shifts.to(torch.float64).numpy() * data.pixel_size
-    extra, curves = {}, {}
+    out["map"] = write_mrc(run_dir / "map.mrc", whole, maps_data.pixel_size)
+    curves = {}
     if halves[0] is not None:
         for k, m in enumerate(halves, start=1):
             out[f"half{k}"] = write_mrc(run_dir / f"half{k}.mrc", m, maps_data.pixel_size)
         curves["halves"] = fsc(torch.from_numpy(halves[0]), torch.from_numpy(halves[1]))
-        extra["rlnRandomSubset"] = data.half
     reference = run.reference_at(maps_data.box)
     if reference is not None and data.reference_rotations is not None:
         al = align_poses(run.poses, data.reference_rotations)
@@ -147,12 +155,5 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
         curves["reference"] = fsc(aligned, reference)
     if curves:
         out.update(write_fsc(run_dir, curves, maps_data.box, maps_data.pixel_size))
-    # The poses refer to the original images: their pixel size and box, origins in Å.
-    out["poses"] = write_star(run_dir / "poses.star", data.table, rotations, origins,
-                              pixel_size=data.raw_pixel_size, box=data.raw_box, extra=extra, force=True)
-    if Path(data.source).suffix.lower() == ".cs":
-        from ..data.cryosparc import write_cs
-
-        out["poses_cs"] = write_cs(run_dir / "poses.cs", data.table, rotations, origins, force=True)
     out["chimerax"] = chimerax_script(run_dir, force=True)
     return out

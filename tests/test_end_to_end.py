@@ -336,14 +336,15 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
 
 def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes(tmp_path):
     """Frequency marching starts at 5 Fourier pixels (the box's width / 5 in Å) at any box from 64 up, and
-    grows to ``autoencode_max_freq`` of Nyquist at the switch; below box 67, from 0.15 of Nyquist as before; a
-    start given as a fraction of Nyquist is kept. (At box 128 the old start, 0.15 of Nyquist = 10 px, left
-    stage 1 at 42° median pose error on 3KPR.)"""
+    grows to 0.4 of Nyquist at the switch, at most 26 Fourier pixels; below box 67 it starts from 0.15 of
+    Nyquist as before; fractions of Nyquist given explicitly are kept. (At box 128 the old start, 0.15 of
+    Nyquist = 10 px, left stage 1 at 42° median pose error on 3KPR; at box 192 the uncapped end, 38 px,
+    left 47° mean error at epoch 10 against 15° capped.)"""
     molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
     simulate_dataset(str(molecule), tmp_path, SimulationConfig(n_particles=8, box=128, snr=1.0, seed=2))
 
-    def schedule(**kw):
-        run = Reconstruction(ReconstructionConfig(particles=str(tmp_path / "particles.star"), heads=2, threads=1,
+    def schedule(data=tmp_path, **kw):
+        run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
                                                   restarts=1, **kw))
         return [round(run.stage1_band(e) * run.size / 2) for e in range(run.config.switch_epoch)]
 
@@ -356,3 +357,11 @@ def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes(tmp_path):
     for box in (32, 64):
         old = [max(5, round((0.15 + e / 14 * 0.25) * box / 2)) for e in range(15)]
         assert schedule(box=box) == old, box
+    # above box 130 the end is held at 26 px (box 128's), and the encoder's input with it
+    big = tmp_path / "big"
+    simulate_dataset(str(molecule), big, SimulationConfig(n_particles=4, box=192, snr=1.0, seed=2))
+    px = schedule(big)
+    assert px[0] == 5 and px[-1] == 26 and px == sorted(px)
+    assert schedule(big, autoencode_max_freq=0.4)[-1] == 38  # an explicit fraction is kept
+    run = Reconstruction(ReconstructionConfig(particles=str(big / "particles.star"), heads=2, threads=1))
+    assert run.stage1_end == pytest.approx(26 / 96) and run.encoder_size == 54

@@ -62,8 +62,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "stage2_batch_size": "default: --batch-size (256 runs stage 2 faster on a GPU)",
         "autoencode_min_freq": "stage-1 band at the start, as a fraction of Nyquist (default: 0.15, or 5 Fourier "
                                "pixels where that is less, i.e. at most the box's width / 5 in Å)",
-        "autoencode_max_freq": f"stage-1 band at the switch, as a fraction of Nyquist (default: "
-                               f"{defaults.autoencode_max_freq})",
+        "autoencode_max_freq": "stage-1 band at the switch, as a fraction of Nyquist (default: 0.4, or 26 Fourier "
+                               "pixels where that is less, i.e. at most the box's width / 26 in Å)",
     }
     for name, typ in _KNOBS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,

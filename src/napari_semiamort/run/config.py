@@ -74,7 +74,10 @@ class ReconstructionConfig:
     # stage-1 band at the first epoch (fraction of Nyquist; None: 0.15, or 5 Fourier pixels where that is less,
     # i.e. at most the box's width / 5 in Å: 0.15 at box 64, 0.078 at box 128, where 0.15 failed) ...
     autoencode_min_freq: float | None = None
-    autoencode_max_freq: float = 0.4  # ... growing linearly to this at the switch (frequency marching)
+    # ... growing linearly to this at the switch (frequency marching; None: 0.4, at most 26 Fourier pixels,
+    # i.e. from box 132 up the box's width / 26 in Å: at box 192 the full 0.4 left a quarter of the particles
+    # in a wrong basin)
+    autoencode_max_freq: float | None = None
 
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them)
     estimate_shifts: bool = False
@@ -107,8 +110,10 @@ class ReconstructionConfig:
              "output_box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
             (self.shift_search >= 0, "shift_search must be 0 (off) or a positive number of pixels"),
-            (0 < self.max_freq <= 1 and 0 < self.autoencode_max_freq <= 1
-             and (self.autoencode_min_freq is None or 0 < self.autoencode_min_freq <= self.autoencode_max_freq),
+            (0 < self.max_freq <= 1 and (self.autoencode_max_freq is None or 0 < self.autoencode_max_freq <= 1)
+             and (self.autoencode_min_freq is None or 0 < self.autoencode_min_freq <= 1)
+             and (None in (self.autoencode_min_freq, self.autoencode_max_freq)
+                  or self.autoencode_min_freq <= self.autoencode_max_freq),
              "frequency fractions must lie in (0, 1], autoencode_min_freq ≤ autoencode_max_freq"),
             (min(self.encoder_lr, self.volume_lr, self.volume_lr_autodecode, self.pose_lr) > 0,
              "learning rates must be positive"),

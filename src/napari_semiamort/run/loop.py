@@ -50,6 +50,7 @@ __all__ = ["Reconstruction", "select_device"]
 STAGE1, STAGE2 = "autoencode", "autodecode"
 _MIN_BAND_PIXELS = 5
 _DEFAULT_START = 0.15  # the stage-1 band's start (fraction of Nyquist) where 5 Fourier pixels is more
+_DEFAULT_END, _MAX_BAND_PIXELS = 0.4, 26  # its end: 0.4 of Nyquist, at most 26 Fourier pixels
 # The shift search's (B, K, J, P) term is built about this many values at a time, at least one shift per chunk
 # (each chunk holds ~4 such arrays).
 # At box 64's widest stage-1 band that is one shift at a time: 2²⁰ ran a stage-1 step in 0.49–0.52 s, 2²² in
@@ -144,7 +145,12 @@ class Reconstruction:
         self.freqs = {STAGE2: self._frequencies(cfg.max_freq)}
         # The encoder sees the images low-passed to the band the stage-1 loss uses (and downsampled to it):
         # finer detail cannot inform the poses it is trained on, and a smaller input is cheaper.
-        band = max(_MIN_BAND_PIXELS, int(np.ceil(cfg.autoencode_max_freq * size / 2)))
+        # the stage-1 band at the switch: 0.4 of Nyquist, at most 26 Fourier pixels by default (box 128's). At
+        # box 192 the full 0.4 (38 px) left a quarter of 3KPR's particles in a wrong basin through stage 1
+        # (47° mean pose error at epoch 10 against 15° with the cap, same data and seed; docs/benchmarks.md)
+        end = cfg.autoencode_max_freq
+        self.stage1_end = min(_DEFAULT_END, _MAX_BAND_PIXELS / (size / 2)) if end is None else end
+        band = max(_MIN_BAND_PIXELS, int(np.ceil(self.stage1_end * size / 2)))
         self.encoder_size = min(size, max(16, 2 * band + 2))
         self._inplane = None
         if cfg.inplane_search > 1:
@@ -184,7 +190,7 @@ class Reconstruction:
         """Fraction of Nyquist in the stage-1 loss: grows linearly over stage 1 (frequency marching)."""
         cfg = self.config
         if cfg.switch_epoch <= 1:
-            return cfg.autoencode_max_freq
+            return self.stage1_end
         t = min(1.0, epoch / (cfg.switch_epoch - 1))
         # By default the start is at most 5 Fourier pixels: a resolution relative to the box's width (and so to
         # the particle), not to the pixel. At box 128, 0.15 of Nyquist (10 px) left stage 1 at 42° median pose
@@ -193,7 +199,7 @@ class Reconstruction:
         low = cfg.autoencode_min_freq
         if low is None:
             low = min(_DEFAULT_START, _MIN_BAND_PIXELS / (self.size / 2))
-        band = low + t * max(0.0, cfg.autoencode_max_freq - low)
+        band = low + t * max(0.0, self.stage1_end - low)
         # Whole Fourier pixels (few frequency sets are built), and at least 5: below ~80 frequencies an
         # image says too little about its pose (box 32 with the 0.15 start failed to break symmetry).
         return min(1.0, max(_MIN_BAND_PIXELS, round(band * self.size / 2)) / (self.size / 2))
@@ -482,7 +488,7 @@ class Reconstruction:
         that both compete at their local optimum; images that move restart their optimiser state.
         """
         n = len(self.data)
-        fr1 = self._frequencies(self.config.autoencode_max_freq)
+        fr1 = self._frequencies(self.stage1_end)
         fr2 = self.freqs[STAGE2]
         hartley = self.volume.hartley().detach()
         moved = 0
@@ -525,7 +531,7 @@ class Reconstruction:
     def _switch_to_autodecode(self) -> None:
         """Each image starts from its best candidate under the current volume (paper, Sec. 2.2)."""
         n = len(self.data)
-        fr = self._frequencies(self.config.autoencode_max_freq)
+        fr = self._frequencies(self.stage1_end)
         chunk = self._pass_chunk()
         for s in range(0, n, chunk):
             idx = torch.arange(s, min(s + chunk, n))

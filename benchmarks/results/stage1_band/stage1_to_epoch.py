@@ -1,7 +1,14 @@
-"""Stage-1 experiment on full128 data: python stage1.py NAME '{"overrides": ...}' [until_epoch]"""
-import json, sys, time
+"""Stage-1 experiment: D=DATA_DIR/ python stage1_to_epoch.py NAME '{"overrides": ...}' [until_epoch]
+
+DATA_DIR holds particles.star and truth.mrc (default: the full128 suite's data)."""
+import json
+import os
+import sys
+import time
+
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
-import os; D = os.environ.get("D", "/work/main/benchmarks/results/full128/data_shift0/")
+
+D = os.environ.get("D", "/work/main/benchmarks/results/full128/data_shift0/")
 name, over = sys.argv[1], json.loads(sys.argv[2])
 until = int(sys.argv[3]) if len(sys.argv) > 3 else 15
 cfg = ReconstructionConfig(particles=D + "particles.star", mask_diameter=220, reference_map=D + "truth.mrc",

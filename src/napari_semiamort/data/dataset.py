@@ -181,7 +181,7 @@ class ParticleDataset:
             if not 0 < radius <= self.box / 2:
                 raise ValueError(f"mask diameter {mask_diameter} Å does not fit the box "
                                  f"({self.box} px × {self.pixel_size:.3f} Å = {self.box * self.pixel_size:.1f} Å)")
-            self._mask = soft_circular_mask(self.box, radius, edge=max(2.0, 0.05 * self.box))
+            self._mask = self._soft_mask(self.box, self.pixel_size)
         self._cache: torch.Tensor | None = None
         self.scanned = False  # scan() has run: contrast decided, bad images skipped
         self.skipped = np.zeros(0, dtype=np.int64)  # rows of the input table skipped for NaN/Inf
@@ -249,6 +249,10 @@ class ParticleDataset:
             new._half = self._half[keep]
         return new
 
+    def _soft_mask(self, box: int, pixel_size: float) -> torch.Tensor:
+        """The ``mask_diameter`` mask at ``box`` pixels of ``pixel_size`` Å (a cosine edge of 5 % of the box)."""
+        return soft_circular_mask(box, 0.5 * self.mask_diameter / pixel_size, edge=max(2.0, 0.05 * box))
+
     def check_box(self, box: int | None) -> int:
         """``box`` (None: the stacks' own, less one pixel when odd) if the images can be prepared at it."""
         box = self.raw_box - self.raw_box % 2 if box is None else int(box)
@@ -275,7 +279,7 @@ class ParticleDataset:
         new.pixel_size = self.raw_pixel_size * self.raw_box / box
         new._cache = None
         if self._mask is not None:  # the same diameter in Å fits: the box spans the same width at any size
-            new._mask = soft_circular_mask(box, 0.5 * self.mask_diameter / new.pixel_size, edge=max(2.0, 0.05 * box))
+            new._mask = self._soft_mask(box, new.pixel_size)
         if self.reference_shifts is not None:
             new.reference_shifts = self.reference_shifts * float(self.pixel_size / new.pixel_size)
         return new

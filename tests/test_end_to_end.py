@@ -365,3 +365,45 @@ def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes(tmp_path):
     assert schedule(big, autoencode_max_freq=0.4)[-1] == 38  # an explicit fraction is kept
     run = Reconstruction(ReconstructionConfig(particles=str(big / "particles.star"), heads=2, threads=1))
     assert run.stage1_end == pytest.approx(26 / 96) and run.encoder_size == 54
+
+
+@pytest.mark.parametrize("band", [None, 1.0], ids=["stage1-band", "full-band"])
+def test_reassignment_refines_in_its_band_competes_in_stage_twos_and_is_timed(tiny_dataset, band):
+    import time
+
+    from napari_semiamort.run.loop import STAGE2
+
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=1, heads=4,
+                               threads=1, restarts=1, reassign_epochs=3, reassign_max_freq=band)
+    run = Reconstruction(cfg)
+    refined, compared, spent = set(), set(), []
+    predict, reassign = run._predict, run._reassign
+
+    def recording_predict(hartley, rotations, shifts, ctf, fr):
+        if spent and spent[-1] is None:  # inside the reassignment
+            (refined if hartley is not None else compared).add(id(fr))
+        return predict(hartley, rotations, shifts, ctf, fr)
+
+    def timed_reassign():
+        spent.append(None)
+        t0 = time.perf_counter()
+        moved = reassign()
+        spent[-1] = time.perf_counter() - t0
+        return moved
+
+    run._predict, run._reassign = recording_predict, timed_reassign
+    ends = [s.metrics for s in run if s.epoch_end]
+    assert [m.get("reassigned") is not None for m in ends] == [False, False, True]
+    want = run._frequencies(run.stage1_end) if band is None else run._frequencies(band)
+    assert refined == {id(want)}
+    assert compared == {id(run.freqs[STAGE2])}
+    if band is None:
+        assert want.grid.shape[0] < run.freqs[STAGE2].grid.shape[0]
+    # the epoch's time includes its reassignment pass
+    assert len(spent) == 1 and ends[-1]["seconds"] >= spent[0]
+
+
+def test_the_reassignment_band_is_validated(tiny_dataset):
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="reassign_max_freq"):
+            ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), reassign_max_freq=bad).validate()

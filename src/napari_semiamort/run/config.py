@@ -50,6 +50,9 @@ class ReconstructionConfig:
     reassign_epochs: int = 3  # first stage-2 epochs in which the encoder's candidates may replace a pose
     reassign_steps: int = 10  # pose steps refining a candidate before it competes
     reassign_candidates: int = 4  # how many of the encoder's best candidates per image compete
+    # band (fraction of Nyquist) in which the candidates are refined before they compete in stage 2's band;
+    # None: stage 1's band at the switch
+    reassign_max_freq: float | None = None
     volume_lr_final_fraction: float = 0.1  # the stage-2 volume step decays linearly to this fraction
     shift_lr: float = 0.05  # pixels
 
@@ -115,6 +118,8 @@ class ReconstructionConfig:
              and (None in (self.autoencode_min_freq, self.autoencode_max_freq)
                   or self.autoencode_min_freq <= self.autoencode_max_freq),
              "frequency fractions must lie in (0, 1], autoencode_min_freq ≤ autoencode_max_freq"),
+            (self.reassign_max_freq is None or 0 < self.reassign_max_freq <= 1,
+             "reassign_max_freq must lie in (0, 1] (or None: stage 1's band at the switch)"),
             (min(self.encoder_lr, self.volume_lr, self.volume_lr_autodecode, self.pose_lr) > 0,
              "learning rates must be positive"),
         ]

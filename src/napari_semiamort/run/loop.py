@@ -490,6 +490,9 @@ class Reconstruction:
         n = len(self.data)
         fr1 = self._frequencies(self.stage1_end)
         fr2 = self.freqs[STAGE2]
+        # the candidates are refined in this band (default: stage 1's at the switch) and compete in stage 2's
+        cfg = self.config
+        fr_refine = fr1 if cfg.reassign_max_freq is None else self._frequencies(cfg.reassign_max_freq)
         hartley = self.volume.hartley().detach()
         moved = 0
         chunk = self._pass_chunk()
@@ -503,15 +506,17 @@ class Reconstruction:
                 top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
                 b = torch.arange(len(idx), device=self.device)[:, None]
                 cand = self._pose_table(rot[b, top].flatten(0, 1), None if sh is None else sh[b, top].flatten(0, 1))
-            _, _, obs, ctf = self._batch(idx, fr2, reuse=first)
-            obs_k, ctf_k = obs.repeat_interleave(k, 0), ctf.repeat_interleave(k, 0)
+            _, _, obs_r, ctf_r = first if fr_refine is fr1 else self._batch(idx, fr_refine, reuse=first)
+            obs_r, ctf_r = obs_r.repeat_interleave(k, 0), ctf_r.repeat_interleave(k, 0)
             rows = torch.arange(len(idx) * k, device=self.device)
-            inv_var = self._inv_var_for(fr2)
+            inv_var = self._inv_var_for(fr_refine)
             for _ in range(self.config.reassign_steps):
                 w, t = cand.perturbation(rows)
-                pred = self._predict(hartley, cand.poses(rows, w), t, ctf_k, fr2)
-                self._loss(pred, obs_k, inv_var).sum().backward()
+                pred = self._predict(hartley, cand.poses(rows, w), t, ctf_r, fr_refine)
+                self._loss(pred, obs_r, inv_var).sum().backward()
                 cand.step(rows, w, t)
+            _, _, obs, ctf = self._batch(idx, fr2, reuse=first)
+            obs_k, ctf_k = obs.repeat_interleave(k, 0), ctf.repeat_interleave(k, 0)
             with torch.no_grad():
                 new = self._exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr2).reshape(-1, k)
                 new, pick = new.min(1)
@@ -774,6 +779,8 @@ class Reconstruction:
         while self.epoch < until:
             stage = STAGE1 if self.epoch < cfg.switch_epoch else STAGE2
             bs, steps_per_epoch = self.batch_size(stage), self._steps_per_epoch(stage)
+            # the epoch's time counts the switch's and the reassignment's passes over the data set too
+            t_epoch = time.perf_counter()
             reassigned = None
             if stage == STAGE2 and self.table is None:
                 self._switch_to_autodecode()
@@ -788,7 +795,6 @@ class Reconstruction:
             batches = [order[s * bs : (s + 1) * bs if s < steps_per_epoch - 1 else n] for s in range(steps_per_epoch)]
             loader = iter(BatchLoader(self.data, [b.numpy() for b in batches]))
             losses: list[float] = []
-            t_epoch = time.perf_counter()
             try:
                 for s, idx in enumerate(batches):
                     self._ready = next(loader)

@@ -407,3 +407,29 @@ def test_the_reassignment_band_is_validated(tiny_dataset):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="reassign_max_freq"):
             ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), reassign_max_freq=bad).validate()
+
+
+def test_restart_gap_is_the_lowest_losss_lead_over_the_next():
+    from napari_semiamort.run.loop import restart_gap
+
+    assert restart_gap([0.692, 0.676, 0.517]) == pytest.approx((0.676 - 0.517) / 0.676)
+    assert restart_gap([1.298, 1.295, 1.258]) == pytest.approx((1.295 - 1.258) / 1.295)
+    assert restart_gap([0.5]) == float("inf")
+    assert restart_gap([0.3, 0.3]) == 0.0
+
+
+@pytest.mark.parametrize("margin, tried", [(0.0, 2), (10.0, 4)], ids=["a-start-stands-out", "none-stands-out"])
+def test_more_restarts_are_tried_while_no_loss_stands_out(tiny_dataset, margin, tried):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=2, heads=3,
+                               threads=1, restarts=2, max_restarts=4, restart_epochs=1, restart_margin=margin,
+                               reassign_epochs=0)
+    run = Reconstruction(cfg)
+    snaps = list(run)
+    trials = [s.restart for s in snaps if s.epoch_end and s.restart is not None]
+    assert trials == list(range(tried))
+    first = run.history[0]
+    assert len(first["restart_losses"]) == tried
+    assert first["chosen_restart"] == int(np.argmin(first["restart_losses"]))
+    # the progress counts the added restarts' steps: it ends at 1 and never runs past it
+    assert snaps[-1].progress == 1.0 and run.step_count == run.total_steps
+    assert [s.metrics["epoch"] for s in snaps if s.epoch_end and s.restart is None] == [2, 3]

@@ -119,7 +119,10 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
     try:
         for snap in run:
             if last_restart is not None and snap.restart is None:
-                bar.write(f"kept restart {run.history[-1]['chosen_restart'] + 1} (lowest loss)", file=sys.stdout)
+                last = run.history[-1]
+                tried = len(last.get("restart_losses", ())) or run.config.restarts
+                bar.write(f"kept restart {last['chosen_restart'] + 1} of {tried} (lowest loss, "
+                          f"{100 * last.get('restart_gap', float('nan')):.1f} % below the next)", file=sys.stdout)
             last_restart = snap.restart
             bar.update(1)
             bar.set_postfix(epoch=snap.epoch + 1, stage=snap.stage, loss=f"{snap.loss:.4f}")

@@ -60,6 +60,14 @@ _SHIFT_CHUNK_VALUES = 2**20
 _RECENTRE_MIN_PX = 0.25
 
 
+def restart_gap(losses: list[float]) -> float:
+    """How far the lowest loss lies below the next lowest, relative to that one (inf for a single loss)."""
+    if len(losses) < 2:
+        return float("inf")
+    first, second = sorted(losses)[:2]
+    return (second - first) / second if second > 0 else 0.0
+
+
 def select_device(name: str) -> torch.device:
     """``auto``: CUDA, then MPS, then CPU; otherwise the named device, checked to exist."""
     if name == "auto":
@@ -166,6 +174,7 @@ class Reconstruction:
         self._build(cfg.seed)
         self.step_count = 0
         self.trial: int | None = None  # the restart being trained, while restarts run
+        self._restarts_planned = self.config.restarts  # grows while no restart's loss stands out
         self.reference_map = None
         if cfg.reference_map:
             ref, voxel = read_map(cfg.reference_map)
@@ -728,11 +737,11 @@ class Reconstruction:
 
     @property
     def total_steps(self) -> int:
-        """Steps of the whole run, the restarts included."""
+        """Steps of the whole run, the restarts included (those added so far, when the first did not rank)."""
         cfg = self.config
         epochs = cfg.epochs
         if cfg.restarts > 1 and 0 < cfg.restart_epochs < cfg.switch_epoch:
-            epochs += (cfg.restarts - 1) * cfg.restart_epochs
+            epochs += (max(cfg.restarts, self._restarts_planned) - 1) * cfg.restart_epochs
         stage2 = max(0, cfg.epochs - cfg.switch_epoch)
         return (epochs - stage2) * self._steps_per_epoch(STAGE1) + stage2 * self._steps_per_epoch(STAGE2)
 
@@ -754,22 +763,34 @@ class Reconstruction:
         Whether stage 1 breaks the symmetry of its blurry start depends on the initialisation (on 4ZXB,
         seeds 0, 1 and 2 reached FSC 77, 35 and 27 Å against the truth); the loss after a few epochs ranks
         them (6.81, 6.78, 6.76 at epoch 5), so the best of a few short starts is kept.
+
+        When the lowest loss is not ``restart_margin`` below the next lowest, no start stands out: at boxes
+        96-192 that meant none had broken the symmetry. More starts follow, one at a time, up to
+        ``max_restarts``.
         """
         cfg = self.config
         best: tuple[float, dict] | None = None
-        for k in range(cfg.restarts):
+        losses: list[float] = []
+        k = 0
+        while k < self._restarts_planned:
             self.trial = k
             if k > 0:
                 self._build(cfg.seed + 7919 * k)
             yield from self._epochs(cfg.restart_epochs)
             loss = self.history[-1]["loss"]
+            losses.append(loss)
             if best is None or loss < best[0]:
                 best = (loss, copy.deepcopy(self.state_dict()))
+            k += 1
+            if k == self._restarts_planned and k < cfg.max_restarts and restart_gap(losses) < cfg.restart_margin:
+                self._restarts_planned += 1
         self.trial = None
         steps = self.step_count
         self.load_state_dict(best[1])
         self.step_count = steps  # the steps of every restart were taken
         self.history[-1]["chosen_restart"] = best[1]["trial"]
+        self.history[-1]["restart_losses"] = [round(x, 6) for x in losses]
+        self.history[-1]["restart_gap"] = round(restart_gap(losses), 6)
         if self.run_dir is not None:
             self.save_checkpoint()
 

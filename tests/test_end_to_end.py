@@ -409,11 +409,15 @@ def test_the_reassignment_band_is_validated(tiny_dataset):
             ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), reassign_max_freq=bad).validate()
 
 
-def test_restart_gap_is_the_lowest_losss_lead_over_the_next():
+def test_restart_gap_is_the_lowest_losss_lead_over_the_others_median():
     from napari_semiamort.run.loop import restart_gap
 
-    assert restart_gap([0.692, 0.676, 0.517]) == pytest.approx((0.676 - 0.517) / 0.676)
-    assert restart_gap([1.298, 1.295, 1.258]) == pytest.approx((1.295 - 1.258) / 1.295)
+    # measured losses after five epochs (docs/benchmarks.md): one good start of three; none
+    assert restart_gap([0.692, 0.676, 0.517]) == pytest.approx((0.684 - 0.517) / 0.684)
+    assert restart_gap([1.298, 1.295, 1.258]) == pytest.approx((1.2965 - 1.258) / 1.2965)
+    assert restart_gap([1.298, 1.295, 1.258]) < 0.04
+    # two good starts of three (box 96 on the CPU): close to each other, both far below the third
+    assert restart_gap([0.469, 0.605, 0.486]) > 0.1
     assert restart_gap([0.5]) == float("inf")
     assert restart_gap([0.3, 0.3]) == 0.0
 

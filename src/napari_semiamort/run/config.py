@@ -68,8 +68,8 @@ class ReconstructionConfig:
     restarts: int = 3  # initialisations tried for the first restart_epochs epochs; the lowest loss goes on
     restart_epochs: int = 5
     # More initialisations, up to max_restarts, while the lowest loss is not restart_margin (relative) below the
-    # next lowest: a restart that broke the symmetry stood 12-27 % below the others in every run measured at
-    # box 96-192, and runs where none had were within 3 % (docs/benchmarks.md, "Box 128")
+    # median of the others: a restart that broke the symmetry stood 12-27 % below every other in each run
+    # measured at box 96-192, and a run where none had was within 3 % (docs/benchmarks.md, "Box 128")
     max_restarts: int = 6
     restart_margin: float = 0.04
 

@@ -61,11 +61,14 @@ _RECENTRE_MIN_PX = 0.25
 
 
 def restart_gap(losses: list[float]) -> float:
-    """How far the lowest loss lies below the next lowest, relative to that one (inf for a single loss)."""
+    """How far the lowest loss lies below the median of the others, relative to that median (inf for a single
+    loss). Against the median rather than the runner-up: two starts that both broke the symmetry are close to
+    each other but still stand below the rest."""
     if len(losses) < 2:
         return float("inf")
-    first, second = sorted(losses)[:2]
-    return (second - first) / second if second > 0 else 0.0
+    first, *others = sorted(losses)
+    typical = float(np.median(others))
+    return (typical - first) / typical if typical > 0 else 0.0
 
 
 def select_device(name: str) -> torch.device:
@@ -764,8 +767,8 @@ class Reconstruction:
         seeds 0, 1 and 2 reached FSC 77, 35 and 27 Å against the truth); the loss after a few epochs ranks
         them (6.81, 6.78, 6.76 at epoch 5), so the best of a few short starts is kept.
 
-        When the lowest loss is not ``restart_margin`` below the next lowest, no start stands out: at boxes
-        96-192 that meant none had broken the symmetry. More starts follow, one at a time, up to
+        When the lowest loss is not ``restart_margin`` below the median of the others, no start stands out: at
+        boxes 96-192 that meant none had broken the symmetry. More starts follow, one at a time, up to
         ``max_restarts``.
         """
         cfg = self.config

@@ -121,8 +121,9 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
             if last_restart is not None and snap.restart is None:
                 last = run.history[-1]
                 tried = len(last.get("restart_losses", ())) or run.config.restarts
+                gap = 100 * last.get("restart_gap", float("nan"))
                 bar.write(f"kept restart {last['chosen_restart'] + 1} of {tried} (lowest loss, "
-                          f"{100 * last.get('restart_gap', float('nan')):.1f} % below the others' median)", file=sys.stdout)
+                          f"{gap:.1f} % below the others' median)", file=sys.stdout)
             last_restart = snap.restart
             bar.update(1)
             bar.set_postfix(epoch=snap.epoch + 1, stage=snap.stage, loss=f"{snap.loss:.4f}")

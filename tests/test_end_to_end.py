@@ -400,7 +400,15 @@ def test_reassignment_refines_in_its_band_competes_in_stage_twos_and_is_timed(ti
         spent[-1] = time.perf_counter() - t0
         return moved
 
-    run._predict, run._reassign = recording_predict, timed_reassign
+    step, stepped = run._step_autodecode, []
+
+    def timed_step(idx):
+        t0 = time.perf_counter()
+        loss = step(idx)
+        stepped.append(time.perf_counter() - t0)
+        return loss
+
+    run._predict, run._reassign, run._step_autodecode = recording_predict, timed_reassign, timed_step
     ends = [s.metrics for s in run if s.epoch_end]
     assert [m.get("reassigned") is not None for m in ends] == [False, False, True]
     want = run._frequencies(run.stage1_end) if band is None else run._frequencies(band)
@@ -408,8 +416,9 @@ def test_reassignment_refines_in_its_band_competes_in_stage_twos_and_is_timed(ti
     assert compared == {id(run.freqs[STAGE2])}
     if band is None:
         assert want.grid.shape[0] < run.freqs[STAGE2].grid.shape[0]
-    # the epoch's time includes its reassignment pass
-    assert len(spent) == 1 and ends[-1]["seconds"] >= spent[0]
+    # the epoch's time includes its reassignment pass as well as its training steps
+    last_epoch_steps = sum(stepped[len(stepped) // 2 :])  # two stage-2 epochs of equal step counts
+    assert len(spent) == 1 and ends[-1]["seconds"] >= spent[0] + last_epoch_steps
 
 
 def test_the_reassignment_band_is_validated(tiny_dataset):
@@ -446,3 +455,22 @@ def test_more_restarts_are_tried_while_no_loss_stands_out(tiny_dataset, margin, 
     # the progress counts the added restarts' steps: it ends at 1 and never runs past it
     assert snaps[-1].progress == 1.0 and run.step_count == run.total_steps
     assert [s.metrics["epoch"] for s in snaps if s.epoch_end and s.restart is None] == [2, 3]
+
+
+def test_a_resumed_run_counts_the_restarts_it_added_and_the_cli_names_the_kept_one(tiny_dataset, tmp_path,
+                                                                                   capsys):
+    from napari_semiamort.cli.reconstruct import train
+
+    # one step per epoch (the whole set in a batch): the restarts' record is not the last history entry
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=2, heads=3,
+                               threads=1, restarts=2, max_restarts=3, restart_epochs=1, restart_margin=10.0,
+                               reassign_epochs=0, batch_size=1000)
+    run = Reconstruction(cfg, run_dir=tmp_path)
+    train(run, tmp_path, quiet=True)
+    out = capsys.readouterr().out
+    chosen = next(m for m in run.history if "chosen_restart" in m)["chosen_restart"]
+    assert f"kept restart {chosen + 1} of 3 (lowest loss" in out
+    assert run.step_count == run.total_steps == 3 + 2  # three restarts of one step, then epochs 2 and 3
+    resumed = Reconstruction.resume(tmp_path, epochs=4)
+    assert resumed.total_steps == 3 + 3
+    assert [s for s in resumed][-1].progress == 1.0 and resumed.step_count == resumed.total_steps

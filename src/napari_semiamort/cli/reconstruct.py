@@ -118,8 +118,12 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
     last_restart = None
     try:
         for snap in run:
+            if snap.total_steps != bar.total:  # restarts were added while none stood out
+                bar.total = snap.total_steps
+                bar.refresh()
             if last_restart is not None and snap.restart is None:
-                last = run.history[-1]
+                # the restarts' record; with one-step epochs a newer epoch's entry follows it already
+                last = next(m for m in reversed(run.history) if "chosen_restart" in m)
                 tried = len(last.get("restart_losses", ())) or run.config.restarts
                 gap = 100 * last.get("restart_gap", float("nan"))
                 bar.write(f"kept restart {last['chosen_restart'] + 1} of {tried} (lowest loss, "

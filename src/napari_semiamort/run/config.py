@@ -70,6 +70,8 @@ class ReconstructionConfig:
     # More initialisations, up to max_restarts, while the lowest loss is not restart_margin (relative) below the
     # median of the others: a restart that broke the symmetry stood 12-27 % below every other in each run
     # measured at box 96-192, and a run where none had was within 3 % (docs/benchmarks.md, "Box 128")
+    # (at most max(restarts, max_restarts) in all; max_restarts = restarts or restart_margin = 0 gives exactly
+    # `restarts`; restarts = 1 turns restarts off altogether)
     max_restarts: int = 6
     restart_margin: float = 0.04
 

@@ -906,6 +906,11 @@ class Reconstruction:
             self.winners = state["winners"]
         self._previous_poses = state["previous_poses"]
         self.history = list(state["history"])
+        # a resumed run counts the restarts it tried (the snapshot of a restart, taken before they ended,
+        # has no record and leaves the count as it is)
+        tried = [len(m["restart_losses"]) for m in self.history if "restart_losses" in m]
+        if tried:
+            self._restarts_planned = max(self.config.restarts, tried[-1])
         self.paths = {int(k): list(v) for k, v in state.get("paths", {}).items()}
         if state["table"] is not None:
             self.table = self._pose_table(self.poses.to(self.device))

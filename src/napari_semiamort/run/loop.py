@@ -518,8 +518,12 @@ class Reconstruction:
                 top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
                 b = torch.arange(len(idx), device=self.device)[:, None]
                 cand = self._pose_table(rot[b, top].flatten(0, 1), None if sh is None else sh[b, top].flatten(0, 1))
-            _, _, obs_r, ctf_r = first if fr_refine is fr1 else self._batch(idx, fr_refine, reuse=first)
-            obs_r, ctf_r = obs_r.repeat_interleave(k, 0), ctf_r.repeat_interleave(k, 0)
+            _, _, obs, ctf = second = self._batch(idx, fr2, reuse=first)
+            if fr_refine is fr1 or fr_refine is fr2:
+                refine = first if fr_refine is fr1 else second
+            else:
+                refine = self._batch(idx, fr_refine, reuse=first)
+            obs_r, ctf_r = refine.obs.repeat_interleave(k, 0), refine.ctf.repeat_interleave(k, 0)
             rows = torch.arange(len(idx) * k, device=self.device)
             inv_var = self._inv_var_for(fr_refine)
             for _ in range(self.config.reassign_steps):
@@ -527,7 +531,6 @@ class Reconstruction:
                 pred = self._predict(hartley, cand.poses(rows, w), t, ctf_r, fr_refine)
                 self._loss(pred, obs_r, inv_var).sum().backward()
                 cand.step(rows, w, t)
-            _, _, obs, ctf = self._batch(idx, fr2, reuse=first)
             obs_k, ctf_k = obs.repeat_interleave(k, 0), ctf.repeat_interleave(k, 0)
             with torch.no_grad():
                 new = self._exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr2).reshape(-1, k)

@@ -747,7 +747,7 @@ class Reconstruction:
         cfg = self.config
         epochs = cfg.epochs
         if cfg.restarts > 1 and 0 < cfg.restart_epochs < cfg.switch_epoch:
-            epochs += (max(cfg.restarts, self._restarts_planned) - 1) * cfg.restart_epochs
+            epochs += (self._restarts_planned - 1) * cfg.restart_epochs
         stage2 = max(0, cfg.epochs - cfg.switch_epoch)
         return (epochs - stage2) * self._steps_per_epoch(STAGE1) + stage2 * self._steps_per_epoch(STAGE2)
 

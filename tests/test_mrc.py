@@ -5,7 +5,8 @@ import mrcfile
 import numpy as np
 import pytest
 
-from napari_semiamort.data.mrc import Stack, atomic_path, read_map, write_mrc
+from napari_semiamort.data.atomic import atomic_path
+from napari_semiamort.data.mrc import Stack, read_map, write_mrc
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):

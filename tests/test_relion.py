@@ -13,10 +13,10 @@ from napari_semiamort.data.mrc import read_map, write_mrc
 from napari_semiamort.data.particles import ParticleTable
 from napari_semiamort.data.star import angles_to_matrices, read_star_columns, write_star
 from napari_semiamort.physics.ctf import CTFParams, compute_ctf
-from napari_semiamort.physics.fourier import frequency_grid_2d, ifft_centered
+from napari_semiamort.physics.fourier import frequency_grid_2d, ifft_centered, resample_map
 from napari_semiamort.physics.so3 import euler_relion_to_matrix
 from napari_semiamort.sim.project import PaddedProjector
-from napari_semiamort.sim.simulate import SimulationConfig, resample_map, simulate_dataset
+from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
 
 needs_relion = pytest.mark.skipif(
     shutil.which("relion_project") is None, reason="RELION not installed (apt-get install relion)"

@@ -39,7 +39,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..run.loop import select_device
+    from ..devices import select_device
     from ..sim.simulate import SimulationConfig, simulate_dataset
 
     if args.n < 1 or args.box < 8 or args.box % 2:

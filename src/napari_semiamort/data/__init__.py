@@ -1,7 +1,8 @@
 """Particle data I/O: stacks and maps, RELION / cryoSPARC / cryoDRGN metadata, prepared datasets."""
 
+from .atomic import atomic_path
 from .dataset import ParticleDataset, normalize_background
-from .mrc import Stack, atomic_path, open_stack, read_map, write_mrc
+from .mrc import Stack, open_stack, read_map, write_mrc
 from .particles import ParticleTable
 from .readers import open_dataset, read_particles
 from .star import read_star, write_star

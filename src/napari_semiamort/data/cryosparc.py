@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .mrc import Stack, atomic_path
+from .atomic import atomic_path
+from .mrc import Stack
 from .particles import CTF_FIELDS, ParticleTable, resolve_stacks
 
 __all__ = ["read_cs", "write_cs"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..physics.ctf import CTFParams
+from ..physics.ctf import CtfMode, CTFParams
 from ..physics.fourier import fourier_crop_2d
 from .mrc import Stack
 from .particles import ParticleTable
@@ -149,7 +149,7 @@ class ParticleDataset:
         self.pixel_size = self.raw_pixel_size * self.raw_box / self.box
 
         self.ctf: CTFParams | None = None
-        self.ctf_mode: torch.Tensor | None = None  # (N,) 0 plain, 1 phase-flipped |CTF|, 2 premultiplied CTF²
+        self.ctf_mode: torch.Tensor | None = None  # (N,) CtfMode of each image
         if use_ctf:
             if table.ctf is None:
                 missing = ", ".join(table.ctf_missing) or "all"
@@ -164,7 +164,8 @@ class ParticleDataset:
             )
             flipped = np.zeros(len(table), bool) if table.phase_flipped is None else table.phase_flipped
             premult = np.zeros(len(table), bool) if table.ctf_premultiplied is None else table.ctf_premultiplied
-            self.ctf_mode = torch.from_numpy(np.where(premult, 2, np.where(flipped, 1, 0)).astype(np.int64))
+            self.ctf_mode = torch.from_numpy(np.where(premult, CtfMode.PREMULTIPLIED, np.where(
+                flipped, CtfMode.PHASE_FLIPPED, CtfMode.PLAIN)).astype(np.int64))
 
         self.reference_rotations = None  # (N, 3, 3) float32 from the file's poses, for metrics
         self.reference_shifts = None  # (N, 2) RELION origins in (prepared) pixels

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .mrc import atomic_path
+from .atomic import atomic_path
 from .particles import CTF_FIELDS, ParticleTable, resolve_stacks
 
 __all__ = ["read_star", "read_star_columns", "write_star"]

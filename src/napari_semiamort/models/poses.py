@@ -23,7 +23,7 @@ class PoseTable:
         rotations: torch.Tensor,
         shifts: torch.Tensor | None = None,
         lr: float = 0.05,
-        shift_lr: float = 0.5,
+        shift_lr: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         max_shift: float | None = None,

@@ -1,6 +1,6 @@
 """Pure, batched, device-agnostic physics: rotations, transforms, CTF, slicing, likelihood. No I/O."""
 
-from .ctf import CTFParams, compute_ctf, electron_wavelength_in_angstroms
+from .ctf import CtfMode, CTFParams, apply_ctf_mode, compute_ctf, electron_wavelength_in_angstroms
 from .fourier import (
     fft_centered,
     flip_frequencies,
@@ -13,6 +13,7 @@ from .fourier import (
     ihartley_centered,
     radial_frequency_index_2d,
     radial_frequency_index_3d,
+    resample_map,
     shift_hartley,
 )
 from .likelihood import ShellNoiseModel, gaussian_nll, l1_loss, winner_takes_all
@@ -29,7 +30,9 @@ from .so3 import (
 
 __all__ = [
     "CTFParams",
+    "CtfMode",
     "ShellNoiseModel",
+    "apply_ctf_mode",
     "central_slice_coordinates",
     "compute_ctf",
     "electron_wavelength_in_angstroms",
@@ -52,6 +55,7 @@ __all__ = [
     "radial_frequency_index_2d",
     "radial_frequency_index_3d",
     "random_rotations",
+    "resample_map",
     "s2s2_to_matrix",
     "sample_volume",
     "shift_hartley",

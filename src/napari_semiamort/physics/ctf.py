@@ -8,11 +8,28 @@ An optional B-factor multiplies by ``exp(−B k² / 4)`` (RELION's ``rlnCtfBfact
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["CTFParams", "compute_ctf", "electron_wavelength_in_angstroms"]
+__all__ = ["CTFParams", "CtfMode", "apply_ctf_mode", "compute_ctf", "electron_wavelength_in_angstroms"]
+
+
+class CtfMode(enum.IntEnum):
+    """What the images' own processing already did with the CTF, per image."""
+
+    PLAIN = 0  # the images carry the CTF as the microscope made it
+    PHASE_FLIPPED = 1  # phase-flipped (RELION rlnCtfDataArePhaseFlipped): they carry |CTF|
+    PREMULTIPLIED = 2  # multiplied by the CTF once more (rlnCtfDataAreCtfPremultiplied): they carry CTF²
+
+
+def apply_ctf_mode(ctf: torch.Tensor, mode: torch.Tensor) -> torch.Tensor:
+    """The transfer the images went through `(B, ...)`: ``ctf`` `(B, ...)` as is, ``|ctf|`` or ``ctf²`` by each
+    image's :class:`CtfMode` ``mode`` `(B,)`."""
+    mode = mode.reshape(-1, *([1] * (ctf.ndim - 1)))
+    return torch.where(mode == CtfMode.PHASE_FLIPPED, ctf.abs(),
+                       torch.where(mode == CtfMode.PREMULTIPLIED, ctf * ctf, ctf))
 
 
 def electron_wavelength_in_angstroms(voltage_in_kilovolts: torch.Tensor | float) -> torch.Tensor:

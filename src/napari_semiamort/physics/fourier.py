@@ -22,6 +22,7 @@ __all__ = [
     "ihartley_centered",
     "radial_frequency_index_2d",
     "radial_frequency_index_3d",
+    "resample_map",
     "shift_hartley",
 ]
 
@@ -126,3 +127,16 @@ def fourier_crop_2d(images: torch.Tensor, size: int) -> torch.Tensor:
     lo = full // 2 - size // 2
     f = f[..., lo : lo + size, lo : lo + size]
     return ifft_centered(f, 2).real * (size / full) ** 2
+
+
+def resample_map(volume: torch.Tensor, size: int) -> torch.Tensor:
+    """Fourier crop (or zero-pad) a cubic map to ``size``; the voxel size scales by ``L / size``."""
+    old = volume.shape[-1]
+    if size == old:
+        return volume
+    f = fft_centered(volume.to(torch.float64), 3)
+    out = torch.zeros(size, size, size, dtype=f.dtype)
+    m = min(old, size)
+    so, sn = old // 2 - m // 2, size // 2 - m // 2
+    out[sn : sn + m, sn : sn + m, sn : sn + m] = f[so : so + m, so : so + m, so : so + m]
+    return (ifft_centered(out, 3).real * (size / old) ** 3).to(torch.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.mrc import atomic_path
+from ..data.atomic import atomic_path
 
 __all__ = ["lonlat", "posterior_figure", "specialization_figure"]
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.mrc import atomic_path, read_map, write_mrc
+from ..data.atomic import atomic_path
+from ..data.mrc import read_map, write_mrc
 from ..data.star import write_star
 from ..metrics.alignment import align_poses, align_translation, rotate_map
 from ..metrics.density import otsu_level

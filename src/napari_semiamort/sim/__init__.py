@@ -2,14 +2,13 @@
 
 from .atoms import density_from_atoms, read_atoms
 from .project import PaddedProjector
-from .simulate import SimulationConfig, resample_map, simulate_dataset, truth_map
+from .simulate import SimulationConfig, simulate_dataset, truth_map
 
 __all__ = [
     "PaddedProjector",
     "SimulationConfig",
     "density_from_atoms",
     "read_atoms",
-    "resample_map",
     "simulate_dataset",
     "truth_map",
 ]

@@ -13,12 +13,12 @@ from ..data.mrc import read_map, write_mrc
 from ..data.particles import ParticleTable
 from ..data.star import write_star
 from ..physics.ctf import CTFParams, compute_ctf
-from ..physics.fourier import fft_centered, frequency_grid_2d, ifft_centered
+from ..physics.fourier import frequency_grid_2d, ifft_centered, resample_map
 from ..physics.so3 import random_rotations
 from .atoms import density_from_atoms, read_atoms
 from .project import PaddedProjector
 
-__all__ = ["SimulationConfig", "resample_map", "simulate_dataset", "truth_map"]
+__all__ = ["SimulationConfig", "simulate_dataset", "truth_map"]
 
 _ATOM_SUFFIXES = (".pdb", ".cif", ".mmcif", ".ent", ".pdb.gz", ".cif.gz", ".mmcif.gz", ".ent.gz")
 
@@ -39,19 +39,6 @@ class SimulationConfig:
     amplitude_contrast: float = 0.1
     max_shift: float = 0.0  # RELION origins uniform in ±max_shift pixels
     seed: int = 0
-
-
-def resample_map(volume: torch.Tensor, size: int) -> torch.Tensor:
-    """Fourier crop (or zero-pad) a cubic map to ``size``; the voxel size scales by ``L / size``."""
-    old = volume.shape[-1]
-    if size == old:
-        return volume
-    f = fft_centered(volume.to(torch.float64), 3)
-    out = torch.zeros(size, size, size, dtype=f.dtype)
-    m = min(old, size)
-    so, sn = old // 2 - m // 2, size // 2 - m // 2
-    out[sn : sn + m, sn : sn + m, sn : sn + m] = f[so : so + m, so : so + m, so : so + m]
-    return (ifft_centered(out, 3).real * (size / old) ** 3).to(torch.float32)
 
 
 def truth_map(source: str | Path, box: int, pixel_size: float | None, fill: float) -> tuple[torch.Tensor, float]:

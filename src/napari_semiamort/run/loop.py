@@ -191,6 +191,10 @@ class Reconstruction:
             # a run on downsampled images is compared with the reference downsampled the same way
             self.reference_map = resample_map(torch.from_numpy(ref), size)
 
+    def set_watch(self, indices) -> None:
+        """Watch these particles (0-based) from the next full snapshot on."""
+        self.config.watch = [int(i) for i in indices]
+
     # ---------------------------------------------------------------- set-up
     def _frequencies(self, fraction: float) -> _Frequencies:
         key = round(fraction, 4)
@@ -836,13 +840,15 @@ class Reconstruction:
                     if last:
                         metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch, reassigned)
                         yield Snapshot(self.epoch - 1, self.step_count, self.total_steps, cfg.epochs, stage, loss,
-                                       ips, True, self.volume_map(), self._watched(stage), metrics, restart=self.trial)
+                                       ips, True, self.volume_map(), self._watched(stage), metrics, restart=self.trial,
+                                       box=self.size, pixel_size=self.data.pixel_size, history=tuple(self.history))
                     elif full:
                         yield Snapshot(self.epoch, self.step_count, self.total_steps, cfg.epochs, stage, loss, ips,
-                                       False, self.volume_map(), self._watched(stage), restart=self.trial)
+                                       False, self.volume_map(), self._watched(stage), restart=self.trial,
+                                       box=self.size, pixel_size=self.data.pixel_size)
                     else:
                         yield Snapshot(self.epoch, self.step_count, self.total_steps, cfg.epochs, stage, loss, ips,
-                                       restart=self.trial)
+                                       restart=self.trial, box=self.size, pixel_size=self.data.pixel_size)
             finally:
                 loader.close()  # stops the read-ahead thread when the run stops mid-epoch
 

@@ -37,6 +37,9 @@ class Snapshot:
     watched: tuple[WatchedParticle, ...] = ()
     metrics: dict = field(default_factory=dict)  # epoch metrics on epoch ends
     restart: int | None = None  # which initialisation is training, during the restarts
+    box: int = 0  # the run's box (pixels): the volume's and the candidates' size
+    pixel_size: float = 0.0  # Å per pixel at that box (the volume's voxel size)
+    history: tuple[dict, ...] = ()  # every finished epoch's metrics so far, oldest first (on epoch ends)
 
     @property
     def progress(self) -> float:

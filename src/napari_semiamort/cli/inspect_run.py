@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run_dir}: no checkpoint.pt (is it a run folder?)")
     overrides = {"device": args.device} if args.device else {}
-    run = Reconstruction.resume(run_dir, **overrides)
+    run = Reconstruction.resume(run_dir, cache_images=False, **overrides)  # a few images are read, not all
     out = Path(args.outdir) if args.outdir else run_dir / "inspect"
     out.mkdir(parents=True, exist_ok=True)
     particles = args.particles if args.particles is not None else list(run.config.watch)

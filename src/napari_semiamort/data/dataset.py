@@ -42,6 +42,8 @@ log = logging.getLogger("napari_semiamort")
 _UNSET_PIXEL_SIZES = (0.0, 1.0)
 
 
+CACHE_BYTES = 2e9  # a data set up to this size (prepared, float32) is held in memory after the scan
+
 def background_mask(size: int, radius_fraction: float = 0.45, device=None) -> torch.Tensor:
     """`(size, size)` float mask, 1 outside the circle of radius ``radius_fraction · size``."""
     k = torch.arange(size, dtype=torch.float32, device=device) - size // 2
@@ -315,7 +317,7 @@ class ParticleDataset:
         return x
 
     # ------------------------------------------------------------------ the first pass
-    def scan(self, cache_bytes: float = 2e9, chunk: int = 1024, contrast_sample: int = 4096) -> ParticleDataset:
+    def scan(self, cache_bytes: float = CACHE_BYTES, chunk: int = 1024, contrast_sample: int = 4096) -> ParticleDataset:
         """Read every image once: find those with NaN/Inf, decide the contrast, cache when it fits.
 
         Returns the dataset without the skipped particles (``self`` when none are); the log says how many
@@ -352,6 +354,32 @@ class ParticleDataset:
                     self.table.source, bad.size, shown)
         out = self.subset(kept)
         out.skipped = np.concatenate([self.skipped, rows])
+        return out
+
+    def scan_state(self) -> dict:
+        """What :meth:`scan` decided (the contrast, the input rows kept and skipped) and the halves: enough to
+        prepare the same particles again without reading every image (:meth:`restore_scan`)."""
+        if not self.scanned:
+            raise RuntimeError(f"{self.source}: scan_state before scan()")
+        return {"sign": self.sign, "rows": self.rows.copy(), "skipped": self.skipped.copy(),
+                "half": None if self._half is None else self._half.copy()}
+
+    def restore_scan(self, state: dict, cache_bytes: float = 0.0) -> ParticleDataset:
+        """The dataset as :meth:`scan` left it, from :meth:`scan_state`, without reading the images again
+        (unless they fit ``cache_bytes``: then they are read once into memory, as a scan would)."""
+        rows = np.asarray(state["rows"], dtype=np.int64)
+        if len(rows) and (rows.max() >= len(self) or len(rows) > len(self)):
+            raise ValueError(f"{self.source}: the run's record names {len(rows)} particles up to row "
+                             f"{int(rows.max()) + 1}, the file has {len(self)}: is it the run's particle file?")
+        out = self if len(rows) == len(self) and np.array_equal(rows, self.rows) else self.subset(rows)
+        out.skipped = np.asarray(state["skipped"], dtype=np.int64)
+        out.sign = float(state["sign"])
+        out.scanned = True
+        if state.get("half") is not None:
+            out._half = np.asarray(state["half"], dtype=np.int64)
+        if len(out) * out.box**2 * 4 <= cache_bytes:
+            out._cache = torch.cat([out.prepare(out.read_raw(np.arange(s, min(s + 1024, len(out)))))[0]
+                                    for s in range(0, len(out), 1024)])  # prepare() applies the sign
         return out
 
     def _decide_contrast(self, stat: torch.Tensor) -> float:

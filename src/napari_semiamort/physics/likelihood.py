@@ -60,9 +60,17 @@ class ShellNoiseModel:
         self._sum.zero_()
         self._count.zero_()
 
-    def inverse_variance(self) -> torch.Tensor:
-        """``1 / σ²`` at each frequency of the loss `(P,)`."""
-        return 1.0 / self.variance[self.shells]
+    def tie_dc_to_next_shell(self) -> None:
+        """Give the DC term shell 1's variance (per-image normalisation leaves the DC with almost none)."""
+        self.variance[0] = self.variance[1]
+
+    def make_white(self) -> None:
+        """One variance for all shells: their mean."""
+        self.variance.fill_(float(self.variance.mean()))
+
+    def inverse_variance(self, shells: torch.Tensor | None = None) -> torch.Tensor:
+        """``1 / σ²`` `(P,)` at frequencies of the shells ``shells`` `(P,)` (default: the model's own)."""
+        return 1.0 / self.variance[self.shells if shells is None else shells]
 
     def state_dict(self) -> dict:
         return {"variance": self.variance.clone()}

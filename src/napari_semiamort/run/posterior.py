@@ -96,10 +96,8 @@ def pose_posterior(run, index: int, nside: int = 8, inplane: int = 36, band: flo
     per_dir = torch.logsumexp(loglik, -1)
     log_post = (per_dir - torch.logsumexp(per_dir, 0)).numpy()
     best_psi = np.degrees(angles[loglik.argmax(-1)].numpy())
-    with torch.no_grad():
-        idx = torch.tensor([int(index)])
-        fr = run._frequencies(run.stage1_band(min(run.epoch, run.config.switch_epoch)))
-        cand_rot, _, scores = run._candidates(run._batch(idx, fr), idx, fr)
+    cand_rot, _, scores = run.candidates(torch.tensor([int(index)]),
+                                         run.stage1_band(min(run.epoch, run.schedule.switch.planned)))
     scores = scores[0].cpu().numpy()
     if truth is None:
         truth = reference_in_run_frame(run)

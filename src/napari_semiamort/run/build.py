@@ -1,0 +1,58 @@
+"""A run's starting point: the noise model from the images' background, and a volume at the images' scale."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.dataset import background_mask
+from ..models.volume import HartleyVolume
+from ..physics.fourier import hartley_centered
+from ..physics.likelihood import ShellNoiseModel
+from .batches import ImageSource
+from .frequencies import Frequencies
+
+__all__ = ["INIT_IMAGES", "initial_noise", "initial_volume"]
+
+INIT_IMAGES = 1024  # images (a seeded sample) the first noise and volume estimates are taken from
+# The images are mostly noise: the volume starts at √0.1 of their amplitude per shell (SNR ≈ 0.1).
+INIT_SNR = 0.1
+
+
+@torch.no_grad()
+def initial_noise(source: ImageSource, fr: Frequencies, seed: int, white: bool) -> ShellNoiseModel:
+    """First noise estimate from the background: the images outside the particle circle, their power per
+    shell divided by the area kept (signal power would otherwise down-weight low frequencies)."""
+    size, device = source.size, source.device
+    noise = ShellNoiseModel(fr.shells, size // 2 + 1)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(source), generator=gen)[: min(len(source), INIT_IMAGES)]
+    imgs = source.data.read(idx.numpy(), masked=False).to(device)
+    ring = background_mask(size, device=device)
+    bg = hartley_centered(imgs * ring, 2).flatten(1)[:, fr.flat_index] / float(ring.mean()) ** 0.5
+    noise.accumulate(bg)
+    noise.update()
+    # The per-image normalisation zeroes the background's mean, hence its DC: take the next shell's value
+    # (a near-zero σ² would weight the DC term a thousand-fold).
+    noise.tie_dc_to_next_shell()
+    if white:
+        noise.make_white()
+    return noise
+
+
+@torch.no_grad()
+def initial_volume(source: ImageSource, fr: Frequencies, seed: int, init_noise: float,
+                   batch_size: int) -> HartleyVolume:
+    """A volume whose amplitude per shell is the images' (times √INIT_SNR) with random mantissas from
+    ``seed``: a projection's transform is a slice of the volume's, so the images set its scale. The exponent
+    is learned: this only has to be the right order of magnitude."""
+    size = source.size
+    volume = HartleyVolume(size)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(source), generator=gen)[: min(len(source), INIT_IMAGES)]
+    # in training-batch chunks: the CTF's float64 intermediates for 1,024 images at once were the largest
+    # allocation of the set-up
+    parts = [source.batch(c, fr)[2:] for c in idx.split(batch_size)]
+    obs, ctf = (torch.cat([p[i].cpu() for p in parts]) for i in (0, 1))
+    amp = HartleyVolume.radial_amplitude_from_images(obs, fr.shells.cpu(), size // 2 + 1, ctf)
+    volume.initialize(amp * INIT_SNR**0.5, gen, init_noise)
+    return volume.to(source.device)

@@ -1,0 +1,78 @@
+"""The run's maps, made directly from the images with their poses (Fourier insertion), at any box; and the
+reference map at the run's box."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.dataset import ParticleDataset
+from ..data.mrc import read_map
+from ..physics.backproject import FourierInserter
+from ..physics.fourier import fft_centered, frequency_grid_2d, resample_map
+from .batches import ImageSource
+
+__all__ = ["backproject", "final_maps", "insert", "read_reference"]
+
+
+@torch.no_grad()
+def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, which: np.ndarray,
+           data: ParticleDataset | None = None, batch: int = 256) -> FourierInserter:
+    """The images ``which`` inserted into a frequency grid with ``poses`` `(N, 3, 3)` (and ``shifts`` `(N, 2)`
+    in the run's pixels), every frequency up to Nyquist.
+
+    ``data``: the same particles prepared at another box (:meth:`ParticleDataset.at_box`), for a map at that
+    box; default the run's images."""
+    data = source.data if data is None else data
+    device = source.device
+    # images per batch: 256 at box 128 and below, fewer above (the insertion's temporaries grow with L²)
+    batch = max(8, min(batch, batch * 128**2 // data.box**2))
+    inserter = FourierInserter(data.box, device)
+    freqs = frequency_grid_2d(data.box, device=device)  # (L, L, 2) cycles per pixel
+    px = source.data.pixel_size / data.pixel_size  # the run's pixels in ``data``'s
+    for s in range(0, len(which), batch):
+        idx = torch.from_numpy(np.asarray(which[s : s + batch], dtype=np.int64))
+        f = fft_centered(data.read(idx.numpy()).to(device), 2)
+        if shifts is not None:  # the image is the projection shifted by −origin: undo it
+            o = shifts[idx].to(device) * px
+            phase = -2 * torch.pi * (freqs[None] * o[:, None, None, :]).sum(-1)
+            f = f * torch.polar(torch.ones_like(phase), phase)
+        inserter.insert(f, poses[idx].to(device), source.ctf(idx, freqs, data))
+    return inserter
+
+
+def backproject(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, which: np.ndarray,
+                data: ParticleDataset | None = None, batch: int = 256) -> np.ndarray:
+    """A map `(L, L, L)` reconstructed directly from the images ``which`` (at ``data``'s box)."""
+    return insert(source, poses, shifts, which, data, batch).volume().cpu().numpy()
+
+
+def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, data: ParticleDataset,
+               halves: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(map, half1, half2)`` at ``data``'s box from the final poses; the map from all images (the halves'
+    sums added: one pass over the data); no halves unless ``halves`` and the particles are split."""
+    split = source.data.half
+    if not halves or split is None:
+        return backproject(source, poses, shifts, np.arange(len(source)), data), None, None
+    first = insert(source, poses, shifts, np.flatnonzero(split == 1), data)
+    half1 = first.volume().cpu().numpy()
+    second = insert(source, poses, shifts, np.flatnonzero(split == 2), data)
+    half2 = second.volume().cpu().numpy()
+    first.add_(second)  # the whole set's sums, without a third grid (1.6 GB each at box 512)
+    del second
+    return first.volume().cpu().numpy(), half1, half2
+
+
+def read_reference(path: str, box: int, pixel_size: float) -> torch.Tensor:
+    """The reference map at ``path`` resampled to the run's ``box``, checked to span the particles' box
+    (``box`` × ``pixel_size`` Å): a run on downsampled images is compared with the reference downsampled the
+    same way."""
+    ref, voxel = read_map(path)
+    extent, ours = ref.shape[-1] * voxel, box * pixel_size
+    if voxel > 0 and abs(extent / ours - 1) > 0.01:
+        raise ValueError(f"{path}: spans {extent:.1f} Å ({ref.shape[-1]} × {voxel:.3f} Å), "
+                         f"the particles' box {ours:.1f} Å: resample it to the particles' box")
+    if ref.shape[-1] != box and voxel <= 0:
+        raise ValueError(f"{path}: box {ref.shape[-1]} differs from the particles' {box} "
+                         "and the header has no voxel size to check the scale")
+    return resample_map(torch.from_numpy(ref), box)

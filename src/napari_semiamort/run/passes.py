@@ -1,0 +1,132 @@
+"""Passes over the whole data set, between epochs: the switch to stage 2, the reassignment of stage 2's
+first epochs, and the recentring of volume and shifts. Each is a function of the image model, the stage-1
+strategy and the run's state."""
+
+from __future__ import annotations
+
+import torch
+
+from ..metrics.density import density_centre
+from ..models.poses import PoseTable
+from ..physics.likelihood import winner_takes_all
+from .batches import ImageSource
+from .config import ReconstructionConfig
+from .frequencies import Frequencies
+from .scorer import ImageModel
+from .stage1 import Stage1Strategy
+from .stage2 import refine_poses
+from .state import RunState
+
+__all__ = ["RECENTRE_MIN_PX", "chunks", "pose_table", "reassign", "recentre", "switch_to_autodecode"]
+
+# Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
+RECENTRE_MIN_PX = 0.25
+
+
+def chunks(n: int, config: ReconstructionConfig, device: torch.device):
+    """Index chunks `(b,)` covering ``n`` images, for the passes. On the CPU a training batch each: a chunk of
+    256 (× 4 candidates, with gradients) raised the run's peak memory by a third. On a GPU larger chunks keep
+    it busy."""
+    size = config.batch_size if device.type == "cpu" else max(256, config.batch_size)
+    for s in range(0, n, size):
+        yield torch.arange(s, min(s + size, n))
+
+
+def pose_table(config: ReconstructionConfig, size: int, rotations: torch.Tensor,
+               shifts: torch.Tensor | None = None) -> PoseTable:
+    """A pose table with the run's pose and shift steps; shifts bounded by ``max_shift`` of the box."""
+    return PoseTable(rotations, shifts, lr=config.pose_lr, shift_lr=config.shift_lr,
+                     max_shift=config.max_shift * size)
+
+
+@torch.no_grad()
+def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
+                         fr: Frequencies, config: ReconstructionConfig) -> None:
+    """Each image starts stage 2 from its best candidate under the current volume (paper, Sec. 2.2), scored
+    at the band ``fr`` (stage 1's at the switch); the pose it won with in the last epoch competes too: a
+    head's current guess can be worse than its earlier one."""
+    for idx in chunks(len(source), config, model.device):
+        batch = source.batch(idx, fr)
+        rot, sh, scores = stage1.candidates(batch, idx, fr)
+        _, head = winner_takes_all(scores)
+        b = torch.arange(len(idx), device=model.device)
+        best = model.exact_loss(rot[b, head], None if sh is None else sh[b, head], batch.obs, batch.ctf, fr)
+        prev_sh = None if sh is None else state.shifts[idx].to(model.device)
+        current = model.exact_loss(state.poses[idx].to(model.device), prev_sh, batch.obs, batch.ctf, fr)
+        take = (best < current).cpu()
+        state.poses[idx[take]] = rot[b, head].cpu()[take]
+        if sh is not None:
+            state.shifts[idx[take]] = sh[b, head].cpu()[take]
+    state.table = pose_table(config, model.size, state.poses.to(model.device),
+                             None if state.shifts is None else state.shifts.to(model.device))
+
+
+def reassign(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
+             bands: tuple[Frequencies, Frequencies, Frequencies], config: ReconstructionConfig) -> int:
+    """Let each image's refined pose compete with the encoder's best candidates; returns how many moved.
+
+    Local refinement cannot leave a wrong basin; the frozen encoder's candidates, scored against the sharper
+    volume of stage 2, can. ``bands``: (stage 1's at the switch, where candidates are proposed; the band they
+    are refined in by the same pose steps first; stage 2's, where they compete with the current poses).
+    Images that move restart their optimiser state.
+    """
+    hartley = model.volume.hartley().detach()
+    moved = 0
+    for idx in chunks(len(source), config, model.device):
+        moved += _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley)
+    state.sync_from_table()
+    return moved
+
+
+def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley) -> int:
+    fr1, fr_refine, fr2 = bands
+    dev_idx = idx.to(model.device)
+    first = source.batch(idx, fr1)
+    k = min(config.reassign_candidates, config.heads)
+    with torch.no_grad():
+        rot, sh, scores = stage1.candidates(first, idx, fr1)
+        top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
+        b = torch.arange(len(idx), device=model.device)[:, None]
+        cand = pose_table(config, model.size, rot[b, top].flatten(0, 1),
+                          None if sh is None else sh[b, top].flatten(0, 1))
+    second = source.batch(idx, fr2, reuse=first)
+    refine = first if fr_refine is fr1 else second if fr_refine is fr2 else source.batch(idx, fr_refine, reuse=first)
+    rows = torch.arange(len(idx) * k, device=model.device)
+    refine_poses(model, cand, rows, refine.obs.repeat_interleave(k, 0), refine.ctf.repeat_interleave(k, 0),
+                 fr_refine, config.reassign_steps, hartley)
+    with torch.no_grad():
+        obs_k, ctf_k = second.obs.repeat_interleave(k, 0), second.ctf.repeat_interleave(k, 0)
+        new, pick = model.exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr2).reshape(-1, k).min(1)
+        pick = torch.arange(len(idx), device=model.device) * k + pick
+        table = state.table
+        cur_sh = None if table.shifts is None else table.shifts[dev_idx]
+        take = new < model.exact_loss(table.rotations[dev_idx], cur_sh, second.obs, second.ctf, fr2)
+        if bool(take.any()):
+            table.reset(dev_idx[take], cand.rotations[pick][take],
+                        None if cand.shifts is None else cand.shifts[pick][take])
+    return int(take.sum())
+
+
+@torch.no_grad()
+def recentre(model: ImageModel, state: RunState, opt_volume: torch.optim.Optimizer) -> float:
+    """Move the volume's centre back to the box centre, and every shift with it; returns the move (voxels).
+
+    With shifts estimated, a translation ``t`` of the volume and the shifts ``(R t)_xy`` of every image
+    explain the data equally well, so the two drift together (by 1.9 voxels in a run on ±1 px data, where
+    the per-image shifts were right to 0.13 px after taking the drift out) and carry the shifts out of their
+    search range. Moving the volume by ``−c`` shifts image ``i``'s projection by ``−(R_i c)_xy``; the volume
+    optimiser's moments move with the volume.
+    """
+    c = density_centre(model.volume.real_space())  # (x, y, z) voxels
+    dist = float(c.norm())
+    if dist < RECENTRE_MIN_PX:
+        return dist
+
+    def projected(rotations: torch.Tensor) -> torch.Tensor:  # (R c)_xy, on the CPU: MPS has no float64
+        return (rotations.cpu().to(torch.float64)[:, :2, :] @ c).to(torch.float32)
+
+    model.volume.translate(-c, opt_volume)
+    state.shifts -= projected(state.poses)
+    if state.table is not None and state.table.shifts is not None:
+        state.table.shifts -= projected(state.table.rotations).to(state.table.shifts.device)
+    return dist

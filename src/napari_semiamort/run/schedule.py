@@ -1,0 +1,151 @@
+"""The run's schedule, built once from the config: the stage of each epoch and the decision to switch, the
+stage-1 band (frequency marching), the reassignment window, the volume's learning rate, batches and steps.
+
+Every rule about *when* lives here; the loop asks, the passes and steps do.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .config import ReconstructionConfig
+
+__all__ = [
+    "DEFAULT_BAND_END",
+    "DEFAULT_BAND_START",
+    "MAX_BAND_PIXELS",
+    "MIN_BAND_PIXELS",
+    "STAGE1",
+    "STAGE2",
+    "FixedEpochSwitch",
+    "Schedule",
+    "SwitchRule",
+]
+
+STAGE1, STAGE2 = "autoencode", "autodecode"  # the paper's two stages (Sec. 2.1 and 2.2)
+# Below ~80 frequencies an image says too little about its pose: box 32 with a 0.15 start failed to break
+# symmetry. So the stage-1 band is whole Fourier pixels, at least 5.
+MIN_BAND_PIXELS = 5
+# The stage-1 band's start: 0.15 of Nyquist, or 5 Fourier pixels where that is less (a resolution relative to
+# the box's width). At box 128, 0.15 of Nyquist (10 px) left stage 1 at 42° median pose error on 3KPR; 5 px
+# gave 12° (docs/method.md).
+DEFAULT_BAND_START = 0.15
+# Its end at the switch: 0.4 of Nyquist, at most 26 Fourier pixels (box 128's). At box 192 the full 0.4 (38 px)
+# left a quarter of 3KPR's particles in a wrong basin (47° mean pose error at epoch 10 against 15° with the cap;
+# docs/benchmarks.md).
+DEFAULT_BAND_END, MAX_BAND_PIXELS = 0.4, 26
+
+
+class SwitchRule(Protocol):
+    """When stage 1 hands over to stage 2. ``planned`` is the epoch the schedule plans around (the stage-1
+    band's growth, the progress bar); ``switches`` decides at the start of each stage-1 epoch."""
+
+    planned: int
+
+    def switches(self, epoch: int, history: list[dict]) -> bool: ...
+
+
+class FixedEpochSwitch:
+    """Switch at a fixed epoch (the paper's rule: ``switch_epoch``)."""
+
+    def __init__(self, epoch: int):
+        self.planned = epoch
+
+    def switches(self, epoch: int, history: list[dict]) -> bool:
+        return epoch >= self.planned
+
+
+class Schedule:
+    """What each epoch does, for a run of ``n_images`` images at box ``size``."""
+
+    def __init__(self, config: ReconstructionConfig, size: int, n_images: int, switch: SwitchRule | None = None):
+        self.config, self.size, self.n_images = config, size, n_images
+        self.switch = FixedEpochSwitch(config.switch_epoch) if switch is None else switch
+        end = config.autoencode_max_freq
+        self.stage1_end = min(DEFAULT_BAND_END, MAX_BAND_PIXELS / (size / 2)) if end is None else end
+        band = max(MIN_BAND_PIXELS, int(np.ceil(self.stage1_end * size / 2)))
+        # The encoder sees the images low-passed to the band the stage-1 loss uses (and downsampled to it):
+        # finer detail cannot inform the poses it is trained on, and a smaller input is cheaper.
+        self.encoder_size = min(size, max(16, 2 * band + 2))
+
+    # ---------------------------------------------------------------- stages
+    def stage(self, epoch: int, switched_at: int | None, history: list[dict]) -> str:
+        """The stage of ``epoch``: stage 2 once the run has switched, or when the rule says it switches now."""
+        if switched_at is not None or self.switch.switches(epoch, history):
+            return STAGE2
+        return STAGE1
+
+    def reassigns(self, epoch: int, switched_at: int) -> bool:
+        """Whether the stage-2 ``epoch`` (after the switch's own) lets the encoder's candidates compete."""
+        return epoch - switched_at < self.config.reassign_epochs
+
+    @property
+    def restarts_enabled(self) -> bool:
+        """Restarts run only when there are several and they end before the planned switch."""
+        cfg = self.config
+        return cfg.restarts > 1 and 0 < cfg.restart_epochs < self.switch.planned
+
+    # ---------------------------------------------------------------- bands
+    def stage1_band(self, epoch: int) -> float:
+        """Fraction of Nyquist in the stage-1 loss: grows linearly over stage 1 (frequency marching)."""
+        planned = self.switch.planned
+        if planned <= 1:
+            return self.stage1_end
+        t = min(1.0, epoch / (planned - 1))
+        low = self.config.autoencode_min_freq
+        if low is None:  # below box 67 this is 0.15 of Nyquist, every box-64 result's start
+            low = min(DEFAULT_BAND_START, MIN_BAND_PIXELS / (self.size / 2))
+        band = low + t * max(0.0, self.stage1_end - low)
+        # whole Fourier pixels (few frequency sets are built), at least MIN_BAND_PIXELS
+        return min(1.0, max(MIN_BAND_PIXELS, round(band * self.size / 2)) / (self.size / 2))
+
+    @property
+    def stage2_band(self) -> float:
+        return self.config.max_freq
+
+    @property
+    def reassign_band(self) -> float:
+        """The band the reassignment's candidates are refined in (default: stage 1's at the switch)."""
+        band = self.config.reassign_max_freq
+        return self.stage1_end if band is None else band
+
+    # ---------------------------------------------------------------- learning rate
+    def volume_lr(self, epoch: int, switched_at: int | None) -> float:
+        """The volume's step: ``volume_lr`` in stage 1; in stage 2 ``volume_lr_autodecode`` decaying linearly to
+        ``volume_lr_final_fraction`` of it at the last epoch (averages the noise out of late updates)."""
+        cfg = self.config
+        if switched_at is None:
+            return cfg.volume_lr
+        t = (epoch - switched_at) / max(1, cfg.epochs - switched_at)
+        return cfg.volume_lr_autodecode * (1 - (1 - cfg.volume_lr_final_fraction) * t)
+
+    # ---------------------------------------------------------------- batches and steps
+    def batch_size(self, stage: str) -> int:
+        """Images per step in ``stage``: ``batch_size``, or ``stage2_batch_size`` in stage 2 where it is set."""
+        cfg = self.config
+        return cfg.batch_size if stage == STAGE1 or cfg.stage2_batch_size is None else cfg.stage2_batch_size
+
+    def steps_per_epoch(self, stage: str) -> int:
+        n, bs = self.n_images, self.batch_size(stage)
+        steps = (n + bs - 1) // bs
+        # a last batch of one image joins the one before (batch norm needs two)
+        return steps - 1 if n % bs == 1 and steps > 1 else steps
+
+    def batches(self, epoch: int, stage: str) -> list[torch.Tensor]:
+        """The epoch's batches of image indices: a seeded permutation per epoch, cut into steps."""
+        gen = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
+        order = torch.randperm(self.n_images, generator=gen)
+        bs, steps = self.batch_size(stage), self.steps_per_epoch(stage)
+        return [order[s * bs : (s + 1) * bs if s < steps - 1 else self.n_images] for s in range(steps)]
+
+    def total_steps(self, restarts_planned: int) -> int:
+        """Steps of the whole run, the restarts included (``restarts_planned`` of them)."""
+        cfg = self.config
+        epochs = cfg.epochs
+        if self.restarts_enabled:
+            epochs += (restarts_planned - 1) * cfg.restart_epochs
+        stage2 = max(0, cfg.epochs - self.switch.planned)
+        return (epochs - stage2) * self.steps_per_epoch(STAGE1) + stage2 * self.steps_per_epoch(STAGE2)

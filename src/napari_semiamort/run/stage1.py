@@ -1,0 +1,159 @@
+"""Stage 1, auto-encoding (paper, Sec. 2.1): how poses are proposed and explored while the map is blurry.
+
+:class:`Stage1Strategy` is what the run needs of any stage-1 method: train on a batch, and propose
+candidates (the switch, the reassignment, the watched particles and the posterior ask for them).
+:class:`MultiHeadWTA` is the paper's: a multi-head encoder proposes M poses per image, each head's in-plane
+angle (and shift) is searched on a grid, and the best (head, angle, shift) wins.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import torch
+
+from ..models.encoder import MultiHeadEncoder
+from ..physics.fourier import fourier_crop_2d
+from ..physics.likelihood import winner_takes_all
+from .batches import Batch
+from .config import ReconstructionConfig
+from .frequencies import Frequencies
+from .scorer import ImageModel, about_z
+
+__all__ = ["Candidates", "MultiHeadWTA", "Stage1Result", "Stage1Strategy"]
+
+
+class Candidates(NamedTuple):
+    rotations: torch.Tensor  # (B, M, 3, 3) each proposal's pose (at its best in-plane angle)
+    shifts: torch.Tensor | None  # (B, M, 2) pixels, or None when shifts are not estimated
+    scores: torch.Tensor  # (B, M) their losses, lower is better
+
+
+class Stage1Result(NamedTuple):
+    loss: float  # the batch's mean winning loss
+    rotations: torch.Tensor  # (B, 3, 3) each image's winning pose (detached)
+    shifts: torch.Tensor | None  # (B, 2) its shift
+    winners: torch.Tensor  # (B,) which proposal won
+
+
+class Stage1Strategy(Protocol):
+    """A stage-1 method: trains the volume (through ``opt_volume``) and whatever proposes the poses.
+    ``searches_shifts``: its shifts come from a search in the volume's frame (they move when it is recentred)."""
+
+    searches_shifts: bool
+
+    def reset(self, seed: int) -> None:
+        """A fresh initialisation (the global torch RNG is seeded with ``seed`` by the caller)."""
+
+    def step(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, opt_volume: torch.optim.Optimizer) -> Stage1Result:
+        """One training step on ``batch`` at the band ``fr``."""
+
+    def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies) -> Candidates:
+        """The proposals for ``batch``'s images, scored at the band ``fr``, without training."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class MultiHeadWTA:
+    """The paper's stage 1: a multi-head encoder, winner-takes-all over heads × in-plane angles × shifts."""
+
+    def __init__(self, config: ReconstructionConfig, model: ImageModel, encoder_size: int):
+        cfg, device = config, model.device
+        self.config, self.model, self.encoder_size = cfg, model, encoder_size
+        self.inplane = None  # (K, 3, 3): the in-plane turns each head's view is tried at
+        if cfg.inplane_search > 1:
+            angles = torch.arange(cfg.inplane_search) * (2 * torch.pi / cfg.inplane_search)
+            self.inplane = about_z(angles).to(device)
+        self.shift_grid = None  # (J, 2) pixels: the shifts searched when shifts are estimated
+        reach = min(cfg.shift_search, int(cfg.max_shift * model.size))  # shifts are bounded by max_shift
+        if cfg.estimate_shifts and reach > 0 and self.inplane is not None:
+            r = torch.arange(-reach, reach + 1, dtype=torch.float32)
+            self.shift_grid = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2).to(device)
+        self.encoder: MultiHeadEncoder | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def searches_shifts(self) -> bool:
+        return self.shift_grid is not None
+
+    def reset(self, seed: int) -> None:
+        cfg = self.config
+        self.encoder = MultiHeadEncoder(
+            self.encoder_size, cfg.heads, cfg.backbone, cfg.hidden, cfg.estimate_shifts,
+            cfg.max_shift * self.model.size, cfg.spread_heads,
+        ).to(self.model.device)
+        self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=cfg.encoder_lr)
+
+    def _encode(self, images: torch.Tensor):
+        return self.encoder(fourier_crop_2d(images, self.encoder_size))  # (B, M, 3, 3), (B, M, 2)
+
+    @torch.no_grad()
+    def _search(self, rot: torch.Tensor, batch: Batch, idx: torch.Tensor, fr: Frequencies):
+        """Each head's view at every in-plane angle (and grid shift): the winning (head, turn, shift index)."""
+        slices = self.model.volume.slice(fr.grid, rot.detach())  # (B, M, P)
+        scores = self.model.inplane_scores(slices, batch, idx, fr, self.inplane, self.shift_grid)
+        j_count = 1 if self.shift_grid is None else self.shift_grid.shape[0]
+        pick = scores.flatten(1).argmin(1)  # over (head, angle[, shift])
+        k_count = self.inplane.shape[0]
+        return pick // (k_count * j_count), (pick // j_count) % k_count, pick % j_count
+
+    def step(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, opt_volume: torch.optim.Optimizer) -> Stage1Result:
+        model = self.model
+        self.encoder.train()
+        rot, sh = self._encode(batch.images)  # (B, M, 3, 3), (B, M, 2)
+        b = torch.arange(len(idx), device=model.device)
+        if self.inplane is None:
+            pred = model.predict(rot, sh, batch.ctf[:, None], fr)
+            best, head = winner_takes_all(model.loss(pred, batch.obs[:, None], fr))  # (B,), over M heads
+        else:
+            # Each head proposes a view; its in-plane angle is searched on a grid (no gradient), then the
+            # winning (head, angle) pair is evaluated again with gradients for encoder and volume.
+            head, turn, shift = self._search(rot, batch, idx, fr)
+            if self.shift_grid is not None:  # the searched shift replaces the heads' regressed ones
+                sh = self.shift_grid[shift][:, None].expand(-1, rot.shape[1], -1)
+            rot = self.inplane[turn][:, None] @ rot  # every head of an image turned by its winning angle
+            best = model.exact_loss(rot[b, head], None if sh is None else sh[b, head], batch.obs, batch.ctf, fr)
+        loss = best.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        opt_volume.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        opt_volume.step()
+        shifts = None if sh is None else sh[b, head].detach().cpu()
+        return Stage1Result(float(loss.detach()), rot[b, head].detach().cpu(), shifts, head.cpu())
+
+    @torch.no_grad()
+    def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies) -> Candidates:
+        """Each head's pose at its best in-plane angle, its shift, and its score. With a shift search, each
+        head's shift is the best of the grid at its best angle (as in training), not the head's regressed one."""
+        model = self.model
+        self.encoder.eval()
+        rot, sh = self._encode(batch.images)
+        self.encoder.train()
+        if self.inplane is None:
+            pred = model.predict(rot, sh, batch.ctf[:, None], fr)
+            return Candidates(rot, sh, model.loss(pred, batch.obs[:, None], fr))
+        slices = model.volume.slice(fr.grid, rot)  # (B, M, P)
+        if self.shift_grid is None:
+            best, turn = model.inplane_scores(slices, batch, idx, fr, self.inplane).min(-1)  # over (B, M, K)
+            return Candidates(self.inplane[turn] @ rot, sh, best)
+        step = self.config.batch_size  # the (B, K, J, P) term of the shift search bounds the chunk
+        best, turn, shift = [], [], []
+        for s in range(0, len(idx), step):
+            scores = model.inplane_scores(slices[s : s + step], batch.part(s, s + step), idx[s : s + step], fr,
+                                          self.inplane, self.shift_grid)
+            b, pick = scores.flatten(2).min(-1)  # (b, M) over (K, J)
+            best.append(b)
+            turn.append(pick // self.shift_grid.shape[0])
+            shift.append(self.shift_grid[pick % self.shift_grid.shape[0]])
+        best, turn, shift = torch.cat(best), torch.cat(turn), torch.cat(shift)
+        return Candidates(self.inplane[turn] @ rot, shift, best)
+
+    def state_dict(self) -> dict:
+        return {"encoder": self.encoder.state_dict(), "opt_encoder": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.optimizer.load_state_dict(state["opt_encoder"])

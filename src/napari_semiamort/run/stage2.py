@@ -1,0 +1,49 @@
+"""Stage 2, auto-decoding (paper, Sec. 2.2): each image refines its own pose by gradient steps on an
+axis-angle perturbation, ``pose_steps`` pose steps to one volume step on the same batch."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..models.poses import PoseTable
+from .batches import Batch
+from .frequencies import Frequencies
+from .scorer import ImageModel
+
+__all__ = ["Stage2Result", "autodecode_step", "refine_poses"]
+
+
+class Stage2Result(NamedTuple):
+    loss: float  # the batch's mean loss at the refined poses
+    rotations: torch.Tensor  # (B, 3, 3) the refined poses (on the run's device)
+    shifts: torch.Tensor | None  # (B, 2) and shifts
+
+
+def refine_poses(model: ImageModel, table: PoseTable, rows: torch.Tensor, obs: torch.Tensor, ctf: torch.Tensor,
+                 fr: Frequencies, steps: int, hartley: torch.Tensor | None = None) -> None:
+    """``steps`` pose steps on the table's ``rows`` against ``obs`` `(B, P)` under the volume as it is (its
+    transform ``hartley``, computed here when not given, is held fixed: no gradient reaches the volume)."""
+    hartley = model.volume.hartley().detach() if hartley is None else hartley
+    for _ in range(steps):
+        w, t = table.perturbation(rows)
+        pred = model.predict(table.poses(rows, w), t, ctf, fr, hartley=hartley)
+        model.loss(pred, obs, fr).sum().backward()
+        table.step(rows, w, t)
+
+
+def autodecode_step(model: ImageModel, table: PoseTable, batch: Batch, idx: torch.Tensor, fr: Frequencies,
+                    pose_steps: int, opt_volume: torch.optim.Optimizer) -> Stage2Result:
+    """The images' pose steps, then one volume step at the refined poses; the residuals feed the noise model."""
+    dev_idx = idx.to(model.device)
+    refine_poses(model, table, dev_idx, batch.obs, batch.ctf, fr, pose_steps)
+    rot = table.rotations[dev_idx]
+    sh = None if table.shifts is None else table.shifts[dev_idx]
+    pred = model.predict(rot, sh, batch.ctf, fr)
+    loss = model.loss(pred, batch.obs, fr).mean()
+    opt_volume.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_volume.step()
+    model.noise.accumulate(pred.detach() - batch.obs)
+    return Stage2Result(float(loss.detach()), rot, sh)

@@ -1,0 +1,44 @@
+"""What a run knows about its particles and its progress: the poses, shifts and stage-1 winners, the pose
+table of stage 2, the epoch and step reached, the history of epoch metrics and the watched paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.poses import PoseTable
+
+__all__ = ["RunState"]
+
+
+@dataclass
+class RunState:
+    """The per-particle estimates (on the CPU) and the run's position. One fresh per initialisation."""
+
+    poses: torch.Tensor  # (N, 3, 3) current best pose per image
+    winners: torch.Tensor  # (N,) the winning stage-1 proposal per image
+    shifts: torch.Tensor | None  # (N, 2) pixels, when shifts are estimated
+    previous_poses: torch.Tensor | None = None  # at the last epoch's end, for the pose change
+    table: PoseTable | None = None  # stage 2's per-image optimiser (on the run's device), from the switch on
+    switched_at: int | None = None  # the epoch stage 2 began
+    epoch: int = 0  # the next epoch to run
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per finished epoch
+    paths: dict[int, list[list[float]]] = field(default_factory=dict)  # watched particles' view directions
+
+    @classmethod
+    def fresh(cls, n: int, estimate_shifts: bool) -> RunState:
+        return cls(torch.eye(3).repeat(n, 1, 1), torch.zeros(n, dtype=torch.long),
+                   torch.zeros(n, 2) if estimate_shifts else None)
+
+    def take(self, idx: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None) -> None:
+        """Record new poses (and shifts) for the images ``idx``."""
+        self.poses[idx] = rotations.cpu()
+        if shifts is not None:
+            self.shifts[idx] = shifts.cpu()
+
+    def sync_from_table(self) -> None:
+        """The poses (and shifts) as the pose table holds them."""
+        self.poses = self.table.rotations.cpu().clone()
+        if self.table.shifts is not None:
+            self.shifts = self.table.shifts.cpu().clone()

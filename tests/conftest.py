@@ -26,6 +26,19 @@ def generator():
 
 
 @pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """1,000 images of the bundled 80S ribosome at box 32, SNR 1 (simulated, seed 7)."""
+    from importlib.resources import files
+
+    from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
+
+    out = tmp_path_factory.mktemp("tiny")
+    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
+    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=1000, box=32, snr=1.0, seed=7))
+    return out
+
+
+@pytest.fixture(scope="session")
 def igg_map():
     """The bundled IgG model as a 32³ map at 8 Å/px (molecule inside the central half of the box)."""
     from importlib.resources import files

@@ -121,19 +121,15 @@ def test_halves_are_a_seeded_equal_split_or_the_files_random_subsets(sim, tmp_pa
 
 
 def test_phase_flipped_and_premultiplied_data_get_abs_and_squared_ctf(sim):
-    from napari_semiamort.run.config import ReconstructionConfig
-    from napari_semiamort.run.loop import Reconstruction
+    from napari_semiamort.run.batches import ImageSource
 
     table = read_particles(sim / "particles.star")
     table.phase_flipped = np.arange(300) % 3 == 1
     table.ctf_premultiplied = np.arange(300) % 3 == 2
-    cfg = ReconstructionConfig(particles=str(sim / "particles.star"), epochs=1, switch_epoch=1, restarts=1, seed=0)
-    run = Reconstruction(cfg, dataset=ParticleDataset(table))
     freqs = torch.rand(50, 2, generator=torch.Generator().manual_seed(0)) * 0.5
-    c = run._ctf(torch.arange(3), freqs)
+    c = ImageSource(ParticleDataset(table), torch.device("cpu")).ctf(torch.arange(3), freqs)
     plain = ParticleDataset(read_particles(sim / "particles.star"))
-    run.data = plain
-    ref = run._ctf(torch.arange(3), freqs)
+    ref = ImageSource(plain, torch.device("cpu")).ctf(torch.arange(3), freqs)
     torch.testing.assert_close(c[0], ref[0])
     torch.testing.assert_close(c[1], ref[1].abs())
     torch.testing.assert_close(c[2], ref[2] ** 2)

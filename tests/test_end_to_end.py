@@ -13,14 +13,6 @@ from napari_semiamort.run import Reconstruction, ReconstructionConfig
 from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
-    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=1000, box=32, snr=1.0, seed=7))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
@@ -31,7 +23,7 @@ def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     )
     run = Reconstruction(cfg, run_dir=tmp_path)
     snapshots = list(run)
-    from napari_semiamort.run.loop import restart_gap
+    from napari_semiamort.run.restarts import restart_gap
 
     trials = [s for s in snapshots if s.epoch_end and s.restart is not None]
     last = {s.restart: s.metrics["loss"] for s in trials if s.metrics["epoch"] == 5}
@@ -150,79 +142,6 @@ def test_the_reference_fsc_is_also_taken_within_the_users_mask(tiny_dataset):
     assert 2 * run.data.pixel_size <= masked["fsc_0.5_angstrom_masked"] <= 32 * run.data.pixel_size
 
 
-def test_stage1_shift_search_scores_equal_the_shifted_predictions_loss(tiny_dataset):
-    """The shift search's scores are the Gaussian loss of the prediction turned by each in-plane angle and
-    shifted by each grid shift. At 0° and 90° the turned frequencies fall on the pixel grid, so the
-    resampling trick is exact there and the two must agree to rounding: this pins the shift's sign."""
-    from napari_semiamort.physics.so3 import random_rotations
-
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
-                               estimate_shifts=True, shift_search=2)
-    run = Reconstruction(cfg)
-    assert run._shift_grid.shape == (25, 2)
-    idx = torch.arange(4)
-    fr = run._stage1_frequencies()
-    batch = run._batch(idx, fr)
-    rot = random_rotations(8, torch.Generator().manual_seed(0)).reshape(4, 2, 3, 3)
-    with torch.no_grad():
-        scores = run._inplane_scores(run.volume.slice(fr.grid, rot), batch, idx, fr, shifts=run._shift_grid)
-        assert scores.shape == (4, 2, cfg.inplane_search, 25)
-        inv_var = run._inv_var_for(fr)
-        for k in (0, cfg.inplane_search // 4):  # 0° and 90°
-            for j in (0, 7, 12, 18):  # (−2, −2), (0, −1), (0, 0), (1, 1) pixels
-                s = run._shift_grid[j].expand(4, 2, 2)
-                pred = run._predict(None, run._inplane[k] @ rot, s, batch.ctf[:, None], fr)
-                exact = run._loss(pred, batch.obs[:, None], inv_var)
-                assert torch.allclose(scores[:, :, k, j], exact, rtol=1e-4, atol=1e-6), (k, j)
-        # and a wrong sign would not pass: the opposite shift's loss is far from the score, compared with
-        # the agreement above
-        s = run._shift_grid[18].expand(4, 2, 2)
-        right = run._loss(run._predict(None, rot, s, batch.ctf[:, None], fr), batch.obs[:, None], inv_var)
-        wrong = run._loss(run._predict(None, rot, -s, batch.ctf[:, None], fr), batch.obs[:, None], inv_var)
-        err = (scores[:, :, 0, 18] - right).abs().max()
-        assert (scores[:, :, 0, 18] - wrong).abs().max() > 100 * err
-
-
-def test_recentring_moves_volume_and_shifts_together_and_keeps_the_fit(tiny_dataset):
-    """A volume off the box centre by c and the images' shifts explain the data as well as the centred
-    volume with shifts − (R c)_xy: recentring must leave each image's loss where it was (a wrong sign or
-    axis order would not) and put the density at the centre."""
-    from napari_semiamort.data.mrc import read_map
-    from napari_semiamort.metrics.density import density_centre
-
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
-                               estimate_shifts=True, switch_epoch=0)
-    run = Reconstruction(cfg)
-    truth, _ = read_map(tiny_dataset / "truth.mrc")
-    run.poses = run.data.reference_rotations.to(torch.float32).clone()
-    idx = torch.arange(64)
-    fr = run.freqs["autodecode"]
-    batch = run._batch(idx, fr)
-    with torch.no_grad():  # the truth at the images' scale (least squares), so that the loss is a fit
-        run.volume.set_from_map(torch.from_numpy(truth))
-        pred, w = run._predict(None, run.poses[idx], None, batch.ctf, fr), run._inv_var_for(fr)
-        scale = float((pred * batch.obs * w).sum() / (pred * pred * w).sum())
-    off = scale * torch.roll(torch.from_numpy(truth), shifts=(1, -2, 2), dims=(0, 1, 2))  # (z, y, x) = (1, −2, 2)
-    run.volume.set_from_map(off)
-    c_true = torch.tensor([2.0, -2.0, 1.0], dtype=torch.float64)  # (x, y, z)
-    # the shifts that make the off-centre volume fit the centred images: + (R c)_xy
-    run.shifts = (run.poses[:, :2, :].to(torch.float64) @ c_true).to(torch.float32)
-    with torch.no_grad():
-        before = run._exact_loss(run.poses[idx], run.shifts[idx], batch.obs, batch.ctf, fr)
-        centred = run._exact_loss(run.poses[idx], torch.zeros(64, 2), batch.obs, batch.ctf, fr)
-    assert float((centred > 1.5 * before).float().mean()) > 0.9  # the shifts matter to this volume
-    run.table = run._pose_table(run.poses, run.shifts.clone())  # stage 2's copy moves too
-    moved = run._recentre()
-    torch.testing.assert_close(run.table.shifts, run.shifts)
-    assert abs(moved - float(c_true.norm())) < 0.15
-    assert float(density_centre(run.volume.real_space()).norm()) < 0.1
-    with torch.no_grad():
-        after = run._exact_loss(run.poses[idx], run.shifts[idx], batch.obs, batch.ctf, fr)
-    # the same fit, to a small fraction of what dropping the shifts costs
-    assert float((after - before).abs().max()) < 0.05 * float((centred - before).abs().mean())
-    assert float(run.shifts.abs().max()) < 0.2  # the truth's images are centred: nothing is left to shift
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_shifted_particles_are_centred_and_aligned_by_the_shift_search(tmp_path_factory, tmp_path):
@@ -249,29 +168,6 @@ def test_shifted_particles_are_centred_and_aligned_by_the_shift_search(tmp_path_
     t, _ = read_map(data / "truth.mrc")
     aligned = rotate_map(torch.from_numpy(whole), al.transform).numpy()
     assert np.corrcoef(aligned.ravel(), t.ravel())[0, 1] > 0.93  # measured 0.97; 0.79 without the search
-
-
-def test_the_posterior_grid_compares_the_image_at_its_estimated_shift(tiny_dataset):
-    """With shifts estimated, ``log_likelihood_grid`` scores the image at the run's shift for it: at 0°
-    in-plane (exact resampling) it is minus the shifted prediction's summed loss, not the unshifted one's."""
-    from napari_semiamort.physics.so3 import random_rotations
-
-    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2,
-                                              threads=1, estimate_shifts=True))
-    run.shifts[5] = torch.tensor([1.5, -2.0])
-    rot = random_rotations(3, torch.Generator().manual_seed(2))
-    grid = run.log_likelihood_grid(5, rot, torch.zeros(1))  # (3, 1)
-    fr = run._frequencies(1.0)
-    idx = torch.tensor([5])
-    batch = run._batch(idx, fr)
-    with torch.no_grad():
-        def loglik(shift):
-            pred = run._predict(None, rot[None], shift.expand(1, 3, 2), batch.ctf[:, None], fr)
-            return -run._loss(pred, batch.obs[:, None], run._inv_var_for(fr))[0] * len(fr)
-        right, unshifted = loglik(run.shifts[5]).to(torch.float64), loglik(torch.zeros(2)).to(torch.float64)
-    err = (grid[:, 0] - right).abs().max()
-    assert err <= 1e-4 * right.abs().max()
-    assert (grid[:, 0] - unshifted).abs().max() > 100 * err
 
 
 def test_stage2_steps_at_its_own_batch_size_and_the_progress_counts_both(tiny_dataset):
@@ -343,84 +239,6 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
         known_poses(16, output_box=64)
 
 
-def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes(tmp_path):
-    """Frequency marching starts at 5 Fourier pixels (the box's width / 5 in Å) at any box from 64 up, and
-    grows to 0.4 of Nyquist at the switch, at most 26 Fourier pixels; below box 67 it starts from 0.15 of
-    Nyquist as before; fractions of Nyquist given explicitly are kept. (At box 128 the old start, 0.15 of
-    Nyquist = 10 px, left stage 1 at 42° median pose error on 3KPR; at box 192 the uncapped end, 38 px,
-    left 47° mean error at epoch 10 against 15° capped.)"""
-    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
-    simulate_dataset(str(molecule), tmp_path, SimulationConfig(n_particles=8, box=128, snr=1.0, seed=2))
-
-    def schedule(data=tmp_path, **kw):
-        run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
-                                                  restarts=1, **kw))
-        return [round(run.stage1_band(e) * run.size / 2) for e in range(run.config.switch_epoch)]
-
-    for box in (None, 96, 64):
-        px = schedule(box=box)
-        assert px[0] == 5 and px == sorted(px), (box, px)
-        assert px[-1] == round(0.4 * (box or 128) / 2), (box, px)
-    assert schedule(autoencode_min_freq=0.15)[0] == 10
-    # box 32 and 64: the schedule of every earlier result (0.15 of Nyquist, at least 5 px)
-    for box in (32, 64):
-        old = [max(5, round((0.15 + e / 14 * 0.25) * box / 2)) for e in range(15)]
-        assert schedule(box=box) == old, box
-    # above box 130 the end is held at 26 px (box 128's), and the encoder's input with it
-    big = tmp_path / "big"
-    simulate_dataset(str(molecule), big, SimulationConfig(n_particles=4, box=192, snr=1.0, seed=2))
-    px = schedule(big)
-    assert px[0] == 5 and px[-1] == 26 and px == sorted(px)
-    assert schedule(big, autoencode_max_freq=0.4)[-1] == 38  # an explicit fraction is kept
-    run = Reconstruction(ReconstructionConfig(particles=str(big / "particles.star"), heads=2, threads=1))
-    assert run.stage1_end == pytest.approx(26 / 96) and run.encoder_size == 54
-
-
-@pytest.mark.parametrize("band", [None, 1.0], ids=["stage1-band", "full-band"])
-def test_reassignment_refines_in_its_band_competes_in_stage_twos_and_is_timed(tiny_dataset, band):
-    import time
-
-    from napari_semiamort.run.loop import STAGE2
-
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=1, heads=4,
-                               threads=1, restarts=1, reassign_epochs=3, reassign_max_freq=band)
-    run = Reconstruction(cfg)
-    refined, compared, spent = set(), set(), []
-    predict, reassign = run._predict, run._reassign
-
-    def recording_predict(hartley, rotations, shifts, ctf, fr):
-        if spent and spent[-1] is None:  # inside the reassignment
-            (refined if hartley is not None else compared).add(id(fr))
-        return predict(hartley, rotations, shifts, ctf, fr)
-
-    def timed_reassign():
-        spent.append(None)
-        t0 = time.perf_counter()
-        moved = reassign()
-        spent[-1] = time.perf_counter() - t0
-        return moved
-
-    step, stepped = run._step_autodecode, []
-
-    def timed_step(idx):
-        t0 = time.perf_counter()
-        loss = step(idx)
-        stepped.append(time.perf_counter() - t0)
-        return loss
-
-    run._predict, run._reassign, run._step_autodecode = recording_predict, timed_reassign, timed_step
-    ends = [s.metrics for s in run if s.epoch_end]
-    assert [m.get("reassigned") is not None for m in ends] == [False, False, True]
-    want = run._frequencies(run.stage1_end) if band is None else run._frequencies(band)
-    assert refined == {id(want)}
-    assert compared == {id(run.freqs[STAGE2])}
-    if band is None:
-        assert want.grid.shape[0] < run.freqs[STAGE2].grid.shape[0]
-    # the epoch's time includes its reassignment pass as well as its training steps
-    last_epoch_steps = sum(stepped[len(stepped) // 2 :])  # two stage-2 epochs of equal step counts
-    assert len(spent) == 1 and ends[-1]["seconds"] >= spent[0] + last_epoch_steps
-
-
 def test_the_reassignment_band_is_validated(tiny_dataset):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="reassign_max_freq"):
@@ -428,7 +246,7 @@ def test_the_reassignment_band_is_validated(tiny_dataset):
 
 
 def test_restart_gap_is_the_lowest_losss_lead_over_the_others_median():
-    from napari_semiamort.run.loop import restart_gap
+    from napari_semiamort.run.restarts import restart_gap
 
     # measured losses after five epochs (docs/benchmarks.md): one good start of three; none
     assert restart_gap([0.692, 0.676, 0.517]) == pytest.approx((0.684 - 0.517) / 0.684)

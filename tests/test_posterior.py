@@ -38,10 +38,10 @@ def _converged(folder, n_fit=50):
     with torch.no_grad():
         run.volume.mantissa.copy_(hartley_centered(torch.from_numpy(truth), 3))
         run.volume.exponent.zero_()
-        fr = run._frequencies(1.0)
+        fr = run.frequencies(1.0)
         idx = torch.arange(n_fit)
-        batch = run._batch(idx, fr)
-        pred = run._predict(None, run.data.reference_rotations[idx], None, batch.ctf, fr)
+        batch = run.source.batch(idx, fr)
+        pred = run.model.predict(run.data.reference_rotations[idx], None, batch.ctf, fr)
         run.volume.mantissa.mul_(float((pred * batch.obs).sum() / (pred * pred).sum()))
     run.poses = run.data.reference_rotations.clone()
     return run

@@ -16,7 +16,7 @@ class Frequencies:
         ky, kx = torch.meshgrid(k, k, indexing="ij")
         radius = min(fraction * size / 2, size / 2 - 1)  # the −L/2 row has no +L/2 partner: excluded
         inside = (kx**2 + ky**2) <= radius**2
-        self.size = size
+        self.size, self.fraction = size, fraction
         self.flat_index = torch.nonzero(inside.flatten()).squeeze(1).to(device)  # (P,) into L·L
         self.grid = torch.stack([kx[inside], ky[inside]], -1).to(torch.float32).to(device)  # (P, 2) Fourier px
         self.per_pixel = self.grid / size  # (P, 2) cycles per pixel

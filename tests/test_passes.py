@@ -1,0 +1,140 @@
+"""The passes between epochs, as functions of the image model and the state: the switch to stage 2, the
+reassignment and the recentring."""
+
+import time
+
+import pytest
+import torch
+
+from napari_semiamort.data.mrc import read_map
+from napari_semiamort.metrics.density import density_centre
+from napari_semiamort.physics.so3 import random_rotations
+from napari_semiamort.run import Reconstruction, ReconstructionConfig, passes
+
+
+def _at_truth(run, folder, n_fit=64):
+    """The run's volume set to the truth, scaled to the images by least squares at the true poses."""
+    truth = torch.from_numpy(read_map(folder / "truth.mrc")[0])
+    idx = torch.arange(n_fit)
+    fr = run.frequencies(1.0)
+    batch = run.source.batch(idx, fr)
+    with torch.no_grad():
+        run.volume.set_from_map(truth)
+        pred, w = run.model.predict(run.data.reference_rotations[idx], None, batch.ctf, fr), run.model.inv_var(fr)
+        scale = float((pred * batch.obs * w).sum() / (pred * pred * w).sum())
+    return scale * truth
+
+
+def test_recentring_moves_volume_and_shifts_together_and_keeps_the_fit(tiny_dataset):
+    """A volume off the box centre by c and the images' shifts explain the data as well as the centred
+    volume with shifts − (R c)_xy: recentring must leave each image's loss where it was (a wrong sign or
+    axis order would not) and put the density at the centre."""
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+                               estimate_shifts=True, switch_epoch=0)
+    run = Reconstruction(cfg)
+    run.poses = run.data.reference_rotations.to(torch.float32).clone()
+    truth = _at_truth(run, tiny_dataset)
+    run.volume.set_from_map(torch.roll(truth, shifts=(1, -2, 2), dims=(0, 1, 2)))  # (z, y, x) = (1, −2, 2)
+    c_true = torch.tensor([2.0, -2.0, 1.0], dtype=torch.float64)  # (x, y, z)
+    # the shifts that make the off-centre volume fit the centred images: + (R c)_xy
+    run.shifts = (run.poses[:, :2, :].to(torch.float64) @ c_true).to(torch.float32)
+    idx = torch.arange(64)
+    fr = run.frequencies(1.0)
+    batch = run.source.batch(idx, fr)
+
+    def loss(shifts):
+        with torch.no_grad():
+            return run.model.exact_loss(run.poses[idx], shifts, batch.obs, batch.ctf, fr)
+
+    before, centred = loss(run.shifts[idx]), loss(torch.zeros(64, 2))
+    assert float((centred > 1.5 * before).float().mean()) > 0.9  # the shifts matter to this volume
+    run.state.table = passes.pose_table(cfg, run.size, run.poses, run.shifts.clone())  # stage 2's copy moves too
+    moved = passes.recentre(run.model, run.state, run.opt_volume)
+    torch.testing.assert_close(run.table.shifts, run.shifts)
+    assert abs(moved - float(c_true.norm())) < 0.15
+    assert float(density_centre(run.volume.real_space()).norm()) < 0.1
+    after = loss(run.shifts[idx])
+    # the same fit, to a small fraction of what dropping the shifts costs
+    assert float((after - before).abs().max()) < 0.05 * float((centred - before).abs().mean())
+    assert float(run.shifts.abs().max()) < 0.2  # the truth's images are centred: nothing is left to shift
+    assert passes.recentre(run.model, run.state, run.opt_volume) < passes.RECENTRE_MIN_PX  # and stays put
+
+
+def _scored(run, fr):
+    """Each image's loss at its current pose, over the whole set."""
+    out = []
+    for idx in passes.chunks(len(run.data), run.config, run.device):
+        batch = run.source.batch(idx, fr)
+        with torch.no_grad():
+            out.append(run.model.exact_loss(run.poses[idx], None, batch.obs, batch.ctf, fr))
+    return torch.cat(out)
+
+
+def test_the_switch_starts_each_image_from_the_better_of_its_candidate_and_its_last_pose(tiny_dataset):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=3, threads=1, batch_size=200)
+    run = Reconstruction(cfg)
+    run.volume.set_from_map(_at_truth(run, tiny_dataset))
+    true = run.data.reference_rotations.clone()
+    wrong = random_rotations(len(true), torch.Generator().manual_seed(5))
+    run.poses = torch.where((torch.arange(len(true)) % 2 == 0)[:, None, None], true, wrong)  # half right
+    fr = run.frequencies(run.stage1_end)
+    before = _scored(run, fr)
+    passes.switch_to_autodecode(run.model, run.stage1, run.source, run.state, fr, cfg)
+    after = _scored(run, fr)
+    assert bool((after <= before + 1e-6).all())  # never worse than the pose it had
+    assert torch.equal(run.poses[::2], true[::2]) or bool((after[::2] <= before[::2]).all())
+    torch.testing.assert_close(run.table.rotations, run.poses)  # stage 2 starts from them
+
+
+def test_the_reassignment_moves_only_images_whose_candidate_scores_better(tiny_dataset):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1, batch_size=200,
+                               reassign_candidates=2, reassign_steps=3)
+    run = Reconstruction(cfg)
+    run.volume.set_from_map(_at_truth(run, tiny_dataset))
+    run.poses = random_rotations(len(run.data), torch.Generator().manual_seed(6))
+    run.state.table = passes.pose_table(cfg, run.size, run.poses)
+    s = run.schedule
+    bands = (run.frequencies(s.stage1_end), run.frequencies(s.reassign_band), run.frequencies(s.stage2_band))
+    old = run.poses.clone()
+    before = _scored(run, bands[2])
+    moved = passes.reassign(run.model, run.stage1, run.source, run.state, bands, cfg)
+    after = _scored(run, bands[2])
+    changed = (run.poses - old).flatten(1).abs().amax(1) > 0
+    assert moved == int(changed.sum()) > 0
+    assert bool((after[changed] < before[changed]).all())  # each move is an improvement
+    assert torch.equal(after[~changed], before[~changed])
+    torch.testing.assert_close(run.table.rotations, run.poses)
+
+
+@pytest.mark.parametrize("band", [None, 1.0], ids=["stage1-band", "full-band"])
+def test_reassignment_refines_in_its_band_competes_in_stage_twos_and_is_timed(tiny_dataset, band, monkeypatch):
+    """The candidates are refined (pose steps: the volume's transform held fixed) in the reassignment band,
+    and compete in stage 2's; the epoch's seconds include the pass."""
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=1, heads=4,
+                               threads=1, restarts=1, reassign_epochs=3, reassign_max_freq=band)
+    run = Reconstruction(cfg)
+    refined, compared, spent = set(), set(), []
+    predict, reassign = run.model.predict, passes.reassign
+
+    def recording_predict(rotations, shifts, ctf, fr, hartley=None):
+        if spent and spent[-1] is None:  # inside the reassignment
+            (refined if hartley is not None else compared).add(fr.fraction)
+        return predict(rotations, shifts, ctf, fr, hartley=hartley)
+
+    def timed_reassign(*args):
+        spent.append(None)
+        t0 = time.perf_counter()
+        moved = reassign(*args)
+        spent[-1] = time.perf_counter() - t0
+        return moved
+
+    monkeypatch.setattr(run.model, "predict", recording_predict)
+    monkeypatch.setattr(passes, "reassign", timed_reassign)
+    ends = [s.metrics for s in run if s.epoch_end]
+    assert [m.get("reassigned") is not None for m in ends] == [False, False, True]
+    want = round(run.stage1_end if band is None else band, 4)
+    assert refined == {want}
+    assert compared == {cfg.max_freq}
+    if band is None:
+        assert len(run.frequencies(want)) < len(run.frequencies(cfg.max_freq))
+    assert len(spent) == 1 and ends[-1]["seconds"] >= spent[0]

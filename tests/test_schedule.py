@@ -1,0 +1,114 @@
+"""The schedule owns every rule about when: the stage of each epoch and the switch, the stage-1 band, the
+reassignment window, the volume's step, the batches and the step count."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_semiamort.run import Reconstruction, ReconstructionConfig
+from napari_semiamort.run.schedule import STAGE1, STAGE2, FixedEpochSwitch, Schedule
+
+
+def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes():
+    """Frequency marching starts at 5 Fourier pixels (the box's width / 5 in Å) at any box from 64 up, and
+    grows to 0.4 of Nyquist at the switch, at most 26 Fourier pixels; below box 67 it starts from 0.15 of
+    Nyquist as before; fractions of Nyquist given explicitly are kept. (At box 128 the old start, 0.15 of
+    Nyquist = 10 px, left stage 1 at 42° median pose error on 3KPR; at box 192 the uncapped end, 38 px,
+    left 47° mean error at epoch 10 against 15° capped.)"""
+
+    def pixels(box, switch_epoch=15, **kw):
+        s = Schedule(ReconstructionConfig(switch_epoch=switch_epoch, **kw), box, 100)
+        return [round(s.stage1_band(e) * box / 2) for e in range(switch_epoch)]
+
+    for box in (128, 96, 64):
+        px = pixels(box)
+        assert px[0] == 5 and px == sorted(px), (box, px)
+        assert px[-1] == round(0.4 * box / 2), (box, px)
+    assert pixels(128, autoencode_min_freq=0.15)[0] == 10
+    # box 32 and 64: the schedule of every earlier result (0.15 of Nyquist, at least 5 px), at any switch
+    for box in (32, 64):
+        for switch in (15, 9):
+            old = [max(5, round((0.15 + e / (switch - 1) * 0.25) * box / 2)) for e in range(switch)]
+            assert pixels(box, switch) == old, (box, switch)
+    # above box 130 the end is held at 26 px (box 128's), and the encoder's input with it
+    px = pixels(192)
+    assert px[0] == 5 and px[-1] == 26 and px == sorted(px)
+    assert pixels(192, autoencode_max_freq=0.4)[-1] == 38  # an explicit fraction is kept
+    s = Schedule(ReconstructionConfig(), 192, 100)
+    assert s.stage1_end == pytest.approx(26 / 96) and s.encoder_size == 54
+    # a switch at epoch 0 or 1 trains stage 1 at its end band
+    assert Schedule(ReconstructionConfig(switch_epoch=1), 64, 10).stage1_band(0) == pytest.approx(0.4)
+
+
+def test_the_fixed_rule_switches_at_its_epoch_and_a_switched_run_stays_in_stage_2():
+    s = Schedule(ReconstructionConfig(epochs=6, switch_epoch=3), 32, 100)
+    assert [s.stage(e, None, []) for e in range(6)] == [STAGE1] * 3 + [STAGE2] * 3
+    assert s.stage(1, 1, []) == STAGE2  # once switched (by any rule), stage 2 for good
+
+
+def test_the_volume_step_is_stage_1s_then_decays_linearly_from_the_switch():
+    cfg = ReconstructionConfig(epochs=25, switch_epoch=15, volume_lr=0.05, volume_lr_autodecode=0.005,
+                               volume_lr_final_fraction=0.1)
+    s = Schedule(cfg, 32, 100)
+    assert s.volume_lr(3, None) == 0.05
+    lrs = [s.volume_lr(e, 15) for e in range(15, 25)]
+    assert lrs[0] == pytest.approx(0.005)
+    np.testing.assert_allclose(np.diff(lrs), np.diff(lrs)[0])  # linear
+    assert lrs[-1] == pytest.approx(0.005 * (1 - 0.9 * 9 / 10))  # reaching 10 % one epoch after the last
+    # an earlier switch stretches the decay over the longer stage 2
+    assert s.volume_lr(24, 5) == pytest.approx(0.005 * (1 - 0.9 * 19 / 20))
+
+
+def test_the_reassignment_runs_in_the_epochs_after_the_switch_only():
+    s = Schedule(ReconstructionConfig(epochs=10, switch_epoch=4, reassign_epochs=3), 32, 100)
+    assert [s.reassigns(e, 4) for e in range(5, 10)] == [True, True, False, False, False]
+    assert s.reassign_band == s.stage1_end
+    assert Schedule(ReconstructionConfig(reassign_max_freq=0.8), 32, 100).reassign_band == 0.8
+
+
+@pytest.mark.parametrize("n, bs, steps", [(100, 32, 4), (97, 32, 3), (64, 32, 2), (1, 32, 1)])
+def test_each_epochs_batches_cover_every_image_once_and_a_lone_last_image_joins_the_batch_before(n, bs, steps):
+    s = Schedule(ReconstructionConfig(batch_size=bs, seed=3), 32, n)
+    batches = s.batches(2, STAGE1)
+    assert len(batches) == s.steps_per_epoch(STAGE1) == steps
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))
+    assert all(len(b) >= 2 for b in batches) or n == 1
+    again, other = s.batches(2, STAGE1), s.batches(3, STAGE1)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    assert n < 3 or not torch.equal(torch.cat(batches), torch.cat(other))  # a new order every epoch
+
+
+def test_the_step_count_covers_both_stages_and_the_planned_restarts():
+    cfg = ReconstructionConfig(epochs=10, switch_epoch=6, batch_size=10, stage2_batch_size=25, restarts=3,
+                               restart_epochs=2)
+    s = Schedule(cfg, 32, 100)
+    assert s.batch_size(STAGE1) == 10 and s.batch_size(STAGE2) == 25
+    assert s.restarts_enabled
+    assert s.total_steps(3) == (6 + 2 * 2) * 10 + 4 * 4
+    assert s.total_steps(4) == s.total_steps(3) + 2 * 10  # an added restart adds its epochs
+    assert not Schedule(ReconstructionConfig(restarts=3, restart_epochs=6, switch_epoch=6), 32, 100).restarts_enabled
+
+
+class _SwitchAfterEpoch:
+    """A rule of another kind: it looks at the history (switches once an epoch has been logged)."""
+
+    planned = 2
+
+    def __init__(self):
+        self.asked: list[tuple[int, int]] = []
+
+    def switches(self, epoch, history):
+        self.asked.append((epoch, len(history)))
+        return len(history) >= 1
+
+
+def test_a_run_switches_when_its_switch_rule_says_so(tiny_dataset):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=3, heads=2,
+                               threads=1, restarts=1, reassign_epochs=2, batch_size=250)
+    run = Reconstruction(cfg)
+    rule = run.schedule.switch = _SwitchAfterEpoch()
+    ends = [s.metrics for s in run if s.epoch_end]
+    assert [m["stage"] for m in ends] == [STAGE1, STAGE2, STAGE2]
+    assert "reassigned" in ends[2]  # the window counts from the switch the rule made, not switch_epoch
+    assert rule.asked == [(0, 0), (1, 1)]  # asked at each stage-1 epoch's start, never after the switch
+    assert isinstance(Schedule(cfg, 32, 10).switch, FixedEpochSwitch)

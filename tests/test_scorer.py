@@ -1,0 +1,99 @@
+"""The image model scores poses: its in-plane and shift search agrees with the exact loss, and the posterior
+grid compares each image at its shift."""
+
+import pytest
+import torch
+
+from napari_semiamort.physics.so3 import random_rotations
+from napari_semiamort.run import Reconstruction, ReconstructionConfig
+from napari_semiamort.run.scorer import about_z
+
+
+def test_the_noise_weights_are_one_over_each_frequencys_shell_variance(tiny_dataset):
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1))
+    fr = run.frequencies(0.5)
+    w = run.model.inv_var(fr)
+    assert w.shape == (len(fr),)
+    torch.testing.assert_close(w, 1.0 / run.noise.variance[fr.shells])
+
+
+def test_stage1_shift_search_scores_equal_the_shifted_predictions_loss(tiny_dataset):
+    """The shift search's scores are the Gaussian loss of the prediction turned by each in-plane angle and
+    shifted by each grid shift. At 0° and 90° the turned frequencies fall on the pixel grid, so the
+    resampling trick is exact there and the two must agree to rounding: this pins the shift's sign."""
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+                               estimate_shifts=True, shift_search=2)
+    run = Reconstruction(cfg)
+    model, grid, inplane = run.model, run.stage1.shift_grid, run.stage1.inplane
+    assert grid.shape == (25, 2) and inplane.shape == (cfg.inplane_search, 3, 3)
+    idx = torch.arange(4)
+    fr = run.frequencies(run.stage1_band(0))
+    batch = run.source.batch(idx, fr)
+    rot = random_rotations(8, torch.Generator().manual_seed(0)).reshape(4, 2, 3, 3)
+    with torch.no_grad():
+        scores = model.inplane_scores(run.volume.slice(fr.grid, rot), batch, idx, fr, inplane, grid)
+        assert scores.shape == (4, 2, cfg.inplane_search, 25)
+
+        def loss(r, s):
+            return model.loss(model.predict(r, s.expand(4, 2, 2), batch.ctf[:, None], fr), batch.obs[:, None], fr)
+
+        for k in (0, cfg.inplane_search // 4):  # 0° and 90°
+            for j in (0, 7, 12, 18):  # (−2, −2), (0, −1), (0, 0), (1, 1) pixels
+                exact = loss(inplane[k] @ rot, grid[j])
+                assert torch.allclose(scores[:, :, k, j], exact, rtol=1e-4, atol=1e-6), (k, j)
+        # and a wrong sign would not pass: the opposite shift's loss is far from the score, compared with
+        # the agreement above
+        right, wrong = loss(rot, grid[18]), loss(rot, -grid[18])
+        err = (scores[:, :, 0, 18] - right).abs().max()
+        assert (scores[:, :, 0, 18] - wrong).abs().max() > 100 * err
+        # without shifts, the in-plane scores are the unshifted loss
+        plain = model.inplane_scores(run.volume.slice(fr.grid, rot), batch, idx, fr, inplane)
+        assert torch.allclose(plain[..., 0], loss(rot, torch.zeros(2)), rtol=1e-4, atol=1e-6)
+
+
+def test_the_posterior_grid_compares_the_image_at_its_estimated_shift(tiny_dataset):
+    """With shifts estimated, ``log_likelihood_grid`` scores the image at the run's shift for it: at 0°
+    in-plane (exact resampling) it is minus the shifted prediction's summed loss, not the unshifted one's."""
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2,
+                                              threads=1, estimate_shifts=True))
+    run.shifts[5] = torch.tensor([1.5, -2.0])
+    rot = random_rotations(3, torch.Generator().manual_seed(2))
+    grid = run.log_likelihood_grid(5, rot, torch.zeros(1))  # (3, 1)
+    fr = run.frequencies(1.0)
+    batch = run.source.batch(torch.tensor([5]), fr)
+    with torch.no_grad():
+        def loglik(shift):
+            pred = run.model.predict(rot[None], shift.expand(1, 3, 2), batch.ctf[:, None], fr)
+            return -run.model.loss(pred, batch.obs[:, None], fr)[0] * len(fr)
+        right, unshifted = loglik(run.shifts[5]).to(torch.float64), loglik(torch.zeros(2)).to(torch.float64)
+    err = (grid[:, 0] - right).abs().max()
+    assert err <= 1e-4 * right.abs().max()
+    assert (grid[:, 0] - unshifted).abs().max() > 100 * err
+
+
+def test_in_plane_turns_are_rotations_about_the_beam():
+    turns = about_z(torch.tensor([0.0, torch.pi / 2]))
+    torch.testing.assert_close(turns[0], torch.eye(3))
+    torch.testing.assert_close(turns[1] @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(turns[1][2], torch.tensor([0.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("loss", ["gaussian", "l1"])
+def test_the_exact_loss_prefers_the_true_pose_under_the_true_map(tiny_dataset, loss):
+    from napari_semiamort.data.mrc import read_map
+
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+                                              loss=loss))
+    truth, _ = read_map(tiny_dataset / "truth.mrc")
+    idx = torch.arange(32)
+    fr = run.frequencies(0.5)
+    batch = run.source.batch(idx, fr)
+    true = run.data.reference_rotations[idx]
+    other = random_rotations(32, torch.Generator().manual_seed(4))
+    with torch.no_grad():  # the truth at the images' scale (least squares at the true poses)
+        run.volume.set_from_map(torch.from_numpy(truth))
+        pred = run.model.predict(true, None, batch.ctf, fr)
+        run.volume.set_from_map(float((pred * batch.obs).sum() / (pred * pred).sum()) * torch.from_numpy(truth))
+        good = run.model.exact_loss(true, None, batch.obs, batch.ctf, fr)
+        bad = run.model.exact_loss(other, None, batch.obs, batch.ctf, fr)
+    assert float((good < bad).float().mean()) > 0.9

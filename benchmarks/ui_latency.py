@@ -31,10 +31,7 @@ def measure(star: Path, seconds: float, show: bool, out_dir: Path) -> dict:
     viewer = napari.Viewer(show=show)
     widget = ReconstructionWidget(viewer)
     viewer.window.add_dock_widget(widget, name="semiamort")
-    widget.path.setText(str(star))
-    widget.device.setCurrentText("cpu")
-    widget.epochs.setValue(1000)
-    widget.snapshot_every = 1
+    widget.form.set_values(particles=star, device="cpu", epochs=1000, snapshot_every=1)
     widget.outdir.setText(str(out_dir))
     ticks: list[float] = []
     timer = QTimer()

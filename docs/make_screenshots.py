@@ -33,23 +33,21 @@ def main() -> None:
     viewer.open_sample("napari-semiamort", "demo-ribosome")
     widget = ReconstructionWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Ab-initio reconstruction", area="right")
-    widget.epochs.setValue(args.epochs)
-    widget.switch_epoch.setValue(args.switch_epoch)
-    widget.watch.setText("0 1 2")
+    widget.form.set_values(epochs=args.epochs, switch_epoch=args.switch_epoch, watch=[0, 1, 2])
     app = napari.qt.get_qapp()
     widget.start()
     stage1_shot = False
     while widget.worker is not None:
         app.processEvents()
         time.sleep(0.01)
-        run = widget.run
-        if (not stage1_shot and run is not None and run.trial is None and run.epoch >= args.switch_epoch - 2
+        snap = widget.last_snapshot
+        if (not stage1_shot and snap is not None and snap.restart is None and snap.epoch >= args.switch_epoch - 2
                 and CANDIDATES in viewer.layers):
             # stage 1: each watched particle next to its M heads' candidate projections, the winner framed;
             # the first dozen columns, zoomed
             viewer.layers[VOLUME].visible = False
             viewer.dims.ndisplay = 2
-            px, size = run.data.pixel_size, run.size
+            px, size = snap.pixel_size, snap.box
             step = (size + 4) * px
             rows = viewer.layers[CANDIDATES].data.shape[0] / (size + 4)
             viewer.camera.center = (rows * step / 2, (size + 8) * px + 6 * step)

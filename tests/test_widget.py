@@ -27,13 +27,14 @@ def _widget(make_napari_viewer, tiny, tmp_path, epochs=40):
     viewer = make_napari_viewer(strict_qt=True)  # fails the test if a widget outlives the viewer
     w = ReconstructionWidget(viewer)
     viewer.window.add_dock_widget(w, name="semiamort")
-    w.path.setText(str(tiny / "particles.star"))
-    w.heads.setValue(4)
-    w.switch_epoch.setValue(2)
-    w.epochs.setValue(epochs)
-    w.batch_size.setValue(32)
-    w.device.setCurrentText("cpu")
-    w.watch.setText("0 5")
+    form = w.form  # the fields' widgets, as a user sets them
+    form["particles"].value = tiny / "particles.star"
+    form["heads"].value = 4
+    form["switch_epoch"].value = 2
+    form["epochs"].value = epochs
+    form["batch_size"].value = 32
+    form["device"].value = "cpu"
+    form["watch"].value = "0 5"
     w.outdir.setText(str(tmp_path / "run"))
     return viewer, w
 
@@ -56,20 +57,28 @@ def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, 
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
     assert w.config().heads == 4 and w.config().device == "cpu" and w.config().watch == [0, 5]
     assert w.config().stage2_batch_size is None  # as stage 1
-    w.stage2_batch_size.setValue(48)
+    w.form["stage2_batch_size"].value = 48
     assert w.config().stage2_batch_size == 48
-    w.stage2_batch_size.setValue(0)
+    w.form["stage2_batch_size"].value = 0
+    first_candidates = []  # the layer as it first appears: the run may be past the switch when it is checked
+    viewer.layers.events.inserted.connect(
+        lambda e: first_candidates.append(e.value.data.shape) if e.value.name == CANDIDATES else None)
     w.start()
     qtbot.waitUntil(lambda: VOLUME in viewer.layers, timeout=30_000)
     first = np.array(viewer.layers[VOLUME].data)
     qtbot.waitUntil(lambda: not np.array_equal(viewer.layers[VOLUME].data, first), timeout=30_000)
-    assert viewer.layers[VOLUME].scale[0] == pytest.approx(w.run.data.pixel_size)
+    assert viewer.layers[VOLUME].scale[0] == pytest.approx(w.info.pixel_size)
     assert viewer.dims.ndisplay == 3
     # candidates: one row per watched particle, the particle then its 4 heads' projections, winners framed
     qtbot.waitUntil(lambda: CANDIDATES in viewer.layers, timeout=30_000)
-    assert viewer.layers[CANDIDATES].data.shape == (2 * 28, 5 * 28)
+    assert first_candidates == [(2 * 28, 5 * 28)]
     frame = viewer.layers[WINNERS].data
-    assert frame.shape == (2 * 28, 5 * 28) and frame[:28, 28:].sum() > 0 and frame[:28, :28].sum() == 0
+    assert frame.shape == viewer.layers[CANDIDATES].data.shape
+    assert frame[:28, 28:].sum() > 0 and frame[:28, :28].sum() == 0
+    # a watch list changed mid-run reaches the worker through its control: a third row appears
+    w.form["watch"].value = "0 5 9"
+    w.form["watch"].native.editingFinished.emit()
+    qtbot.waitUntil(lambda: viewer.layers[CANDIDATES].data.shape[0] == 3 * 28, timeout=30_000)
     qtbot.waitUntil(lambda: len(w.plots.history) >= 2, timeout=30_000)
     # contrast limits the user sets are kept while the map updates
     viewer.layers[VOLUME].contrast_limits = (0.001, 0.002)
@@ -98,7 +107,7 @@ def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, 
     script = w.export_chimerax()
     assert script == run / "chimerax.cxc"
     with mrcfile.open(run / "map.mrc") as m:
-        assert m.data.shape == (24, 24, 24) and float(m.voxel_size.x) == pytest.approx(w.run.data.pixel_size)
+        assert m.data.shape == (24, 24, 24) and float(m.voxel_size.x) == pytest.approx(w.info.pixel_size)
     assert not any(t.name == "semiamort-loader" for t in threading.enumerate())
 
 
@@ -107,7 +116,7 @@ def test_a_failing_run_is_reported_as_a_notification(make_napari_viewer, tmp_pat
     w = ReconstructionWidget(viewer)
     bad = tmp_path / "bad.star"
     bad.write_text("data_particles\n\nloop_\n_rlnImageName\n1@missing.mrcs\n")
-    w.path.setText(str(bad))
+    w.form["particles"].value = bad
     w.outdir.setText(str(tmp_path / "run"))
     messages = _run_collecting_notifications(w, qtbot)
     assert any("Reconstruction failed" in m and "missing.mrcs" in m for m in messages), messages
@@ -136,7 +145,7 @@ def test_closing_the_widget_mid_run_stops_the_worker_and_keeps_the_results(make_
 def test_the_device_list_offers_auto_and_cpu_and_the_watch_button_adds_the_shown_particle(
         make_napari_viewer, tiny, tmp_path):
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
-    items = [w.device.itemText(i) for i in range(w.device.count())]
+    items = list(w.form["device"].choices)
     assert items[0] == "auto" and items[-1] == "cpu"
     (layer,) = viewer.open(str(tiny / "particles.star"), plugin="napari-semiamort")
     viewer.dims.set_current_step(0, 17)
@@ -152,10 +161,15 @@ def test_an_error_mid_run_is_notified_and_the_results_reached_are_kept(make_napa
                                                                         monkeypatch):
     from napari_semiamort.run.loop import Reconstruction
 
-    def broken(self, idx):
-        raise RuntimeError("CUDA out of memory (simulated)")
+    training = Reconstruction.__iter__
 
-    monkeypatch.setattr(Reconstruction, "_step_autodecode", broken)  # fails at the switch (epoch 3)
+    def broken(self):
+        for snap in training(self):
+            yield snap
+            if snap.epoch_end and snap.epoch + 1 == 2:  # fails at the switch (epoch 3)
+                raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Reconstruction, "__iter__", broken)
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path)
     assert any("CUDA out of memory (simulated)" in m for m in _run_collecting_notifications(w, qtbot))
     run = tmp_path / "run"
@@ -166,15 +180,28 @@ def test_an_error_mid_run_is_notified_and_the_results_reached_are_kept(make_napa
 def test_shift_estimation_and_the_mask_reach_the_configuration(make_napari_viewer, tiny, tmp_path):
     _, w = _widget(make_napari_viewer, tiny, tmp_path)
     cfg = w.config()
-    assert not cfg.estimate_shifts and cfg.mask_diameter is None and not w.shift_search.isEnabled()
-    w.shifts.setChecked(True)
-    assert w.shift_search.isEnabled()
-    w.shift_search.setValue(2)
-    w.mask_diameter.setValue(220.0)
+    form = w.form
+    assert not cfg.estimate_shifts and cfg.mask_diameter is None and not form["shift_search"].enabled
+    form["estimate_shifts"].value = True
+    assert form["shift_search"].enabled
+    form["shift_search"].value = 2
+    form["mask_diameter"].value = 220.0
     cfg = w.config()
     assert cfg.estimate_shifts and cfg.shift_search == 2 and cfg.mask_diameter == 220.0
-    w.shifts.setChecked(False)
-    assert not w.shift_search.isEnabled() and not w.config().estimate_shifts
+    form["estimate_shifts"].value = False
+    assert not form["shift_search"].enabled and not w.config().estimate_shifts
+
+
+def test_the_advanced_section_reaches_the_configuration(make_napari_viewer, tiny, tmp_path):
+    _, w = _widget(make_napari_viewer, tiny, tmp_path)
+    assert w.config().spread_heads and w.config().invert == "auto" and w.config().output_box is None
+    w.form["spread_heads"].value = False
+    w.form["invert"].value = "no"
+    w.form["output_box"].value = 16
+    w.form["ctf_pkl"].value = tiny / "particles.star"  # any existing file: the config takes its absolute path
+    cfg = w.config()
+    assert not cfg.spread_heads and cfg.invert == "no" and cfg.output_box == 16
+    assert cfg.ctf_pkl == str((tiny / "particles.star").resolve())
 
 
 def test_a_downsampled_run_shows_its_final_map_at_the_images_box_and_scale(make_napari_viewer, tiny, tmp_path,
@@ -182,12 +209,12 @@ def test_a_downsampled_run_shows_its_final_map_at_the_images_box_and_scale(make_
     """With "Downsample to box" the live map is at the run's box and pixel size; the final map.mrc, made from
     the images at their own box, replaces it at its own voxel size: the same extent in Å."""
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path, epochs=3)
-    w.box.setValue(16)
+    w.form["box"].value = 16
     assert w.config().box == 16
     _run_collecting_notifications(w, qtbot)
     layer = viewer.layers[VOLUME]
-    raw_px = w.run.data.raw_pixel_size
-    assert w.run.size == 16 and w.run.data.pixel_size == pytest.approx(1.5 * raw_px)
+    raw_px = w.info.raw_pixel_size
+    assert w.info.box == 16 and w.info.pixel_size == pytest.approx(1.5 * raw_px)
     assert layer.data.shape == (24, 24, 24) and layer.scale[0] == pytest.approx(raw_px)
     with mrcfile.open(tmp_path / "run" / "map.mrc") as m:
         assert m.data.shape == (24, 24, 24) and float(m.voxel_size.x) == pytest.approx(raw_px, abs=1e-3)

@@ -22,72 +22,44 @@ import sys
 from pathlib import Path
 
 from ..run.config import ReconstructionConfig
-
-# CLI flag → config field, for the knobs a user sets from the command line.
-_KNOBS = {
-    "heads": int, "backbone": str, "encoder_lr": float, "volume_lr": float, "volume_lr_autodecode": float,
-    "pose_lr": float, "pose_steps": int, "epochs": int, "switch_epoch": int, "batch_size": int,
-    "stage2_batch_size": int,
-    "loss": str, "noise_model": str, "max_freq": float, "autoencode_min_freq": float, "autoencode_max_freq": float,
-    "seed": int,
-    "device": str, "threads": int, "max_shift": float, "shift_search": int,
-}
+from ..run.fields import FIELDS, Field, to_value
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("particles", nargs="?", help="particles: RELION .star, cryoSPARC .cs or an MRC stack")
     p.add_argument("-o", "--outdir", help="run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="write into an existing run folder")
-    p.add_argument("--datadir", help="folder the STAR's image paths are relative to (default: the STAR's)")
-    p.add_argument("--pixel-size", type=float, help="pixel size in Å (overrides the STAR)")
-    p.add_argument("--no-ctf", action="store_true", help="ignore the CTF (data without CTF columns)")
-    p.add_argument("--ctf-pkl", help="cryoDRGN ctf.pkl for a bare particle stack")
-    p.add_argument("--pose-pkl", help="cryoDRGN pose.pkl with known poses (for the pose-error log only)")
-    p.add_argument("--passthrough", help="cryoSPARC passthrough .cs (default: found beside the .cs)")
-    p.add_argument("--box", type=int, help="downsample the images to this box by Fourier cropping to infer the "
-                   "poses (faster); the maps are still made at the images' box (see --output-box)")
-    p.add_argument("--output-box", type=int,
-                   help="box of map.mrc and the half maps, made from the final poses (default: the images' box)")
-    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                   help="contrast inversion for dark-on-light particles (default: auto, decided from the data)")
-    p.add_argument("--mask-diameter", type=float, help="soft circular mask diameter in Å (default: none)")
-    p.add_argument("--halves", action="store_true",
-                   help="split the particles in two (rlnRandomSubset, else seeded) and write half maps + FSC")
-    p.add_argument("--estimate-shifts", action="store_true", help="estimate in-plane shifts")
-    p.add_argument("--reference-map", help="ground-truth map for FSC in the log (simulated data)")
-    p.add_argument("--watch", type=int, nargs="*", help="particle indices whose candidates are snapshotted")
-    defaults = ReconstructionConfig()
-    special = {
-        "stage2_batch_size": "default: --batch-size (256 runs stage 2 faster on a GPU)",
-        "autoencode_min_freq": "stage-1 band at the start, as a fraction of Nyquist (default: 0.15, or 5 Fourier "
-                               "pixels where that is less, i.e. at most the box's width / 5 in Å)",
-        "autoencode_max_freq": "stage-1 band at the switch, as a fraction of Nyquist (default: 0.4, or 26 Fourier "
-                               "pixels where that is less, i.e. at most the box's width / 26 in Å)",
-    }
-    for name, typ in _KNOBS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
-                       help=special.get(name, f"default: {getattr(defaults, name)}"))
+    for f in FIELDS:  # every setting of the run (run/fields.py)
+        _add_field(p, f)
+
+
+def _add_field(p: argparse.ArgumentParser, f: Field) -> None:
+    """The option of one field of the table: ``--flag VALUE``, a switch for a boolean, indices for a list."""
+    if f.flag is None:
+        p.add_argument(f.name, nargs="?", help=f.help)
+        return
+    text = f.flag_help or f.help
+    if f.kind is bool:  # the switch sets the value that is not the default (--halves, --no-ctf)
+        p.add_argument(f.flag, dest=f.name, action="store_const", const=not f.default, default=None,
+                       help=text.replace("%", "%%"))  # argparse formats help with %
+        return
+    help_text = f"{text} (default: {f.default_text()})".replace("%", "%%")
+    if f.kind is list:
+        p.add_argument(f.flag, dest=f.name, type=int, nargs="*", default=None, metavar="INDEX", help=help_text)
+        return
+    choices = f.choices if isinstance(f.choices, tuple) else None  # the devices are checked by the run
+    p.add_argument(f.flag, dest=f.name, type=f.kind, choices=choices, default=None, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
-    cfg = ReconstructionConfig(particles=str(Path(args.particles).resolve()))
-    cfg.datadir = None if args.datadir is None else str(Path(args.datadir).resolve())
-    cfg.pixel_size = args.pixel_size
-    cfg.use_ctf = not args.no_ctf
-    cfg.ctf_pkl = None if args.ctf_pkl is None else str(Path(args.ctf_pkl).resolve())
-    cfg.pose_pkl = None if args.pose_pkl is None else str(Path(args.pose_pkl).resolve())
-    cfg.passthrough = None if args.passthrough is None else str(Path(args.passthrough).resolve())
-    cfg.box, cfg.invert, cfg.mask_diameter, cfg.halves = args.box, args.invert, args.mask_diameter, args.halves
-    cfg.output_box = args.output_box
-    cfg.estimate_shifts = args.estimate_shifts
-    cfg.reference_map = None if args.reference_map is None else str(Path(args.reference_map).resolve())
-    if args.watch is not None:
-        cfg.watch = list(args.watch)
-    for name in _KNOBS:
-        v = getattr(args, name)
+    """The configuration the options describe: the config's defaults where an option is not given, paths
+    made absolute (validated)."""
+    values = {}
+    for f in FIELDS:
+        v = getattr(args, f.name, None)
         if v is not None:
-            setattr(cfg, name, v)
+            values[f.name] = list(v) if f.kind is list else to_value(f, v)
+    cfg = ReconstructionConfig(**values)
     cfg.validate()
     return cfg
 
@@ -143,14 +115,17 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..devices import set_cpu_threads
     from ..run.loop import Reconstruction
     from ..run.outputs import RUN_OUTPUTS, write_config
+    from ..run.session import describe
 
     if args.resume:
         run_dir = Path(args.resume)
         # what does not change the training: the run's length, where it runs, and the maps' box
         overrides = {k: getattr(args, k) for k in ("epochs", "device", "threads", "output_box")
                      if getattr(args, k) is not None}
+        set_cpu_threads(overrides.get("threads", _saved_threads(run_dir)))  # before the run builds anything
         run = Reconstruction.resume(run_dir, **overrides)
         print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.config.epochs}")
     else:
@@ -160,17 +135,30 @@ def main(args: argparse.Namespace) -> int:
         if run_dir.exists() and any(run_dir.iterdir()) and not args.force:
             raise FileExistsError(f"{run_dir}: exists and is not empty; pass --force to write into it")
         cfg = config_from_args(args)
+        set_cpu_threads(cfg.threads)  # a process-wide setting: the program's, not the library's
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in RUN_OUTPUTS:  # --force: a previous run's results must not pass for this one's
             (run_dir / name).unlink(missing_ok=True)
         run = Reconstruction(cfg, run_dir=run_dir)
-        d = run.data
-        maps = d.check_box(cfg.output_box)
-        size = f"box {run.size}" + (f" (from {d.raw_box}; maps at box {maps})" if d.raw_box != run.size else "")
-        skipped = f", {len(d.skipped)} skipped (NaN/Inf)" if len(d.skipped) else ""
-        print(f"{len(d)} particles{skipped}, {size}, {d.pixel_size:.3f} Å/px, "
-              f"{'inverted' if d.sign < 0 else 'contrast as is'}, device {run.device}")
+        print(_summary(describe(run, run_dir, with_handle=False)))
     write_config(run_dir, run.config.to_dict(), resumed=bool(args.resume))
     train(run, run_dir)
     print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}  ChimeraX: {run_dir / 'chimerax.cxc'}")
     return 0
+
+
+def _saved_threads(run_dir: Path) -> int | None:
+    """The threads a run was started with (its config.json), for a resume that does not set them."""
+    try:
+        return ReconstructionConfig.load(run_dir / "config.json").threads
+    except (OSError, ValueError):
+        return None
+
+
+def _summary(info) -> str:
+    """One line on the data as the run sees them."""
+    size = f"box {info.box}" + (f" (from {info.raw_box}; maps at box {info.map_box})"
+                                if info.raw_box != info.box else "")
+    skipped = f", {info.skipped} skipped (NaN/Inf)" if info.skipped else ""
+    return (f"{info.n_particles} particles{skipped}, {size}, {info.pixel_size:.3f} Å/px, "
+            f"{'inverted' if info.inverted else 'contrast as is'}, device {info.device}")

@@ -1,0 +1,73 @@
+"""The dock's side of the worker: what runs in the napari thread worker, the status line, and the shutdown
+when the dock goes away. The protocol itself (control, run info, snapshots, posteriors) is the Qt-free
+:mod:`napari_semiamort.run.session`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..run.config import ReconstructionConfig
+from ..run.session import Control
+
+__all__ = ["duration", "finished", "interface_threads", "posterior_in_worker", "run_in_worker", "shutdown",
+           "status_line"]
+
+
+def interface_threads() -> int:
+    """The CPU threads the dock gives torch: all cores but one, left to the Qt main thread (with every core
+    computing, the UI stalls for 100s of ms)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def run_in_worker(config: ReconstructionConfig, run_dir: Path, control: Control):
+    """The worker's generator: the session's :func:`~napari_semiamort.run.session.train`, after setting the CPU
+    threads (a process-wide setting, the program's to choose; set in the worker thread, where torch computes)."""
+    from ..devices import set_cpu_threads
+    from ..run.session import train
+
+    set_cpu_threads(config.threads)
+    return (yield from train(config, run_dir, control))
+
+
+def posterior_in_worker(run_dir: Path, index: int):
+    """A posterior from a run folder's checkpoint (the session's), computed with the dock's CPU threads."""
+    from ..devices import set_cpu_threads
+    from ..run.session import posterior_from_checkpoint
+
+    set_cpu_threads(interface_threads())
+    return posterior_from_checkpoint(run_dir, index)
+
+
+def status_line(snap, elapsed: float) -> str:
+    """Restart, epoch, stage, speed and the time left, from a snapshot and the seconds since the start."""
+    eta = elapsed / max(snap.progress, 1e-9) - elapsed
+    restart = f"restart {snap.restart + 1} · " if snap.restart is not None else ""
+    return (f"{restart}epoch {snap.epoch + 1}/{snap.epochs} · {snap.stage} · "
+            f"{snap.images_per_second:.0f} img/s · ETA {duration(eta)}")
+
+
+def finished(snap) -> bool:
+    """Whether the run behind this last snapshot reached its last epoch."""
+    return snap is not None and snap.epoch_end and snap.restart is None and snap.epoch + 1 >= snap.epochs
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def shutdown(control: Control, holder: list) -> None:
+    """The dock is gone: stop the worker after its current step (it then writes its outputs)."""
+    control.stop = True
+    worker = holder[0]
+    if worker is not None:
+        try:
+            worker.yielded.disconnect()
+            worker.finished.disconnect()
+            worker.errored.disconnect()
+        except (TypeError, RuntimeError):
+            pass
+        if getattr(worker, "is_paused", False):
+            worker.resume()

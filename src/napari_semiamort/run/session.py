@@ -1,0 +1,153 @@
+"""A run driven from another thread, without Qt: the protocol between a program (the plugin's dock) and its
+worker.
+
+The program builds a :class:`Control` and hands it, with the configuration, to :func:`train` running in a
+worker thread. The worker yields a :class:`RunInfo` once the data are read, then one
+:class:`~.snapshot.Snapshot` per training step, and a :class:`~.posterior.PosePosterior` whenever the
+program asked for one; at the end, on a stop or on an error it writes the outputs reached. The program never
+touches the run: it talks to the worker through the :class:`Control` (stop, the watched particles, the
+posterior wanted) and, once the worker is done, asks the run's :class:`RunHandle` for more posteriors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ReconstructionConfig
+
+__all__ = ["Control", "RunHandle", "RunInfo", "describe", "posterior_from_checkpoint", "train"]
+
+POSTERIOR_INTERVAL = 2.0  # s between live posteriors (~0.1 s each at box 64 on a CPU)
+
+
+class Control:
+    """What the program tells the worker: plain state, set from one thread and read by the worker between
+    steps (the worker never touches the program's objects)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.posterior: int | None = None  # the particle whose posterior the worker computes
+        self.posterior_live = True  # refresh it (at most every POSTERIOR_INTERVAL s), or compute it once
+        self._watch: list[int] | None = None  # a new watch list, not yet applied
+        self._lock = threading.Lock()
+
+    def set_watch(self, indices) -> None:
+        """Watch these particles from the run's next full snapshot on."""
+        with self._lock:
+            self._watch = [int(i) for i in indices]
+
+    def take_watch(self) -> list[int] | None:
+        """The watch list asked for since the last call (None: no change); the worker applies it."""
+        with self._lock:
+            ids, self._watch = self._watch, None
+        return ids
+
+    def ask_posterior(self, index: int, live: bool = True) -> None:
+        """Compute particle ``index``'s posterior at the next full snapshot (and then every few seconds when
+        ``live``)."""
+        self.posterior_live = live
+        self.posterior = int(index)
+
+    def reset(self) -> None:
+        """A fresh start: no stop, no posterior, no pending watch list."""
+        self.stop = False
+        self.posterior = None
+        self.posterior_live = True
+        self.take_watch()
+
+
+class RunHandle:
+    """A run kept in memory after its worker ended (or read from a checkpoint): opaque to the program, which
+    may ask it for posteriors (one at a time, never while the run trains)."""
+
+    def __init__(self, run) -> None:
+        self._run = run
+
+    def posterior(self, index: int):
+        from .posterior import pose_posterior
+
+        return pose_posterior(self._run, index)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a program shows of a run once its data are read."""
+
+    run_dir: Path | None
+    n_particles: int  # images used
+    skipped: int  # images skipped (NaN or Inf)
+    box: int  # the run's box: the volume's and the candidates' (pixels)
+    pixel_size: float  # Å per pixel at that box
+    raw_box: int  # the images' own box
+    raw_pixel_size: float
+    map_box: int  # the box of map.mrc
+    inverted: bool  # the images' contrast was inverted
+    device: str
+    epochs: int
+    epoch: int  # epochs already done (a resumed run)
+    handle: RunHandle | None = field(default=None, compare=False, repr=False)
+
+
+def describe(run, run_dir: str | Path | None = None, with_handle: bool = True) -> RunInfo:
+    """A run's :class:`RunInfo` (with a :class:`RunHandle` on it unless ``with_handle`` is false)."""
+    d = run.data
+    return RunInfo(
+        run_dir=None if run_dir is None else Path(run_dir), n_particles=len(d), skipped=len(d.skipped),
+        box=int(run.size), pixel_size=float(d.pixel_size), raw_box=int(d.raw_box),
+        raw_pixel_size=float(d.raw_pixel_size), map_box=int(d.check_box(run.config.output_box)),
+        inverted=bool(d.sign < 0), device=str(run.device), epochs=int(run.config.epochs), epoch=int(run.epoch),
+        handle=RunHandle(run) if with_handle else None,
+    )
+
+
+def train(config: ReconstructionConfig, run_dir: str | Path, control: Control) -> Iterator:
+    """The worker's generator: builds the run (reading the data), yields its :class:`RunInfo`, then one
+    snapshot per step and the posteriors asked for; on a stop, an error or the end, writes the outputs
+    reached (partial results are kept). Returns the run folder."""
+    from .loop import Reconstruction
+    from .outputs import write_config, write_outputs
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Reconstruction(config, run_dir=run_dir)
+    write_config(run_dir, config.to_dict())
+    yield describe(run, run_dir)
+    try:
+        yield from _steps(run, control)
+    finally:
+        write_outputs(run, run_dir)
+    return str(run_dir)
+
+
+def _steps(run, control: Control) -> Iterator:
+    """The run's snapshots, with the control applied between steps: stop, the watch list, posteriors."""
+    handle = RunHandle(run)
+    last_posterior = 0.0
+    for snap in run:
+        yield snap
+        if control.stop:
+            return
+        ids = control.take_watch()
+        if ids is not None:
+            run.set_watch(ids)
+        due = time.perf_counter() - last_posterior >= POSTERIOR_INTERVAL or not control.posterior_live
+        if control.posterior is not None and snap.volume is not None and due:
+            last_posterior = time.perf_counter()
+            index = control.posterior
+            if not control.posterior_live:
+                control.posterior = None
+            yield handle.posterior(index)
+
+
+def posterior_from_checkpoint(run_dir: str | Path, index: int):
+    """For a run that is not in memory: read its checkpoint, then particle ``index``'s posterior. Returns the
+    run's :class:`RunInfo` (its handle answers later posteriors) and the posterior."""
+    from .loop import Reconstruction
+
+    run = Reconstruction.resume(run_dir, cache_images=False)  # a few images are read, not all
+    info = describe(run, run_dir)
+    return info, info.handle.posterior(index)

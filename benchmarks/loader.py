@@ -96,10 +96,10 @@ def training_rates(star: Path, box: int | None, device: str, steps: int) -> dict
             torch.cuda.synchronize()
         return steps * bs / (time.perf_counter() - t0)
 
-    run.epoch = cfg.switch_epoch - 1  # the widest stage-1 band: its most expensive steps
-    s1 = rate(run._step_autoencode)
-    run._switch_to_autodecode()
-    s2 = rate(run._step_autodecode)
+    run.state.epoch = cfg.switch_epoch - 1  # the widest stage-1 band: its most expensive steps
+    s1 = rate(run.train_step)
+    run.switch()
+    s2 = rate(run.train_step)
     return {"stage1_images_per_s": s1, "stage2_images_per_s": s2, "device": str(run.device)}
 
 

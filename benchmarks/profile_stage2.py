@@ -27,17 +27,17 @@ def main() -> None:
         molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
         simulate_dataset(str(molecule), tmp, SimulationConfig(n_particles=1024, box=args.box, seed=0))
         run = Reconstruction(ReconstructionConfig(particles=str(Path(tmp) / "particles.star"), restarts=1))
-        run.epoch = run.config.switch_epoch
-        run._switch_to_autodecode()
+        run.state.epoch = run.config.switch_epoch
+        run.switch()
         bs = run.config.batch_size
         for s in range(3):  # warm-up
-            run._step_autodecode(torch.arange(s * bs, (s + 1) * bs))
+            run.train_step(torch.arange(s * bs, (s + 1) * bs))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for s in range(args.steps):
-                run._step_autodecode(torch.arange(s * bs, (s + 1) * bs))
+                run.train_step(torch.arange(s * bs, (s + 1) * bs))
         t0 = time.perf_counter()
         for s in range(10):
-            run._step_autodecode(torch.arange(s * bs, (s + 1) * bs))
+            run.train_step(torch.arange(s * bs, (s + 1) * bs))
         step = (time.perf_counter() - t0) / 10
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     print(f"stage-2 step: {1e3 * step:.0f} ms at box {args.box}, batch {bs} ({bs / step:.0f} images/s)")

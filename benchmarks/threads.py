@@ -46,10 +46,10 @@ def main() -> None:
             torch.set_num_threads(threads)
             cfg = ReconstructionConfig(particles=str(Path(tmp) / "particles.star"), threads=threads)
             run = Reconstruction(cfg)
-            run.epoch = cfg.switch_epoch - 1  # the widest stage-1 band: the most expensive stage-1 steps
-            s1 = time_steps(run, run._step_autoencode, cfg.batch_size, args.steps)
-            run._switch_to_autodecode()
-            s2 = time_steps(run, run._step_autodecode, cfg.batch_size, args.steps)
+            run.state.epoch = cfg.switch_epoch - 1  # the widest stage-1 band: the most expensive stage-1 steps
+            s1 = time_steps(run, run.train_step, cfg.batch_size, args.steps)
+            run.switch()
+            s2 = time_steps(run, run.train_step, cfg.batch_size, args.steps)
             results[threads] = {"stage1_images_per_s": s1, "stage2_images_per_s": s2}
     print(f"box {args.box}, batch 64, {torch.__version__}, {torch.get_num_interop_threads()} inter-op threads")
     for t, r in results.items():

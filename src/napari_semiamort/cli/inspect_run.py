@@ -31,6 +31,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..devices import set_cpu_threads
     from ..run.figures import posterior_figure, specialization_figure
     from ..run.loop import Reconstruction
     from ..run.posterior import head_specialization, pose_posterior, reference_in_run_frame
@@ -40,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{run_dir}: no checkpoint.pt (is it a run folder?)")
     overrides = {"device": args.device} if args.device else {}
     run = Reconstruction.resume(run_dir, cache_images=False, **overrides)  # a few images are read, not all
+    set_cpu_threads(run.config.threads)  # the run's own setting, as when it trained
     out = Path(args.outdir) if args.outdir else run_dir / "inspect"
     out.mkdir(parents=True, exist_ok=True)
     particles = args.particles if args.particles is not None else list(run.config.watch)

@@ -199,9 +199,7 @@ class Reconstruction:
             return None
         reassigned = None
         if st.table is None:
-            passes.switch_to_autodecode(self.model, self.stage1, self.source, st, self.bank.at(sched.stage1_end),
-                                        self.config)
-            st.switched_at = st.epoch
+            self.switch()
         elif sched.reassigns(st.epoch, st.switched_at):
             bands = (self.bank.at(sched.stage1_end), self.bank.at(sched.reassign_band), self.bank.at(sched.stage2_band))
             reassigned = passes.reassign(self.model, self.stage1, self.source, st, bands, self.config)
@@ -209,7 +207,19 @@ class Reconstruction:
             group["lr"] = sched.volume_lr(st.epoch, st.switched_at)
         return reassigned
 
-    def _step(self, stage: str, idx: torch.Tensor, images: torch.Tensor) -> float:
+    def switch(self) -> None:
+        """Switch to stage 2 now: each image starts from its best candidate (:func:`passes.switch_to_autodecode`)."""
+        st = self.state
+        passes.switch_to_autodecode(self.model, self.stage1, self.source, st, self.bank.at(self.schedule.stage1_end),
+                                    self.config)
+        st.switched_at = st.epoch
+
+    def train_step(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> float:
+        """One training step on the images ``idx`` in the run's current stage, at the current epoch's band;
+        returns its loss. Iterating the run does this; benchmarks and profilers time it alone."""
+        return self._step(STAGE1 if self.state.switched_at is None else STAGE2, idx, images)
+
+    def _step(self, stage: str, idx: torch.Tensor, images: torch.Tensor | None) -> float:
         st = self.state
         if stage == STAGE1:
             fr = self.bank.at(self.schedule.stage1_band(st.epoch))

@@ -23,8 +23,7 @@ import torch
 
 from napari_semiamort.cli.main import main as cli
 from napari_semiamort.data.mrc import read_map
-from napari_semiamort.metrics.alignment import align_poses, rotate_map
-from napari_semiamort.metrics.fsc import fsc, resolution_at
+from napari_semiamort.metrics.truth import score_against_truth
 from napari_semiamort.run.loop import Reconstruction
 
 STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
@@ -45,13 +44,14 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str]) -> dict
     seconds = time.perf_counter() - t0
     run = Reconstruction.resume(run_dir)  # the final state, for poses and the map
     truth, pixel = read_map(sim / "truth.mrc")
-    al = align_poses(run.poses, run.data.reference_rotations)
-    curve = fsc(rotate_map(torch.from_numpy(run.volume_map()), al.transform), torch.from_numpy(truth))
-    r05 = resolution_at(curve, box, pixel, 0.5)
+    # scored as the run's own metrics and `semiamort fsc` score it: frame and hand from the poses, origin fitted
+    s = score_against_truth(torch.from_numpy(run.volume_map()), torch.from_numpy(truth), pixel, run.poses,
+                            run.data.reference_rotations)
     return {
-        "molecule": model.name, "pixel_size": pixel, "seconds": seconds, "fsc_0.5": r05,
-        "fsc_0.143": resolution_at(curve, box, pixel, 0.143), "fsc_0.5_over_nyquist": r05 / (2 * pixel),
-        "pose_error_mean": al.mean_error, "pose_error_median": al.median_error, "mirrored": al.mirrored,
+        "molecule": model.name, "pixel_size": pixel, "seconds": seconds, "fsc_0.5": s.resolution_05,
+        "fsc_0.143": s.resolution_0143, "fsc_0.5_over_nyquist": s.resolution_05 / (2 * pixel),
+        "pose_error_mean": s.poses.mean_error, "pose_error_median": s.poses.median_error,
+        "mirrored": s.poses.mirrored,
     }
 
 

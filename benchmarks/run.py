@@ -115,10 +115,10 @@ def throughput_child(box: int, heads: int, batch_size: int | None = None) -> dic
             sync()
             return steps * bs / (time.perf_counter() - t0)
 
-        run.epoch = run.config.switch_epoch - 1
-        s1 = rate(run._step_autoencode)
-        run._switch_to_autodecode()
-        s2 = rate(run._step_autodecode)
+        run.state.epoch = run.config.switch_epoch - 1
+        s1 = rate(run.train_step)
+        run.switch()
+        s2 = rate(run.train_step)
         out = {"box": box, "heads": heads, "batch_size": bs, "stage1_images_per_s": s1, "stage2_images_per_s": s2,
                "device": str(run.device), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if run.device.type == "cuda":
@@ -222,33 +222,24 @@ def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray
     import torch
 
     from napari_semiamort.data.mrc import read_map
-    from napari_semiamort.metrics.alignment import align_poses, align_translation, rotate_map
-    from napari_semiamort.metrics.fsc import fsc, masked_fsc, resolution_at
+    from napari_semiamort.metrics.truth import score_against_truth
 
-    al = align_poses(torch.as_tensor(rotations), torch.as_tensor(reference))
-    m, voxel = read_map(map_path)
+    m, _ = read_map(map_path)
     t, tv = read_map(truth_map)
     if m.shape != t.shape:
         raise ValueError(f"{map_path}: box {m.shape[0]} differs from the truth's {t.shape[0]}")
-    aligned = rotate_map(torch.from_numpy(m), al.transform)
-    truth = torch.from_numpy(t)
-    curve = fsc(aligned, truth)
-    inverted = bool(np.mean(curve[1:4]) < 0)  # cryoDRGN's maps come out with inverted contrast: users flip them
-    if inverted:
-        aligned = -aligned
-    # and a map's origin is arbitrary where shifts are estimated: it is fitted too, as in ChimeraX's fitmap
-    aligned, offset = align_translation(aligned, truth)
-    curve = fsc(aligned, truth)
-    out = {"fsc05_A": resolution_at(curve, t.shape[0], tv, 0.5), "pose_mean_deg": al.mean_error,
-           "pose_median_deg": al.median_error, "mirrored": al.mirrored, "contrast_inverted": inverted,
-           "map_offset_px": float(np.linalg.norm(offset))}
+    # cryoDRGN's maps come out with inverted contrast (users flip them): allow_inverted; and a map's origin is
+    # arbitrary where shifts are estimated: it is fitted too, as in ChimeraX's fitmap
+    s = score_against_truth(torch.from_numpy(m), torch.from_numpy(t), tv, torch.as_tensor(rotations),
+                            torch.as_tensor(reference), mask_radius_px=mask_A / 2 / tv if mask_A else None,
+                            allow_inverted=True)
+    out = {"fsc05_A": s.resolution_05, "pose_mean_deg": s.poses.mean_error, "pose_median_deg": s.poses.median_error,
+           "mirrored": s.poses.mirrored, "contrast_inverted": s.contrast_inverted, "map_offset_px": s.offset_norm_px}
     if mask_A:
-        masked = masked_fsc(aligned, truth, mask_A / 2 / tv)
-        n = t.shape[0]
-        out["fsc05_masked_A"] = resolution_at(masked, n, tv, 0.5)
+        out["fsc05_masked_A"] = s.resolution_05_masked
         # where FSC = 0.5 reaches Nyquist it can no longer rank maps: the mean FSC over the outer half of
         # the shells (L/4 to Nyquist) still does
-        out["fsc_outer_masked"] = float(np.mean(masked[n // 4 : n // 2 + 1]))
+        out["fsc_outer_masked"] = s.fsc_outer_masked
     return out
 
 

@@ -114,8 +114,9 @@ def test_fsc_command_reports_resolutions_and_pose_errors(sim, tmp_path, capsys):
                  "--csv", str(tmp_path / "fsc.csv")]) == 0
     out = capsys.readouterr().out
     assert "mean 0.00°" in out and "same hand" in out and "FSC=0.5" in out
-    table = np.loadtxt(tmp_path / "fsc.csv", delimiter=",", skiprows=1)
-    assert (table[:, 2] > 0.999).all()  # resampled through the (identity) alignment
+    table = np.genfromtxt(tmp_path / "fsc.csv", delimiter=",", names=True)  # the columns of a run's fsc.csv
+    assert table.dtype.names == ("shell", "frequency_per_angstrom", "resolution_angstrom", "fsc_reference")
+    assert (table["fsc_reference"] > 0.999).all()  # resampled through the (identity) alignment
 
 
 def test_the_package_and_cli_import_without_qt():

@@ -39,8 +39,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.mrc import read_map
-    from ..metrics.alignment import align_poses, rotate_map
-    from ..metrics.fsc import fsc, resolution_at
+    from ..devices import set_cpu_threads
+    from ..metrics.truth import score_against_truth
     from ..run.config import ReconstructionConfig
     from ..run.loop import Reconstruction
     from ..run.outputs import write_config
@@ -69,17 +69,18 @@ def main(args: argparse.Namespace) -> int:
         cfg.switch_epoch = args.switch_epoch
     run_dir = out / "run"
     run_dir.mkdir(parents=True)
+    set_cpu_threads(args.threads)  # process-wide: the program's choice, not the engine's
     run = Reconstruction(cfg, run_dir=run_dir)
     write_config(run_dir, cfg.to_dict())
     t1 = time.perf_counter()
     train(run, run_dir)
     t_rec = time.perf_counter() - t1
     truth, pixel = read_map(out / "data" / "truth.mrc")
-    al = align_poses(run.poses, run.data.reference_rotations)
     final, _ = read_map(run_dir / "map.mrc")  # the map the run delivers (from its final poses)
-    curve = fsc(rotate_map(torch.from_numpy(final), al.transform), torch.from_numpy(truth))
-    r05 = resolution_at(curve, args.box, pixel, 0.5)
-    r0143 = resolution_at(curve, args.box, pixel, 0.143)
+    # scored as the run's metrics and `semiamort fsc` score it: frame and hand from the poses, origin fitted
+    score = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses,
+                                run.data.reference_rotations)
+    al, r05, r0143 = score.poses, score.resolution_05, score.resolution_0143
     nyq = 2 * pixel
     rows = [
         ("particles", f"{args.n} (box {args.box}, {pixel:.2f} Å/px, SNR {args.snr})"),

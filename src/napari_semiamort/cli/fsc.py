@@ -4,11 +4,14 @@ Examples:
 
   semiamort fsc run1/map.mrc sim/truth.mrc
   semiamort fsc run1/map.mrc sim/truth.mrc --poses run1/poses.star --reference-poses sim/particles.star
+  semiamort fsc run1/map.mrc sim/truth.mrc --mask-diameter 260
   semiamort fsc half1.mrc half2.mrc --csv fsc.csv
 
 With --poses and --reference-poses, the run's frame (and hand: ab-initio runs land in either) is aligned
 to the reference from the poses, the first map is rotated into the reference frame before the FSC, and
-the mean and median pose errors are printed.
+the mean and median pose errors are printed. The first map's origin is then fitted to the second's (where
+shifts are estimated a map's origin is arbitrary), as the run's own metrics do: the figures are those the
+run logs for the same map.
 """
 
 from __future__ import annotations
@@ -22,17 +25,28 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poses", help="STAR with the run's poses (same particles and order as the reference)")
     p.add_argument("--reference-poses", help="STAR with the true poses")
     p.add_argument("--pixel-size", type=float, help="Å/px (default: map2's header)")
-    p.add_argument("--csv", help="write the curve as CSV")
+    p.add_argument("--mask-diameter", type=float,
+                   help="Å: also the FSC within a soft spherical mask of this diameter (as the run's metrics)")
+    p.add_argument("--csv", help="write the curve as CSV (the columns of a run's fsc.csv)")
+
+
+def _rotations(path: str):
+    import torch
+
+    from ..data.star import read_star
+
+    table = read_star(path, require_stacks=False)
+    if table.rotations is None:
+        raise ValueError(f"{path}: no angles (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)")
+    return torch.from_numpy(table.rotations)
 
 
 def main(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
+    from ..data.fsc_csv import write_fsc_csv
     from ..data.mrc import read_map
-    from ..data.star import read_star
-    from ..metrics.alignment import align_poses, rotate_map
-    from ..metrics.fsc import fsc, resolution_at
+    from ..metrics.truth import score_against_truth
 
     m1, _ = read_map(args.map1)
     m2, voxel = read_map(args.map2)
@@ -41,29 +55,28 @@ def main(args: argparse.Namespace) -> int:
     pixel = args.pixel_size or voxel
     if pixel <= 0:
         raise ValueError(f"{args.map2}: no voxel size in the header; give --pixel-size")
-    v1 = torch.from_numpy(m1)
     if bool(args.poses) != bool(args.reference_poses):
         raise ValueError("give both --poses and --reference-poses, or neither")
+    est = ref = None
     if args.poses:
-        def rotations(path):
-            table = read_star(path, require_stacks=False)
-            if table.rotations is None:
-                raise ValueError(f"{path}: no angles (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)")
-            return torch.from_numpy(table.rotations)
-        est, ref = rotations(args.poses), rotations(args.reference_poses)
+        est, ref = _rotations(args.poses), _rotations(args.reference_poses)
         if est.shape != ref.shape:
             raise ValueError(f"{args.poses}: {len(est)} particles, but {args.reference_poses} has {len(ref)}")
-        al = align_poses(est, ref)
-        v1 = rotate_map(v1, al.transform)
+    radius = args.mask_diameter / 2 / pixel if args.mask_diameter else None
+    score = score_against_truth(torch.from_numpy(m1), torch.from_numpy(m2), pixel, est, ref, mask_radius_px=radius)
+    if score.poses is not None:
+        al = score.poses
         print(f"pose error after alignment: mean {al.mean_error:.2f}°  median {al.median_error:.2f}°  "
               f"({'mirror hand' if al.mirrored else 'same hand'})")
-    curve = fsc(v1, torch.from_numpy(m2))
-    size = m1.shape[0]
-    r05, r0143 = (resolution_at(curve, size, pixel, t) for t in (0.5, 0.143))
-    print(f"FSC=0.5: {r05:.2f} Å   FSC=0.143: {r0143:.2f} Å   (Nyquist {2 * pixel:.2f} Å)")
+    x, y, z = score.offset_px
+    print(f"origin fitted: map1 moved by {score.offset_norm_px:.2f} voxels ({x:+.2f}, {y:+.2f}, {z:+.2f} x, y, z)")
+    print(f"FSC=0.5: {score.resolution_05:.2f} Å   FSC=0.143: {score.resolution_0143:.2f} Å   "
+          f"(Nyquist {2 * pixel:.2f} Å)")
+    curves = {"reference": score.curve}
+    if score.masked_curve is not None:
+        print(f"within the mask: FSC=0.5: {score.resolution_05_masked:.2f} Å   "
+              f"FSC=0.143: {score.resolution_0143_masked:.2f} Å")
+        curves["reference_masked"] = score.masked_curve
     if args.csv:
-        shells = np.arange(len(curve))
-        freq = shells / (size * pixel)
-        np.savetxt(args.csv, np.stack([shells, freq, curve], 1), delimiter=",",
-                   header="shell,frequency_per_angstrom,fsc", comments="", fmt=["%d", "%.6f", "%.6f"])
+        write_fsc_csv(args.csv, curves, m1.shape[0], pixel)
     return 0

@@ -2,6 +2,7 @@
 
 from .atomic import atomic_path
 from .dataset import ParticleDataset, normalize_background
+from .fsc_csv import write_fsc_csv
 from .mrc import Stack, open_stack, read_map, write_mrc
 from .particles import ParticleTable
 from .readers import open_dataset, read_particles
@@ -18,6 +19,7 @@ __all__ = [
     "read_map",
     "read_particles",
     "read_star",
+    "write_fsc_csv",
     "write_mrc",
     "write_star",
 ]

@@ -28,9 +28,6 @@ def _save(fig, path: Path) -> Path:
 def posterior_figure(post, path: str | Path, floor: float | None = None) -> Path:
     """Mollweide map of ``post.log_posterior``; values more than ``floor`` nats below the mode share one
     colour (default: the median depth, so that half the sphere shows the landscape)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 5), dpi=110)
@@ -68,9 +65,6 @@ def posterior_figure(post, path: str | Path, floor: float | None = None) -> Path
 def specialization_figure(spec, path: str | Path) -> Path:
     """Per HEALPix cell, the head that wins most (colour) and how many particles (size); per head, its share of
     the particles and, on simulated data, its mean pose error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 6.5), dpi=110)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..data.dataset import ParticleDataset
-from ..metrics.alignment import align_poses, align_translation, rotate_map
-from ..metrics.fsc import fsc, masked_fsc, resolution_at
+from ..metrics.alignment import align_poses
+from ..metrics.truth import pose_metrics, score_against_truth
 from ..physics.so3 import geodesic_distance
 
 __all__ = ["epoch_record", "epoch_scores", "truth_metrics"]
@@ -39,22 +39,11 @@ def truth_metrics(volume: torch.Tensor, poses: torch.Tensor, data: ParticleDatas
     at the run's box) after aligning frame, hand and origin; empty without known poses."""
     if data.reference_rotations is None:
         return {}
-    al = align_poses(poses, data.reference_rotations)
-    m: dict = {"pose_error_mean_deg": al.mean_error, "pose_error_median_deg": al.median_error,
-               "mirrored": al.mirrored}
     if reference is None:
-        return m
-    aligned, offset = align_translation(rotate_map(volume.cpu(), al.transform), reference)
-    m["reference_offset_px"] = round(float(np.linalg.norm(offset)), 3)
-    curves = {"": fsc(aligned, reference)}
-    if mask_diameter:  # also within the user's mask, as a particle's FSC is reported
-        curves["_masked"] = masked_fsc(aligned, reference, mask_diameter / 2 / data.pixel_size)
-    size = reference.shape[-1]
-    for suffix, curve in curves.items():
-        m[f"fsc_curve{suffix}"] = [round(float(c), 5) for c in curve]
-        m[f"fsc_0.5_angstrom{suffix}"] = resolution_at(curve, size, data.pixel_size, 0.5)
-        m[f"fsc_0.143_angstrom{suffix}"] = resolution_at(curve, size, data.pixel_size, 0.143)
-    return m
+        return pose_metrics(align_poses(poses, data.reference_rotations))
+    radius = mask_diameter / 2 / data.pixel_size if mask_diameter else None  # the user's mask, as for particles
+    return score_against_truth(volume, reference, data.pixel_size, poses, data.reference_rotations,
+                               mask_radius_px=radius).metrics()
 
 
 def epoch_scores(run) -> dict:

@@ -14,11 +14,12 @@ import torch
 
 from .. import __version__
 from ..data.atomic import atomic_path
+from ..data.fsc_csv import write_fsc_csv
 from ..data.mrc import read_map, write_mrc
 from ..data.star import write_star
-from ..metrics.alignment import align_poses, align_translation, rotate_map
 from ..metrics.density import otsu_level
 from ..metrics.fsc import fsc, resolution_at
+from ..metrics.truth import score_against_truth
 
 __all__ = ["RUN_OUTPUTS", "chimerax_script", "otsu_level", "write_config", "write_fsc", "write_outputs"]
 
@@ -49,26 +50,14 @@ def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Pat
 
 
 def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_size: float) -> dict[str, Path]:
-    """``fsc.csv`` (one column per curve) and ``fsc.png`` with the 0.143 and 0.5 thresholds marked."""
-    shells = np.arange(size // 2 + 1)
-    freq = shells / (size * pixel_size)
-    with np.errstate(divide="ignore"):
-        res = np.where(shells > 0, 1.0 / np.maximum(freq, 1e-12), np.inf)
-    header = "shell,frequency_per_angstrom,resolution_angstrom," + ",".join(f"fsc_{k}" for k in curves)
-    rows = [header] + [
-        ",".join([str(s), f"{freq[s]:.6f}", f"{res[s]:.3f}"] + [f"{c[s]:.5f}" for c in curves.values()])
-        for s in shells
-    ]
-    csv = run_dir / "fsc.csv"
-    with atomic_path(csv) as tmp:
-        tmp.write_text("\n".join(rows) + "\n")
+    """``fsc.csv`` (one column per curve, :func:`write_fsc_csv`) and ``fsc.png`` with the 0.143 and 0.5
+    thresholds marked."""
+    from matplotlib.figure import Figure  # no pyplot: no backend chosen, nothing process-wide set
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    csv = write_fsc_csv(run_dir / "fsc.csv", curves, size, pixel_size)
+    freq = np.arange(size // 2 + 1) / (size * pixel_size)
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.add_subplot()
     labels = {"halves": "half maps", "reference": "vs reference map"}
     for name, c in curves.items():
         thr = 0.143 if name == "halves" else 0.5
@@ -90,7 +79,6 @@ def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_siz
     png = run_dir / "fsc.png"
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return {"fsc_csv": csv, "fsc_png": png}
 
 
@@ -151,9 +139,8 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
         curves["halves"] = fsc(torch.from_numpy(halves[0]), torch.from_numpy(halves[1]))
     reference = run.reference_at(maps_data.box)
     if reference is not None and data.reference_rotations is not None:
-        al = align_poses(run.poses, data.reference_rotations)
-        aligned, _ = align_translation(rotate_map(torch.from_numpy(whole), al.transform), reference)
-        curves["reference"] = fsc(aligned, reference)
+        curves["reference"] = score_against_truth(torch.from_numpy(whole), reference, maps_data.pixel_size,
+                                                  run.poses, data.reference_rotations).curve
     if curves:
         out.update(write_fsc(run_dir, curves, maps_data.box, maps_data.pixel_size))
     out["chimerax"] = chimerax_script(run_dir, force=True)

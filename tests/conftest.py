@@ -25,17 +25,27 @@ def generator():
     return torch.Generator().manual_seed(1234)
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    """1,000 images of the bundled 80S ribosome at box 32, SNR 1 (simulated, seed 7)."""
+def simulate_ribosome(out: Path, **settings) -> Path:
+    """Images of the bundled 80S ribosome (``settings``: SimulationConfig's) in ``out``; returns ``out``."""
     from importlib.resources import files
 
     from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
 
-    out = tmp_path_factory.mktemp("tiny")
     molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
-    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=1000, box=32, snr=1.0, seed=7))
+    simulate_dataset(str(molecule), out, SimulationConfig(**settings))
     return out
+
+
+@pytest.fixture(scope="session")
+def ribosome_images():
+    """:func:`simulate_ribosome`, for tests that simulate sets of their own."""
+    return simulate_ribosome
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """1,000 images of the bundled 80S ribosome at box 32, SNR 1 (simulated, seed 7)."""
+    return simulate_ribosome(tmp_path_factory.mktemp("tiny"), n_particles=1000, box=32, snr=1.0, seed=7)
 
 
 @pytest.fixture(scope="session")

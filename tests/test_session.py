@@ -2,21 +2,17 @@
 carry what a viewer needs, watch-list changes and stop through the control, outputs at the end, and posteriors
 from the run in memory or from its checkpoint."""
 
-from importlib.resources import files
 
 import pytest
 
 from napari_semiamort.run.config import ReconstructionConfig
 from napari_semiamort.run.session import Control, RunInfo, posterior_from_checkpoint, train
 from napari_semiamort.run.snapshot import Snapshot
-from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
 
 
 @pytest.fixture(scope="module")
-def star(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim")
-    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
-    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=200, box=32, snr=1.0, seed=7))
+def star(tmp_path_factory, ribosome_images):
+    out = ribosome_images(tmp_path_factory.mktemp("sim"), n_particles=200, box=32, snr=1.0, seed=7)
     return out / "particles.star"
 
 

@@ -3,24 +3,19 @@ Pause/Resume, Stop, export, errors, and a clean shutdown."""
 
 import threading
 import time
-from importlib.resources import files
 
 import mrcfile
 import numpy as np
 import pytest
 
 from napari_semiamort._qt.widget import CANDIDATES, VOLUME, WINNERS, ReconstructionWidget
-from napari_semiamort.sim.simulate import SimulationConfig, simulate_dataset
 
 pytestmark = pytest.mark.usefixtures("no_worker_outlives_its_test")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
-    simulate_dataset(str(molecule), out, SimulationConfig(n_particles=256, box=24, snr=1.0, seed=3))
-    return out
+def tiny(tmp_path_factory, ribosome_images):
+    return ribosome_images(tmp_path_factory.mktemp("tiny"), n_particles=256, box=24, snr=1.0, seed=3)
 
 
 def _widget(make_napari_viewer, tiny, tmp_path, epochs=40):

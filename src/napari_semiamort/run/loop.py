@@ -89,7 +89,7 @@ class Reconstruction:
         self.stage1.reset(seed)
         self.model.volume = HartleyVolume(self.size).to(self.device) if blank else initial_volume(
             self.source, self.bank.at(self.schedule.stage2_band), seed, cfg.volume_init_noise, cfg.batch_size)
-        self.opt_volume = torch.optim.Adam(self.model.volume.parameters(), lr=cfg.volume_lr)
+        self.opt_volume = torch.optim.Adam(self.model.volume.parameters(), lr=self.schedule.volume_lr(0, None))
         self.state = RunState.fresh(len(self.data), cfg.estimate_shifts)
 
     # ---------------------------------------------------------------- the parts, as the run's public view
@@ -352,7 +352,8 @@ class Reconstruction:
         if state["table"] is not None:
             table = passes.pose_table(self.config, self.size, state["poses"].to(self.device))
             table.load_state_dict({k: v.to(self.device) for k, v in state["table"].items()})
-        switched = state.get("switched_at", self.config.switch_epoch if table is not None else None)
+        # checkpoints before the switch rule recorded its epoch: the fixed rule's
+        switched = state.get("switched_at", self.schedule.switch.planned if table is not None else None)
         self.state = RunState(
             poses=state["poses"], winners=state.get("winners", torch.zeros(len(self.data), dtype=torch.long)),
             shifts=state["shifts"], previous_poses=state["previous_poses"], table=table, switched_at=switched,

@@ -1,0 +1,63 @@
+"""Checkpoints: a run resumed from its folder continues exactly where it stopped, without reading every
+image again, and a run can be questioned from its checkpoint alone."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_semiamort.data.dataset import ParticleDataset
+from napari_semiamort.run import Reconstruction, ReconstructionConfig
+
+
+def _config(tiny_dataset, **kw):
+    settings = {"heads": 3, "threads": 1, "restarts": 2, "restart_epochs": 1, "switch_epoch": 2,
+                "reassign_epochs": 1, "batch_size": 200, "halves": True, **kw}
+    return ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), **settings)
+
+
+def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(tiny_dataset, tmp_path):
+    whole = Reconstruction(_config(tiny_dataset, epochs=4))
+    for _ in whole:
+        pass
+    first = Reconstruction(_config(tiny_dataset, epochs=3), run_dir=tmp_path)
+    for _ in first:
+        pass
+    resumed = Reconstruction.resume(tmp_path, epochs=4)  # stage 2 by then: the pose table comes back too
+    assert resumed.epoch == 3 and resumed.table is not None
+    for _ in resumed:
+        pass
+    assert torch.equal(resumed.poses, whole.poses)
+    assert np.array_equal(resumed.volume_map(), whole.volume_map())
+    assert [m["loss"] for m in resumed.history] == [m["loss"] for m in whole.history]
+    assert np.array_equal(resumed.data.half, whole.data.half)
+
+
+def test_resuming_restores_the_scan_without_reading_every_image(tiny_dataset, tmp_path, monkeypatch):
+    run = Reconstruction(_config(tiny_dataset, epochs=2, restarts=1, invert="yes"), run_dir=tmp_path)
+    for _ in run:
+        pass
+    read: list[int] = []
+    original = ParticleDataset.read_raw
+
+    def counting(self, idx):
+        read.append(len(idx))
+        return original(self, idx)
+
+    monkeypatch.setattr(ParticleDataset, "scan", lambda *a, **k: pytest.fail("resume scanned the images"))
+    monkeypatch.setattr(ParticleDataset, "read_raw", counting)
+    again = Reconstruction.resume(tmp_path, cache_images=False)
+    assert sum(read) == 0  # nothing read to build it
+    assert again.data.sign == run.data.sign == -1.0 and again.data.scanned
+    assert np.array_equal(again.data.half, run.data.half)
+    assert np.array_equal(again.volume_map(), run.volume_map()) and torch.equal(again.poses, run.poses)
+    idx = torch.arange(5)
+    torch.testing.assert_close(again.data.read(idx.numpy()), run.data.read(idx.numpy()))  # the same images
+
+
+def test_a_checkpoint_from_another_particle_file_is_refused(tiny_dataset, tmp_path):
+    from napari_semiamort.data.readers import open_dataset
+
+    data = open_dataset(_config(tiny_dataset))
+    state = {"sign": 1.0, "rows": np.arange(len(data) + 5), "skipped": np.zeros(0, np.int64), "half": None}
+    with pytest.raises(ValueError, match="particles.star: the run's record names 1005 particles"):
+        data.restore_scan(state)

@@ -87,7 +87,7 @@ def test_images_with_nan_or_inf_are_skipped_and_counted_in_the_log(sim, tmp_path
 def test_the_cache_and_the_streamed_reads_give_the_same_images(sim):
     cached = ParticleDataset(read_particles(sim / "particles.star"), box=16).scan()
     streamed = ParticleDataset(read_particles(sim / "particles.star"), box=16).scan(cache_bytes=0)
-    assert cached._cache is not None and streamed._cache is None
+    assert cached.in_memory and not streamed.in_memory
     idx = np.array([5, 100, 2])
     np.testing.assert_allclose(cached.read(idx), streamed.read(idx), atol=1e-6)
 

@@ -398,6 +398,11 @@ class ParticleDataset:
         return 1.0
 
     @property
+    def in_memory(self) -> bool:
+        """The prepared images are held in memory (the scan cached them): reading is indexing."""
+        return self._cache is not None
+
+    @property
     def source(self) -> Path:
         return self.table.source
 

@@ -35,7 +35,7 @@ class BatchLoader:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        if getattr(self.dataset, "_cache", None) is not None or self.depth <= 0:
+        if getattr(self.dataset, "in_memory", False) or self.depth <= 0:
             for b in self.batches:
                 yield b, self.dataset.read(b)
             return

@@ -318,8 +318,10 @@ def insert_with_poses(poses_star: Path, truth_star: Path, out_map: Path, truth: 
     import torch
 
     from napari_semiamort.data.mrc import write_mrc
+    from napari_semiamort.devices import set_cpu_threads
     from napari_semiamort.run import Reconstruction, ReconstructionConfig
 
+    set_cpu_threads(os.cpu_count() or 2)  # a process of its own: every core
     run = Reconstruction(ReconstructionConfig(particles=str(poses_star), mask_diameter=mask_A,
                                               threads=os.cpu_count() or 2))
     run.poses = run.data.reference_rotations.to(torch.float32)

@@ -61,3 +61,22 @@ def test_a_checkpoint_from_another_particle_file_is_refused(tiny_dataset, tmp_pa
     state = {"sign": 1.0, "rows": np.arange(len(data) + 5), "skipped": np.zeros(0, np.int64), "half": None}
     with pytest.raises(ValueError, match="particles.star: the run's record names 1005 particles"):
         data.restore_scan(state)
+
+
+def test_the_best_restart_is_kept_once_and_a_watch_change_reaches_the_checkpoint(tiny_dataset, tmp_path):
+    run = Reconstruction(_config(tiny_dataset, epochs=3, watch=[0]), run_dir=tmp_path)
+    run.set_watch([4, 9])  # as the dock's control channel does between steps
+    for _ in run:
+        pass
+    assert run.restarts.best is None  # no second copy of the volume and its moments through stage 2
+    assert len(run.restarts.losses) >= 2 and "chosen_restart" in run.history[0]
+    assert Reconstruction.resume(tmp_path, cache_images=False).config.watch == [4, 9]  # what inspect shows
+    assert sorted(run.paths) == [4, 9]
+
+
+def test_switching_by_hand_gives_stage_2s_volume_step(tiny_dataset):
+    run = Reconstruction(_config(tiny_dataset, restarts=1, epochs=4))
+    assert run.opt_volume.param_groups[0]["lr"] == run.config.volume_lr
+    run.switch()  # benchmarks and profilers time stage-2 steps this way
+    assert run.opt_volume.param_groups[0]["lr"] == pytest.approx(run.config.volume_lr_autodecode)
+    assert run.table is not None and np.isfinite(run.train_step(torch.arange(8)))

@@ -16,6 +16,7 @@ from napari_semiamort.data.fsc_csv import write_fsc_csv
 from napari_semiamort.data.mrc import read_map, write_mrc
 from napari_semiamort.data.star import read_star, write_star
 from napari_semiamort.metrics.alignment import rotate_map
+from napari_semiamort.metrics.fsc import fsc
 from napari_semiamort.metrics.truth import score_against_truth
 from napari_semiamort.physics.fourier import resample_map
 from napari_semiamort.physics.so3 import exp_so3, random_rotations
@@ -194,3 +195,21 @@ def test_semiamort_fsc_and_the_runs_metrics_agree_on_a_drifted_map(sim, tmp_path
     masked = re.search(r"within the mask: FSC=0\.5: ([\d.]+) Å", out).group(1)
     assert float(masked) == pytest.approx(m["fsc_0.5_angstrom_masked"], abs=0.006)
     assert m["fsc_0.5_angstrom"] < 2.5 * pixel  # the drift undone by both
+
+
+def test_semiamort_fsc_compares_half_maps_as_they_are(sim, tmp_path, capsys):
+    """Half maps share frame and origin: with --halves they are compared as they are (the run's fsc_halves),
+    where the origin fit would have hidden a real misregistration."""
+    truth, pixel = read_map(sim / "truth.mrc")
+    off = drifted(torch.from_numpy(truth))
+    write_mrc(tmp_path / "half1.mrc", off.numpy(), pixel)
+    r05, _, out = _fsc_command(capsys, str(tmp_path / "half1.mrc"), str(sim / "truth.mrc"), "--halves",
+                               "--csv", str(tmp_path / "fsc.csv"))
+    csv = np.genfromtxt(tmp_path / "fsc.csv", delimiter=",", names=True)
+    assert np.allclose(csv["fsc_halves"], fsc(off, torch.from_numpy(truth)), atol=1e-5)
+    assert "origin fitted" not in out
+    fitted, _, _ = _fsc_command(capsys, str(tmp_path / "half1.mrc"), str(sim / "truth.mrc"))
+    assert fitted < r05  # the fit would have undone the 3-voxel offset
+    assert main(["fsc", str(tmp_path / "half1.mrc"), str(sim / "truth.mrc"), "--halves", "--poses", "a.star",
+                 "--reference-poses", "b.star"]) == 1
+    assert "--halves compares a run's two half maps" in capsys.readouterr().err

@@ -5,13 +5,14 @@ Examples:
   semiamort fsc run1/map.mrc sim/truth.mrc
   semiamort fsc run1/map.mrc sim/truth.mrc --poses run1/poses.star --reference-poses sim/particles.star
   semiamort fsc run1/map.mrc sim/truth.mrc --mask-diameter 260
-  semiamort fsc half1.mrc half2.mrc --csv fsc.csv
+  semiamort fsc run1/half1.mrc run1/half2.mrc --halves --csv fsc.csv
 
 With --poses and --reference-poses, the run's frame (and hand: ab-initio runs land in either) is aligned
 to the reference from the poses, the first map is rotated into the reference frame before the FSC, and
 the mean and median pose errors are printed. The first map's origin is then fitted to the second's (where
 shifts are estimated a map's origin is arbitrary), as the run's own metrics do: the figures are those the
-run logs for the same map.
+run logs for the same map. With --halves the two maps are a run's half maps: they share their frame and
+origin, so they are compared as they are (the run's own fsc_halves), 0.143 being the threshold to read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, help="Å/px (default: map2's header)")
     p.add_argument("--mask-diameter", type=float,
                    help="Å: also the FSC within a soft spherical mask of this diameter (as the run's metrics)")
+    p.add_argument("--halves", action="store_true",
+                   help="the maps are one run's half maps: no origin fit, no poses (the CSV column is fsc_halves)")
     p.add_argument("--csv", help="write the curve as CSV (the columns of a run's fsc.csv)")
 
 
@@ -55,6 +58,8 @@ def main(args: argparse.Namespace) -> int:
     pixel = args.pixel_size or voxel
     if pixel <= 0:
         raise ValueError(f"{args.map2}: no voxel size in the header; give --pixel-size")
+    if args.halves and args.poses:
+        raise ValueError("--halves compares a run's two half maps: they need no --poses")
     if bool(args.poses) != bool(args.reference_poses):
         raise ValueError("give both --poses and --reference-poses, or neither")
     est = ref = None
@@ -63,20 +68,23 @@ def main(args: argparse.Namespace) -> int:
         if est.shape != ref.shape:
             raise ValueError(f"{args.poses}: {len(est)} particles, but {args.reference_poses} has {len(ref)}")
     radius = args.mask_diameter / 2 / pixel if args.mask_diameter else None
-    score = score_against_truth(torch.from_numpy(m1), torch.from_numpy(m2), pixel, est, ref, mask_radius_px=radius)
+    score = score_against_truth(torch.from_numpy(m1), torch.from_numpy(m2), pixel, est, ref, mask_radius_px=radius,
+                                fit_origin=not args.halves)
     if score.poses is not None:
         al = score.poses
         print(f"pose error after alignment: mean {al.mean_error:.2f}°  median {al.median_error:.2f}°  "
               f"({'mirror hand' if al.mirrored else 'same hand'})")
-    x, y, z = score.offset_px
-    print(f"origin fitted: map1 moved by {score.offset_norm_px:.2f} voxels ({x:+.2f}, {y:+.2f}, {z:+.2f} x, y, z)")
+    if not args.halves:
+        x, y, z = score.offset_px
+        print(f"origin fitted: map1 moved by {score.offset_norm_px:.2f} voxels ({x:+.2f}, {y:+.2f}, {z:+.2f} x, y, z)")
     print(f"FSC=0.5: {score.resolution_05:.2f} Å   FSC=0.143: {score.resolution_0143:.2f} Å   "
           f"(Nyquist {2 * pixel:.2f} Å)")
-    curves = {"reference": score.curve}
+    name = "halves" if args.halves else "reference"
+    curves = {name: score.curve}
     if score.masked_curve is not None:
         print(f"within the mask: FSC=0.5: {score.resolution_05_masked:.2f} Å   "
               f"FSC=0.143: {score.resolution_0143_masked:.2f} Å")
-        curves["reference_masked"] = score.masked_curve
+        curves[f"{name}_masked"] = score.masked_curve
     if args.csv:
         write_fsc_csv(args.csv, curves, m1.shape[0], pixel)
     return 0

@@ -125,8 +125,11 @@ def main(args: argparse.Namespace) -> int:
         # what does not change the training: the run's length, where it runs, and the maps' box
         overrides = {k: getattr(args, k) for k in ("epochs", "device", "threads", "output_box")
                      if getattr(args, k) is not None}
-        set_cpu_threads(overrides.get("threads", _saved_threads(run_dir)))  # before the run builds anything
+        threads = overrides.get("threads", _saved_threads(run_dir))
+        set_cpu_threads(threads)  # before the run builds anything
         run = Reconstruction.resume(run_dir, **overrides)
+        if threads is None:  # no readable config.json: the checkpoint's own setting
+            set_cpu_threads(run.config.threads)
         print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.config.epochs}")
     else:
         if not args.particles or not args.outdir:

@@ -84,7 +84,8 @@ def _check_shapes(volume: torch.Tensor, reference: torch.Tensor) -> None:
 def score_against_truth(volume: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, pixel_size: float,
                         rotations: torch.Tensor | np.ndarray | None = None,
                         reference_rotations: torch.Tensor | np.ndarray | None = None,
-                        mask_radius_px: float | None = None, allow_inverted: bool = False) -> TruthScore:
+                        mask_radius_px: float | None = None, allow_inverted: bool = False,
+                        fit_origin: bool = True) -> TruthScore:
     """Score ``volume`` `(L, L, L)` against ``reference`` (the truth, same box and pixel size in Å).
 
     With ``rotations`` `(N, 3, 3)` (the run's poses) and ``reference_rotations`` (the true poses, same
@@ -94,6 +95,7 @@ def score_against_truth(volume: torch.Tensor | np.ndarray, reference: torch.Tens
     cryoDRGN's maps come out so). The map's origin is then fitted (:func:`align_translation`: where shifts
     are estimated a map's origin is arbitrary), and the FSC taken over the whole box and, with
     ``mask_radius_px``, within the same soft spherical mask of that radius (voxels) on both maps.
+    ``fit_origin=False``: the maps share their origin by construction (a run's half maps): compared as they are.
     """
     volume, reference = torch.as_tensor(volume).cpu(), torch.as_tensor(reference)
     _check_shapes(volume, reference)
@@ -112,7 +114,10 @@ def score_against_truth(volume: torch.Tensor | np.ndarray, reference: torch.Tens
         inverted = bool(np.mean(fsc(volume, reference)[1:4]) < 0)
         if inverted:
             volume = -volume
-    aligned, offset = align_translation(volume, reference)
+    if fit_origin:
+        aligned, offset = align_translation(volume, reference)
+    else:
+        aligned, offset = volume, np.zeros(3)
     size = reference.shape[-1]
 
     def resolutions(curve: np.ndarray) -> tuple[float, float]:

@@ -98,7 +98,9 @@ class ReconstructionConfig:
 
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU
-    threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+    # torch intra-op CPU threads, set by the programs (CLI, dock) before a run; None: torch's default. A
+    # process-wide setting: the library leaves it alone (napari_semiamort.devices.set_cpu_threads)
+    threads: int | None = None
     watch: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     snapshot_every: int = 0  # steps between full snapshots (volume, candidates); 0: at epoch ends only
     reference_map: str | None = None  # ground truth, for FSC in the log (synthetic data)

@@ -138,8 +138,10 @@ class Reconstruction:
         return self.bank.at(fraction)
 
     def set_watch(self, indices) -> None:
-        """Watch these particles (0-based) from the next full snapshot on."""
+        """Watch these particles (0-based) from the next full snapshot on (and in the checkpoint's config, which
+        ``semiamort inspect`` reads)."""
         self.watch = [int(i) for i in indices]
+        self.config.watch = list(self.watch)
 
     # ---------------------------------------------------------------- the loop
     def __iter__(self) -> Iterator[Snapshot]:
@@ -159,7 +161,7 @@ class Reconstruction:
             policy.record(self.state.history[-1]["loss"], copy.deepcopy(self.state_dict()))
         self.trial = None
         steps = self.step_count
-        best = policy.best[1]
+        best = policy.take_best()  # the copy is let go: at box 512 a volume and its moments are 3 GB
         self.load_state_dict(best)
         self.step_count = steps  # the steps of every restart were taken
         self.state.history[-1].update(policy.summary(best["trial"]))
@@ -203,8 +205,7 @@ class Reconstruction:
         elif sched.reassigns(st.epoch, st.switched_at):
             bands = (self.bank.at(sched.stage1_end), self.bank.at(sched.reassign_band), self.bank.at(sched.stage2_band))
             reassigned = passes.reassign(self.model, self.stage1, self.source, st, bands, self.config)
-        for group in self.opt_volume.param_groups:
-            group["lr"] = sched.volume_lr(st.epoch, st.switched_at)
+        self._set_volume_lr()
         return reassigned
 
     def switch(self) -> None:
@@ -213,6 +214,11 @@ class Reconstruction:
         passes.switch_to_autodecode(self.model, self.stage1, self.source, st, self.bank.at(self.schedule.stage1_end),
                                     self.config)
         st.switched_at = st.epoch
+        self._set_volume_lr()
+
+    def _set_volume_lr(self) -> None:
+        for group in self.opt_volume.param_groups:
+            group["lr"] = self.schedule.volume_lr(self.state.epoch, self.state.switched_at)
 
     def train_step(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> float:
         """One training step on the images ``idx`` in the run's current stage, at the current epoch's band;

@@ -55,6 +55,11 @@ class RestartPolicy:
     def done(self) -> bool:
         return len(self.losses) >= self.planned
 
+    def take_best(self) -> dict:
+        """The best restart's state, handed over once (the policy keeps no copy)."""
+        state, self.best = self.best[1], None
+        return state
+
     def summary(self, chosen: int) -> dict:
         """The record the last restart epoch's metrics carry."""
         return {"chosen_restart": chosen, "restart_losses": [round(x, 6) for x in self.losses],

@@ -3,11 +3,17 @@
   python benchmarks/molecules.py                        # the five molecules of docs/results.md (~17 min)
   python benchmarks/molecules.py --molecules 3KPR_TCR_HLA.cif.gz --n 3000
   python benchmarks/molecules.py --out results.json
+  python benchmarks/molecules.py --conditions clean realistic --seeds 0 1 2     # issue 18's panel conditions
 
 For each atomic model in ../shared/data/structures: simulate (box, n, SNR 0.1, CTF, centred), reconstruct
 with the default configuration, then align to the truth and report wall time, FSC = 0.5 / 0.143 against
 the truth (and as a multiple of Nyquist) and the mean / median pose error. Extra reconstruction options
 go after --, e.g. `-- --epochs 40 --switch-epoch 25`.
+
+Conditions: ``clean`` (SNR 0.1, white noise, uniform defocus, centred: the table so far) and ``realistic``
+(`semiamort simulate --realistic` at SNR 0.05 with EMPIAR-10028's CTF table from ../shared: falling noise,
+B-factor, scale spread, 10 % empty-ice junk, ±3 px shifts); junk images are left out of the pose errors.
+Each (molecule, condition) runs once per ``--seeds`` value (the simulation's and the run's seed).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_semiamort.cli.main import main as cli
@@ -26,7 +33,13 @@ from napari_semiamort.data.mrc import read_map
 from napari_semiamort.metrics.truth import score_against_truth
 from napari_semiamort.run.loop import Reconstruction
 
-STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+STRUCTURES = SHARED / "structures"
+CONDITIONS = {
+    "clean": ["--snr", "0.1"],
+    "realistic": ["--snr", "0.05", "--realistic", "--ctf-table",
+                  str(SHARED / "metadata" / "cryodrgn" / "empiar10028_ctf.pkl")],
+}
 DEFAULT = [
     "1igy_IgG1_antibody.cif",
     "4zxb_insulin_receptor_4Fab.cif",
@@ -36,19 +49,24 @@ DEFAULT = [
 ]
 
 
-def run_one(model: Path, work: Path, n: int, box: int, extra: list[str]) -> dict:
+def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], condition: str = "clean",
+            seed: int = 0) -> dict:
     sim, run_dir = work / "sim", work / "run"
     t0 = time.perf_counter()
-    cli(["simulate", str(model), "-o", str(sim), "--n", str(n), "--box", str(box), "--snr", "0.1"])
-    cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), *extra])
+    cli(["simulate", str(model), "-o", str(sim), "--n", str(n), "--box", str(box), "--seed", str(seed),
+         *CONDITIONS[condition]])
+    cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), *extra])
     seconds = time.perf_counter() - t0
-    run = Reconstruction.resume(run_dir)  # the final state, for poses and the map
+    run = Reconstruction.resume(run_dir, cache_images=False)  # the final state, for poses and the map
     truth, pixel = read_map(sim / "truth.mrc")
+    junk = np.loadtxt(sim / "junk.txt", dtype=np.int64, ndmin=1) if (sim / "junk.txt").is_file() else []
+    good = torch.from_numpy(np.setdiff1d(np.arange(len(run.data)), junk))  # junk has no true pose
     # scored as the run's own metrics and `semiamort fsc` score it: frame and hand from the poses, origin fitted
-    s = score_against_truth(torch.from_numpy(run.volume_map()), torch.from_numpy(truth), pixel, run.poses,
-                            run.data.reference_rotations)
+    s = score_against_truth(torch.from_numpy(run.volume_map()), torch.from_numpy(truth), pixel, run.poses[good],
+                            run.data.reference_rotations[good])
     return {
-        "molecule": model.name, "pixel_size": pixel, "seconds": seconds, "fsc_0.5": s.resolution_05,
+        "molecule": model.name, "condition": condition, "seed": seed, "pixel_size": pixel, "seconds": seconds,
+        "fsc_0.5": s.resolution_05,
         "fsc_0.143": s.resolution_0143, "fsc_0.5_over_nyquist": s.resolution_05 / (2 * pixel),
         "pose_error_mean": s.poses.mean_error, "pose_error_median": s.poses.median_error,
         "mirrored": s.poses.mirrored,
@@ -63,14 +81,18 @@ def main() -> None:
     p.add_argument("--molecules", nargs="*", default=DEFAULT, help="file names in shared/data/structures")
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("--box", type=int, default=64)
+    p.add_argument("--conditions", nargs="+", choices=sorted(CONDITIONS), default=["clean"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args(argv)
     rows = []
-    for name in args.molecules:
+    cases = [(name, c, s) for name in args.molecules for c in args.conditions for s in args.seeds]
+    for name, condition, seed in cases:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run_one(STRUCTURES / name, Path(tmp), args.n, args.box, extra))
+            rows.append(run_one(STRUCTURES / name, Path(tmp), args.n, args.box, extra, condition, seed))
         r = rows[-1]
-        print(f"| {r['molecule']} | {r['pixel_size']:.2f} | {r['seconds'] / 60:.1f} min | {r['fsc_0.5']:.2f} Å "
+        print(f"| {r['molecule']} | {condition} | {seed} | {r['pixel_size']:.2f} | {r['seconds'] / 60:.1f} min | "
+              f"{r['fsc_0.5']:.2f} Å "
               f"({r['fsc_0.5_over_nyquist']:.2f}×) | {r['pose_error_mean']:.2f}° / {r['pose_error_median']:.2f}° |",
               flush=True)
     if args.out:

@@ -21,11 +21,9 @@ import torch
 
 from ..data.dataset import CACHE_BYTES, ParticleDataset
 from ..data.loader import BatchLoader
-from ..data.mrc import read_map
 from ..data.readers import open_dataset
 from ..devices import select_device
 from ..models.volume import HartleyVolume
-from ..physics.fourier import resample_map
 from ..physics.likelihood import ShellNoiseModel
 from . import maps, passes
 from .batches import ImageSource
@@ -284,7 +282,15 @@ class Reconstruction:
     def _watched(self, stage: str) -> tuple[WatchedParticle, ...]:
         """Full-band projections (CTF applied) of the watched particles' candidates, or refined pose."""
         band = self.bank.at(self.schedule.stage1_band(self.state.epoch))
-        proposals = (self.stage1, band) if stage == STAGE1 else self.state
+
+        def candidates(idx, batch):  # every head's, scored at the epoch's band
+            return self.stage1.candidates(self.source.batch(idx, band, reuse=batch), idx, band)[:2]
+
+        def refined(idx, batch):  # the pose table's
+            table, rows = self.state.table, idx.to(self.device)
+            return table.rotations[rows][:, None], None if table.shifts is None else table.shifts[rows][:, None]
+
+        proposals = candidates if stage == STAGE1 else refined
         return watched_particles(self.watch, self.model, self.source, self.bank.at(1.0), proposals)
 
     def volume_map(self) -> np.ndarray:
@@ -333,7 +339,7 @@ class Reconstruction:
             return None
         if box == self.size and self.reference_map is not None:
             return self.reference_map
-        return resample_map(torch.from_numpy(read_map(self.config.reference_map)[0]), box)
+        return maps.read_reference(self.config.reference_map, box, self.data.pixel_size * self.size / box)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -138,3 +138,27 @@ def test_reassignment_refines_in_its_band_competes_in_stage_twos_and_is_timed(ti
     if band is None:
         assert len(run.frequencies(want)) < len(run.frequencies(cfg.max_freq))
     assert len(spent) == 1 and ends[-1]["seconds"] >= spent[0]
+
+
+def test_the_global_search_brings_images_back_from_poses_the_encoder_cannot_leave(tiny_dataset):
+    """Under the true map, images started at random poses with an untrained encoder: the reassignment with the
+    grid's poses among the candidates brings most of them within 10° of their true pose; without it most stay
+    lost. Both from the same start."""
+    from napari_semiamort.physics.so3 import geodesic_distance
+
+    errors = {}
+    for search in (True, False):
+        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1,
+                                   batch_size=200, reassign_candidates=2, reassign_steps=10, global_search=search)
+        run = Reconstruction(cfg)
+        assert (run.search is not None) == search
+        run.volume.set_from_map(_at_truth(run, tiny_dataset))
+        run.poses = random_rotations(len(run.data), torch.Generator().manual_seed(6))
+        run.state.table = passes.pose_table(cfg, run.size, run.poses)
+        s = run.schedule
+        bands = (run.frequencies(s.stage1_end), run.frequencies(s.reassign_band), run.frequencies(s.stage2_band))
+        passes.reassign(run.model, run.stage1, run.source, run.state, bands, cfg, run.search)
+        errors[search] = torch.rad2deg(geodesic_distance(run.poses, run.data.reference_rotations))
+    # measured: 94 % against 29 % (medians 4.7° and 37°)
+    assert (errors[True] < 10).float().mean() > 0.85
+    assert (errors[False] < 10).float().mean() < 0.5

@@ -70,6 +70,8 @@ def format_metrics(m: dict) -> str:
              f"{m['images_per_second']:7.0f} img/s"]
     if "pose_change_deg" in m:
         parts.append(f"pose change {m['pose_change_deg']:6.2f}°")
+    if "junk_fraction" in m:
+        parts.append(f"junk {100 * m['junk_fraction']:4.1f}%")
     if "pose_error_mean_deg" in m:
         parts.append(f"pose error mean {m['pose_error_mean_deg']:6.2f}° median {m['pose_error_median_deg']:6.2f}°")
     if "fsc_0.5_angstrom" in m:
@@ -147,6 +149,10 @@ def main(args: argparse.Namespace) -> int:
     write_config(run_dir, run.config.to_dict(), resumed=bool(args.resume))
     train(run, run_dir)
     print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}  ChimeraX: {run_dir / 'chimerax.cxc'}")
+    junk = run.state.junk
+    if junk is not None and bool(junk.any()):
+        print(f"junk: {int(junk.sum())} of {len(junk)} images fit no view of the map and were left out of it "
+              f"(rlnSelected 0 in poses.star; poses_kept.star holds the other {int((~junk).sum())})")
     return 0
 
 

@@ -96,6 +96,15 @@ class ReconstructionConfig:
     # with each head's in-plane angles; 0: the heads' regressed shifts alone (they fail beyond ~1 px)
     shift_search: int = 3
 
+    # Global search in stage 2's reassignment (issue 18): each image's best poses on a HEALPix(nside) × in-plane
+    # grid under the current volume compete with the encoder's candidates (a way out of a wrong basin)
+    global_search: bool = True
+    search_nside: int = 4
+    search_inplane: int = 24
+    # From the switch on, flag the images that fit no view of the map (run/junk.py): they stop pulling the
+    # volume, are left out of the maps, and poses.star marks them (rlnSelected 0)
+    flag_junk: bool = True
+
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU
     # torch intra-op CPU threads, set by the programs (CLI, dock) before a run; None: torch's default. A
@@ -108,6 +117,8 @@ class ReconstructionConfig:
     def validate(self) -> None:
         checks = [
             (self.heads >= 1, "heads must be at least 1"),
+            (self.search_nside >= 1, "search_nside must be at least 1"),
+            (self.search_inplane >= 4, "search_inplane must be at least 4"),
             (self.backbone in ("light", "vgg16"), "backbone must be 'light' or 'vgg16'"),
             (self.loss in ("gaussian", "l1"), "loss must be 'gaussian' or 'l1'"),
             (self.noise_model in ("shell", "shell-residual", "white"),

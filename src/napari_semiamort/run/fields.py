@@ -210,6 +210,18 @@ FIELDS: tuple[Field, ...] = (
     Field("autoencode_max_freq", "Stage-1 band, switch", ADVANCED, "stage-1 band at the switch, as a fraction of "
           "Nyquist (auto: 0.4, or 26 Fourier pixels where that is less)", "--autoencode-max-freq",
           special="auto", **_BAND),
+    Field("global_search", "global search in the reassignment", ADVANCED, "stage 2's reassignment: each image's "
+          "best poses on a coarse grid (HEALPix × in-plane) under the current map compete with the encoder's "
+          "candidates", "--no-global-search",
+          flag_help="reassign from the encoder's candidates alone (no global search)"),
+    Field("search_nside", "Search HEALPix nside", ADVANCED, "the global search's view directions: 12·nside² "
+          "(4: 192, ~15° apart)", "--search-nside", 1, 64),
+    Field("search_inplane", "Search in-plane angles", ADVANCED, "the global search's in-plane angles",
+          "--search-inplane", 4, 720),
+    Field("flag_junk", "flag junk particles", ADVANCED, "from the switch on, flag the images that fit no view "
+          "of the map: they stop pulling it, are left out of the maps and are marked rlnSelected 0 in "
+          "poses.star (poses_kept.star holds the others)", "--no-flag-junk",
+          flag_help="keep every image (no junk flags)"),
     Field("max_shift", "Max shift", ADVANCED, "largest shift, as a fraction of the box", "--max-shift",
           0, 0.5, 0.01, 3),
     # ---------------------------------------------------------------- Advanced: the machine and the view

@@ -35,6 +35,7 @@ from .metrics import epoch_record, truth_metrics
 from .restarts import RestartPolicy
 from .schedule import STAGE1, STAGE2, Schedule
 from .scorer import ImageModel, about_z
+from .search import GridSearch
 from .snapshot import Snapshot, WatchedParticle
 from .stage1 import Candidates, MultiHeadWTA
 from .stage2 import autodecode_step
@@ -77,6 +78,7 @@ class Reconstruction:
             initial_noise(self.source, stage2, cfg.seed, cfg.noise_model == "white")
         self.model = ImageModel(HartleyVolume(self.size), noise, self.source, cfg.loss)
         self.stage1 = MultiHeadWTA(cfg, self.model, self.schedule.encoder_size)
+        self.search = GridSearch.for_run(cfg, self.device, self.stage1.shift_grid)  # the reassignment's, or None
         self._initialise(cfg.seed, blank)
 
     def _initialise(self, seed: int, blank: bool = False) -> None:
@@ -202,7 +204,7 @@ class Reconstruction:
             self.switch()
         elif sched.reassigns(st.epoch, st.switched_at):
             bands = (self.bank.at(sched.stage1_end), self.bank.at(sched.reassign_band), self.bank.at(sched.stage2_band))
-            reassigned = passes.reassign(self.model, self.stage1, self.source, st, bands, self.config)
+            reassigned = passes.reassign(self.model, self.stage1, self.source, st, bands, self.config, self.search)
         self._set_volume_lr()
         return reassigned
 
@@ -213,6 +215,13 @@ class Reconstruction:
                                     self.config)
         st.switched_at = st.epoch
         self._set_volume_lr()
+
+    def _flag_junk(self) -> dict:
+        """Flag the images that fit no view of the map (:mod:`.junk`), scored at stage 1's band at the switch
+        (the band the map is sure of from the first stage-2 epoch on)."""
+        flags = passes.flag_junk(self.model, self.source, self.state, self.bank.at(self.schedule.stage1_end),
+                                 self.config)
+        return flags.record()
 
     def _set_volume_lr(self) -> None:
         for group in self.opt_volume.param_groups:
@@ -232,7 +241,7 @@ class Reconstruction:
         else:
             fr = self.bank.at(self.schedule.stage2_band)
             result = autodecode_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr,
-                                     self.config.pose_steps, self.opt_volume)
+                                     self.config.pose_steps, self.opt_volume, st.keep(idx))
         st.take(idx, result.rotations, result.shifts)
         return result.loss
 
@@ -246,6 +255,8 @@ class Reconstruction:
         if st.shifts is not None and self.stage1.searches_shifts:
             recentred = passes.recentre(self.model, st, self.opt_volume)  # before the metrics: they score it
         metrics = epoch_record(st.epoch, stage, losses, seconds, len(self.data), st.poses, st.previous_poses)
+        if stage == STAGE2 and cfg.flag_junk:
+            metrics.update(self._flag_junk())
         st.previous_poses = st.poses.clone()
         metrics.update(truth_metrics(self.model.volume.real_space(), st.poses, self.data, self.reference_map,
                                      cfg.mask_diameter))
@@ -327,7 +338,8 @@ class Reconstruction:
         (default :meth:`output_data`). This, not the decoder's volume, is the run's map: the decoder's
         outermost shell is untrained, and this is made from the images at their own box."""
         data = self.output_data() if data is None else data
-        return maps.final_maps(self.source, self.poses, self.shifts, data, self.config.halves)
+        keep = None if self.state.junk is None else ~self.state.junk.numpy()
+        return maps.final_maps(self.source, self.poses, self.shifts, data, self.config.halves, keep)
 
     def output_data(self) -> ParticleDataset:
         """The particles at the box of the run's maps (``output_box``; default the images' own box)."""
@@ -352,6 +364,7 @@ class Reconstruction:
             "poses": st.poses, "winners": st.winners, "shifts": st.shifts, "previous_poses": st.previous_poses,
             "table": None if st.table is None else st.table.state_dict(), "switched_at": st.switched_at,
             "history": st.history, "paths": st.paths, "trial": self.trial, "data": self.data.scan_state(),
+            "junk": st.junk,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -370,7 +383,7 @@ class Reconstruction:
             poses=state["poses"], winners=state.get("winners", torch.zeros(len(self.data), dtype=torch.long)),
             shifts=state["shifts"], previous_poses=state["previous_poses"], table=table, switched_at=switched,
             epoch=state["epoch"], history=list(state["history"]),
-            paths={int(k): list(v) for k, v in state.get("paths", {}).items()})
+            paths={int(k): list(v) for k, v in state.get("paths", {}).items()}, junk=state.get("junk"))
         self.restarts.resumed(self.state.history)
 
     def save_checkpoint(self) -> Path:

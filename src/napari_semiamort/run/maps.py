@@ -48,15 +48,17 @@ def backproject(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor |
 
 
 def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, data: ParticleDataset,
-               halves: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """``(map, half1, half2)`` at ``data``'s box from the final poses; the map from all images (the halves'
-    sums added: one pass over the data); no halves unless ``halves`` and the particles are split."""
+               halves: bool, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(map, half1, half2)`` at ``data``'s box from the final poses; the map from all images ``keep``
+    `(N,)` bool (None: all; the junk is left out) (the halves' sums added: one pass over the data); no halves
+    unless ``halves`` and the particles are split."""
     split = source.data.half
+    kept = np.ones(len(source), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     if not halves or split is None:
-        return backproject(source, poses, shifts, np.arange(len(source)), data), None, None
-    first = insert(source, poses, shifts, np.flatnonzero(split == 1), data)
+        return backproject(source, poses, shifts, np.flatnonzero(kept), data), None, None
+    first = insert(source, poses, shifts, np.flatnonzero((split == 1) & kept), data)
     half1 = first.volume().cpu().numpy()
-    second = insert(source, poses, shifts, np.flatnonzero(split == 2), data)
+    second = insert(source, poses, shifts, np.flatnonzero((split == 2) & kept), data)
     half2 = second.volume().cpu().numpy()
     first.add_(second)  # the whole set's sums, without a third grid (1.6 GB each at box 512)
     del second

@@ -25,7 +25,7 @@ __all__ = ["RUN_OUTPUTS", "chimerax_script", "otsu_level", "write_config", "writ
 
 # Every file a run writes in its folder (a new run with --force clears them first).
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "map.mrc", "half1.mrc", "half2.mrc", "fsc.csv",
-               "fsc.png", "poses.star", "poses.cs", "chimerax.cxc", "ctf.pkl", "pose.pkl")
+               "fsc.png", "poses.star", "poses_kept.star", "poses.cs", "chimerax.cxc", "ctf.pkl", "pose.pkl")
 
 
 def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Path:
@@ -120,8 +120,16 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     extra = {} if not run.config.halves or data.half is None else {"rlnRandomSubset": data.half}
     # The poses first: they are the run's result, and the maps below take a pass over the images at full size.
     # They refer to the original images: their pixel size and box, origins in Å.
+    junk = run.state.junk
+    if junk is not None:  # RELION selects on it: relion_star_handler --select rlnSelected --minval 1
+        extra["rlnSelected"] = (~junk.numpy()).astype(np.int64)
     out = {"poses": write_star(run_dir / "poses.star", data.table, rotations, origins,
                                pixel_size=data.raw_pixel_size, box=data.raw_box, extra=extra, force=True)}
+    if junk is not None and bool(junk.any()):
+        keep = ~junk.numpy()
+        out["poses_kept"] = write_star(run_dir / "poses_kept.star", data.table.subset(keep), rotations[keep],
+                                       origins[keep], pixel_size=data.raw_pixel_size, box=data.raw_box,
+                                       extra={k: v[keep] for k, v in extra.items()}, force=True)
     if Path(data.source).suffix.lower() == ".cs":
         from ..data.cryosparc import write_cs
 

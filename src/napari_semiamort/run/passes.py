@@ -1,6 +1,6 @@
 """Passes over the whole data set, between epochs: the switch to stage 2, the reassignment of stage 2's
-first epochs, and the recentring of volume and shifts. Each is a function of the image model, the stage-1
-strategy and the run's state."""
+first epochs, the recentring of volume and shifts, and the junk flags. Each is a function of the image model,
+the stage-1 strategy and the run's state."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ import torch
 from ..metrics.density import density_centre
 from ..models.poses import PoseTable
 from ..physics.likelihood import winner_takes_all
+from . import junk
 from .batches import ImageSource
 from .config import ReconstructionConfig
 from .frequencies import Frequencies
+from .junk import JunkFlags
 from .scorer import ImageModel
+from .search import GridSearch
 from .stage1 import Stage1Strategy
 from .stage2 import refine_poses
 from .state import RunState
 
-__all__ = ["RECENTRE_MIN_PX", "chunks", "pose_table", "reassign", "recentre", "switch_to_autodecode"]
+__all__ = ["RECENTRE_MIN_PX", "chunks", "flag_junk", "pose_table", "reassign", "recentre", "switch_to_autodecode"]
 
 # Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
 RECENTRE_MIN_PX = 0.25
@@ -61,24 +64,42 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
                              None if state.shifts is None else state.shifts.to(model.device))
 
 
+@torch.no_grad()
+def flag_junk(model: ImageModel, source: ImageSource, state: RunState, fr: Frequencies,
+              config: ReconstructionConfig) -> JunkFlags:
+    """Each image's detection score at its current pose, scored at the band ``fr``, and the images flagged as
+    junk from them (:func:`.junk.flag_junk`); recorded in ``state.junk``."""
+    scores = []
+    for idx in chunks(len(source), config, model.device):
+        batch = source.batch(idx, fr)
+        sh = None if state.shifts is None else state.shifts[idx].to(model.device)
+        scores.append(model.detection(state.poses[idx].to(model.device), sh, batch.obs, batch.ctf, fr).cpu())
+    flags = junk.flag_junk(torch.cat(scores).numpy())
+    state.junk = torch.from_numpy(flags.flagged)
+    return flags
+
+
 def reassign(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
-             bands: tuple[Frequencies, Frequencies, Frequencies], config: ReconstructionConfig) -> int:
-    """Let each image's refined pose compete with the encoder's best candidates; returns how many moved.
+             bands: tuple[Frequencies, Frequencies, Frequencies], config: ReconstructionConfig,
+             search: GridSearch | None = None) -> int:
+    """Let each image's refined pose compete with the encoder's best candidates (and the global ``search``'s
+    best poses under the current volume); returns how many moved.
 
     Local refinement cannot leave a wrong basin; the frozen encoder's candidates, scored against the sharper
-    volume of stage 2, can. ``bands``: (stage 1's at the switch, where candidates are proposed; the band they
-    are refined in by the same pose steps first; stage 2's, where they compete with the current poses).
+    volume of stage 2, can, and so can a search of the whole grid. ``bands``: (stage 1's at the switch, where
+    candidates are proposed; the band they are refined in by the same pose steps first; stage 2's, where they
+    compete with the current poses).
     Images that move restart their optimiser state.
     """
     hartley = model.volume.hartley().detach()
     moved = 0
     for idx in chunks(len(source), config, model.device):
-        moved += _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley)
+        moved += _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, search)
     state.sync_from_table()
     return moved
 
 
-def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley) -> int:
+def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, search) -> int:
     fr1, fr_refine, fr2 = bands
     dev_idx = idx.to(model.device)
     first = source.batch(idx, fr1)
@@ -87,8 +108,14 @@ def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley) -
         rot, sh, scores = stage1.candidates(first, idx, fr1)
         top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
         b = torch.arange(len(idx), device=model.device)[:, None]
-        cand = pose_table(config, model.size, rot[b, top].flatten(0, 1),
-                          None if sh is None else sh[b, top].flatten(0, 1))
+        rot, sh = rot[b, top], None if sh is None else sh[b, top]  # (B, k, 3, 3), (B, k, 2)
+        if search is not None:  # the grid's best poses, at each image's current shift, join them
+            cur = None if state.table.shifts is None else state.table.shifts[dev_idx]
+            found = search.search(model, first, idx, fr1, cur, hartley)
+            rot = torch.cat([rot, found.rotations], 1)
+            sh = None if sh is None else torch.cat([sh, found.shifts], 1)
+            k = rot.shape[1]
+        cand = pose_table(config, model.size, rot.flatten(0, 1), None if sh is None else sh.flatten(0, 1))
     second = source.batch(idx, fr2, reuse=first)
     refine = first if fr_refine is fr1 else second if fr_refine is fr2 else source.batch(idx, fr_refine, reuse=first)
     rows = torch.arange(len(idx) * k, device=model.device)

@@ -66,6 +66,13 @@ class ImageModel:
         interpolates the image)."""
         return self.loss(self.predict(rotations, shifts, ctf, fr), obs, fr)
 
+    def detection(self, rotations: torch.Tensor, shifts: torch.Tensor | None, obs: torch.Tensor, ctf: torch.Tensor,
+                  fr: Frequencies) -> torch.Tensor:
+        """Each image's detection score `(B,)`: the matched filter ``Σ w·p·y / √(Σ w·p²)`` of its prediction
+        ``p`` at one pose per image against ``obs``, in units of the noise's standard deviation (:mod:`.junk`)."""
+        pred, w = self.predict(rotations, shifts, ctf, fr), self.inv_var(fr)
+        return (w * pred * obs).sum(-1) / (w * pred * pred).sum(-1).clamp_min(1e-30).sqrt()
+
     def inplane_scores(self, slices: torch.Tensor, batch: Batch, idx: torch.Tensor, fr: Frequencies,
                        inplane: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
         """Gaussian scores `(B, M, K)` (`(B, M, K, J)` with shifts `(J, 2)`) of every slice `(B, M, P)` at
@@ -75,16 +82,8 @@ class ImageModel:
         with the image equals comparing the unturned slice with the image and CTF sampled at ``Rz(φ) q``,
         so one slice per head serves all K angles and the scores are three matrix products.
         """
-        size, q = self.size, fr.grid  # q: (P, 2)
-        rq = torch.einsum("kij,pj->kpi", inplane[:, :2, :2], q)  # (K, P, 2) in Fourier pixels
-        h = batch.hartley[:, None]  # (B, 1, L, L)
-
-        def sample(coords: torch.Tensor) -> torch.Tensor:  # the image at Fourier pixels `(K, P, 2)` → (B, K, P)
-            grid = ((coords + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
-            return torch.nn.functional.grid_sample(h, grid, mode="bilinear", align_corners=True)[:, 0]
-
-        img_k = sample(rq)
-        ctf_k = self.source.ctf(idx, rq / size).to(img_k.dtype)
+        img_k, img_neg, ctf_k, rq = self._turned(batch, idx, fr, inplane, shifts is not None)
+        q = fr.grid
         w = self.inv_var(fr)
         quad = torch.einsum("bmp,bkp->bmk", slices * slices, w * ctf_k * ctf_k)
         const = (w * img_k * img_k).sum(-1)[:, None, :]
@@ -94,8 +93,39 @@ class ImageModel:
         # Shifting the prediction by −s equals shifting the image by +s: at the turned frequencies k = Rz q,
         # H'(k) = cos θ · H(k) + sin θ · H(−k) with θ = 2π k·s (shift_hartley's convention). Only the cross
         # term depends on s: a shift is unitary over the symmetric band.
-        cross = _shifted_cross(slices, w * ctf_k * img_k, w * ctf_k * sample(-rq), rq / size, shifts)
+        cross = _shifted_cross(slices, w * ctf_k * img_k, w * ctf_k * img_neg, rq / self.size, shifts)
         return 0.5 * (quad[..., None] - 2 * cross + const[..., None]) / q.shape[0]
+
+    def _turned(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, inplane: torch.Tensor, negative: bool):
+        """The image and its CTF at the turned frequencies ``Rz(φ_k) q``: ``(img(k), img(−k), ctf, rq)``,
+        the first three `(B, K, P)` (``img(−k)`` only when ``negative``, for shifts), ``rq`` `(K, P, 2)` in
+        Fourier pixels."""
+        size = self.size
+        rq = torch.einsum("kij,pj->kpi", inplane[:, :2, :2], fr.grid)  # (K, P, 2)
+        h = batch.hartley[:, None]  # (B, 1, L, L)
+
+        def sample(coords: torch.Tensor) -> torch.Tensor:
+            grid = ((coords + size // 2) * (2.0 / (size - 1)) - 1.0)[None].expand(len(idx), -1, -1, -1)
+            return torch.nn.functional.grid_sample(h, grid, mode="bilinear", align_corners=True)[:, 0]
+
+        img_k = sample(rq)
+        return img_k, sample(-rq) if negative else None, self.source.ctf(idx, rq / size).to(img_k.dtype), rq
+
+    def grid_scores(self, slices: torch.Tensor, batch: Batch, idx: torch.Tensor, fr: Frequencies,
+                    inplane: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """Gaussian scores `(B, D, K)` of the slices `(D, P)` shared by every image (a grid of directions) at
+        every in-plane turn, each image at its own shift ``shifts`` `(B, 2)` (None: centred). As
+        :meth:`inplane_scores`, but the slices' products are matrix products over the whole batch."""
+        img_k, img_neg, ctf_k, rq = self._turned(batch, idx, fr, inplane, shifts is not None)
+        if shifts is not None:  # the image shifted by +s (the prediction by −s), as in _shifted_cross
+            theta = 2 * torch.pi * torch.einsum("kpi,bi->bkp", rq / self.size, shifts.to(rq.dtype))
+            img_k = img_k * torch.cos(theta) + img_neg * torch.sin(theta)
+        w = self.inv_var(fr)
+        b, k, p = img_k.shape
+        quad = ((w * ctf_k * ctf_k).reshape(b * k, p) @ (slices * slices).T).reshape(b, k, -1)
+        cross = ((w * ctf_k * img_k).reshape(b * k, p) @ slices.T).reshape(b, k, -1)
+        const = (w * img_k * img_k).sum(-1)[..., None]
+        return (0.5 * (quad - 2 * cross + const) / p).transpose(1, 2)
 
     @torch.no_grad()
     def log_likelihood_grid(self, index: int, rotations: torch.Tensor, inplane: torch.Tensor, fr: Frequencies,

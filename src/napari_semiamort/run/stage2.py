@@ -34,16 +34,24 @@ def refine_poses(model: ImageModel, table: PoseTable, rows: torch.Tensor, obs: t
 
 
 def autodecode_step(model: ImageModel, table: PoseTable, batch: Batch, idx: torch.Tensor, fr: Frequencies,
-                    pose_steps: int, opt_volume: torch.optim.Optimizer) -> Stage2Result:
-    """The images' pose steps, then one volume step at the refined poses; the residuals feed the noise model."""
+                    pose_steps: int, opt_volume: torch.optim.Optimizer,
+                    keep: torch.Tensor | None = None) -> Stage2Result:
+    """The images' pose steps, then one volume step at the refined poses; the residuals feed the noise model.
+    ``keep`` `(B,)` bool: the images the volume and the noise model learn from (None: all; junk is left out)."""
     dev_idx = idx.to(model.device)
     refine_poses(model, table, dev_idx, batch.obs, batch.ctf, fr, pose_steps)
     rot = table.rotations[dev_idx]
     sh = None if table.shifts is None else table.shifts[dev_idx]
     pred = model.predict(rot, sh, batch.ctf, fr)
-    loss = model.loss(pred, batch.obs, fr).mean()
+    per_image = model.loss(pred, batch.obs, fr)
+    if keep is None:
+        loss = per_image.mean()
+    else:  # the junk's poses are refined (its flag may be lifted) but it does not pull the volume
+        keep = keep.to(per_image.device)
+        loss = (per_image * keep).sum() / keep.sum().clamp_min(1)
     opt_volume.zero_grad(set_to_none=True)
     loss.backward()
     opt_volume.step()
-    model.noise.accumulate(pred.detach() - batch.obs)
+    residual = pred.detach() - batch.obs
+    model.noise.accumulate(residual if keep is None else residual[keep])
     return Stage2Result(float(loss.detach()), rot, sh)

@@ -25,6 +25,13 @@ class RunState:
     epoch: int = 0  # the next epoch to run
     history: list[dict] = field(default_factory=list)  # one dict of metrics per finished epoch
     paths: dict[int, list[list[float]]] = field(default_factory=dict)  # watched particles' view directions
+    junk: torch.Tensor | None = None  # (N,) bool: flagged as junk (from the switch on; None before)
+
+    def keep(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """`(B,)` bool: which of the images ``idx`` the volume learns from (None: all, nothing flagged)."""
+        if self.junk is None or not bool(self.junk.any()):
+            return None
+        return ~self.junk[idx]
 
     @classmethod
     def fresh(cls, n: int, estimate_shifts: bool) -> RunState:

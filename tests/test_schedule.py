@@ -112,3 +112,16 @@ def test_a_run_switches_when_its_switch_rule_says_so(tiny_dataset):
     assert "reassigned" in ends[2]  # the window counts from the switch the rule made, not switch_epoch
     assert rule.asked == [(0, 0), (1, 1)]  # asked at each stage-1 epoch's start, never after the switch
     assert isinstance(Schedule(cfg, 32, 10).switch, FixedEpochSwitch)
+
+
+def test_stage2s_band_ramps_from_stage1s_to_max_freq_when_asked():
+    from napari_semiamort.run.config import ReconstructionConfig
+    from napari_semiamort.run.schedule import Schedule
+
+    off = Schedule(ReconstructionConfig(), 64, 1000)
+    assert [off.stage2_band_at(e, 15) for e in (15, 16, 24)] == [1.0, 1.0, 1.0]
+    ramp = Schedule(ReconstructionConfig(stage2_ramp_epochs=4), 64, 1000)
+    bands = [ramp.stage2_band_at(e, 15) for e in range(15, 21)]
+    assert bands[0] == ramp.stage1_end and bands[4:] == [1.0, 1.0]
+    assert all(a < b for a, b in zip(bands[:4], bands[1:5]))  # growing
+    assert all(round(b * 32) == b * 32 for b in bands)  # whole Fourier pixels

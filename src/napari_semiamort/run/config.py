@@ -81,6 +81,8 @@ class ReconstructionConfig:
     # residuals each stage-2 epoch; "white": one σ² for all frequencies
     noise_model: str = "shell"
     max_freq: float = 1.0  # fraction of Nyquist used in the loss after the switch
+    # stage 2's band grows from stage 1's at the switch to max_freq over this many epochs (0: max_freq at once)
+    stage2_ramp_epochs: int = 0
     # stage-1 band at the first epoch (fraction of Nyquist; None: 0.15, or 5 Fourier pixels where that is less,
     # i.e. at most the box's width / 5 in Å: 0.15 at box 64, 0.078 at box 128, where 0.15 failed) ...
     autoencode_min_freq: float | None = None
@@ -118,6 +120,7 @@ class ReconstructionConfig:
         checks = [
             (self.heads >= 1, "heads must be at least 1"),
             (self.search_nside >= 1, "search_nside must be at least 1"),
+            (self.stage2_ramp_epochs >= 0, "stage2_ramp_epochs must be at least 0"),
             (self.search_inplane >= 4, "search_inplane must be at least 4"),
             (self.backbone in ("light", "vgg16"), "backbone must be 'light' or 'vgg16'"),
             (self.loss in ("gaussian", "l1"), "loss must be 'gaussian' or 'l1'"),

@@ -204,6 +204,9 @@ FIELDS: tuple[Field, ...] = (
           choices=("shell", "shell-residual", "white")),
     Field("max_freq", "Stage-2 band", ADVANCED, "fraction of Nyquist used in the loss after the switch",
           "--max-freq", 0.01, 1, 0.05, 3),
+    Field("stage2_ramp_epochs", "Stage-2 band ramp", ADVANCED, "stage 2's band grows from stage 1's at the "
+          "switch to the stage-2 band over this many epochs (0: the stage-2 band at once)", "--stage2-ramp-epochs",
+          0, 1000),
     Field("autoencode_min_freq", "Stage-1 band, start", ADVANCED, "stage-1 band at the start, as a fraction of "
           "Nyquist (auto: 0.15, or 5 Fourier pixels where that is less)", "--autoencode-min-freq",
           special="auto", **_BAND),

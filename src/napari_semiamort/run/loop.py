@@ -212,7 +212,7 @@ class Reconstruction:
         """Switch to stage 2 now: each image starts from its best candidate (:func:`passes.switch_to_autodecode`)."""
         st = self.state
         passes.switch_to_autodecode(self.model, self.stage1, self.source, st, self.bank.at(self.schedule.stage1_end),
-                                    self.config)
+                                    self.config, self.search)
         st.switched_at = st.epoch
         self._set_volume_lr()
 
@@ -239,7 +239,7 @@ class Reconstruction:
             result = self.stage1.step(self.source.batch(idx, fr, images), idx, fr, self.opt_volume)
             st.winners[idx] = result.winners
         else:
-            fr = self.bank.at(self.schedule.stage2_band)
+            fr = self.bank.at(self.schedule.stage2_band_at(st.epoch, st.switched_at))
             result = autodecode_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr,
                                      self.config.pose_steps, self.opt_volume, st.keep(idx))
         st.take(idx, result.rotations, result.shifts)

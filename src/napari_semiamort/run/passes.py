@@ -44,22 +44,30 @@ def pose_table(config: ReconstructionConfig, size: int, rotations: torch.Tensor,
 
 @torch.no_grad()
 def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
-                         fr: Frequencies, config: ReconstructionConfig) -> None:
+                         fr: Frequencies, config: ReconstructionConfig, search: GridSearch | None = None) -> None:
     """Each image starts stage 2 from its best candidate under the current volume (paper, Sec. 2.2), scored
     at the band ``fr`` (stage 1's at the switch); the pose it won with in the last epoch competes too: a
-    head's current guess can be worse than its earlier one."""
+    head's current guess can be worse than its earlier one; and so does the global ``search``'s best."""
     for idx in chunks(len(source), config, model.device):
         batch = source.batch(idx, fr)
         rot, sh, scores = stage1.candidates(batch, idx, fr)
         _, head = winner_takes_all(scores)
         b = torch.arange(len(idx), device=model.device)
-        best = model.exact_loss(rot[b, head], None if sh is None else sh[b, head], batch.obs, batch.ctf, fr)
+        rot, sh = rot[b, head], None if sh is None else sh[b, head]
         prev_sh = None if sh is None else state.shifts[idx].to(model.device)
+        if search is not None:  # the grid's best, at the image's last shift, against the heads' best
+            found = search.search(model, batch, idx, fr, prev_sh)
+            r2, s2 = found.rotations[:, 0], None if found.shifts is None else found.shifts[:, 0]
+            better = model.exact_loss(r2, s2, batch.obs, batch.ctf, fr) < model.exact_loss(rot, sh, batch.obs,
+                                                                                             batch.ctf, fr)
+            rot = torch.where(better[:, None, None], r2, rot)
+            sh = None if sh is None else torch.where(better[:, None], s2, sh)
+        best = model.exact_loss(rot, sh, batch.obs, batch.ctf, fr)
         current = model.exact_loss(state.poses[idx].to(model.device), prev_sh, batch.obs, batch.ctf, fr)
         take = (best < current).cpu()
-        state.poses[idx[take]] = rot[b, head].cpu()[take]
+        state.poses[idx[take]] = rot.cpu()[take]
         if sh is not None:
-            state.shifts[idx[take]] = sh[b, head].cpu()[take]
+            state.shifts[idx[take]] = sh.cpu()[take]
     state.table = pose_table(config, model.size, state.poses.to(model.device),
                              None if state.shifts is None else state.shifts.to(model.device))
 

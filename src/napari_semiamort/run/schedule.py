@@ -106,6 +106,16 @@ class Schedule:
     def stage2_band(self) -> float:
         return self.config.max_freq
 
+    def stage2_band_at(self, epoch: int, switched_at: int) -> float:
+        """Stage 2's band at ``epoch``: with ``stage2_ramp_epochs``, from stage 1's at the switch growing linearly
+        to ``max_freq`` over that many epochs (whole Fourier pixels); else ``max_freq``."""
+        ramp = self.config.stage2_ramp_epochs
+        if ramp <= 0 or epoch - switched_at >= ramp:
+            return self.stage2_band
+        t = (epoch - switched_at) / ramp
+        band = self.stage1_end + t * max(0.0, self.stage2_band - self.stage1_end)
+        return min(1.0, max(MIN_BAND_PIXELS, round(band * self.size / 2)) / (self.size / 2))
+
     @property
     def reassign_band(self) -> float:
         """The band the reassignment's candidates are refined in (default: stage 1's at the switch)."""

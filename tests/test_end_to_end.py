@@ -91,9 +91,11 @@ def test_snapshots_carry_volume_and_watched_candidates(tiny_dataset):
         {"noise_model": "shell-residual", "backbone": "vgg16"},
         # the paper's stage 1: heads alone propose the poses, full band, no restarts or reassignment
         {"inplane_search": 0, "heads": 7, "spread_heads": False, "autoencode_min_freq": 1.0,
-         "autoencode_max_freq": 1.0, "reassign_epochs": 0},
+         "autoencode_max_freq": 1.0, "reassign_epochs": 0, "global_search": False, "stage2_ramp_epochs": 0},
+        # issue 18's additions off: no global search, no stage-2 band ramp, no junk flags
+        {"global_search": False, "stage2_ramp_epochs": 0, "flag_junk": False},
     ],
-    ids=["shifts", "regressed-shifts", "l1-white", "residual-noise-vgg16", "paper-stage1"],
+    ids=["shifts", "regressed-shifts", "l1-white", "residual-noise-vgg16", "paper-stage1", "no-issue18"],
 )
 def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_dataset, tmp_path, options):
     from napari_semiamort.data.star import read_star_columns

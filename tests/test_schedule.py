@@ -118,10 +118,32 @@ def test_stage2s_band_ramps_from_stage1s_to_max_freq_when_asked():
     from napari_semiamort.run.config import ReconstructionConfig
     from napari_semiamort.run.schedule import Schedule
 
-    off = Schedule(ReconstructionConfig(), 64, 1000)
+    off = Schedule(ReconstructionConfig(stage2_ramp_epochs=0), 64, 1000)
     assert [off.stage2_band_at(e, 15) for e in (15, 16, 24)] == [1.0, 1.0, 1.0]
     ramp = Schedule(ReconstructionConfig(stage2_ramp_epochs=4), 64, 1000)
     bands = [ramp.stage2_band_at(e, 15) for e in range(15, 21)]
     assert bands[0] == round(ramp.stage1_end * 32) / 32 and bands[4:] == [1.0, 1.0]  # 13 px
     assert all(a < b for a, b in zip(bands[:4], bands[1:5]))  # growing
     assert all(round(b * 32) == b * 32 for b in bands)  # whole Fourier pixels
+
+
+def test_a_run_with_the_stage2_ramp_learns_the_noise_of_the_band_it_sees(tiny_dataset):
+    """Stage 2 on a narrower band than the noise model's: the residual noise estimate takes the shells it saw
+    (and keeps the others), and the run completes with finite losses and noise."""
+    import math
+
+    import torch
+
+    from napari_semiamort.run import Reconstruction, ReconstructionConfig
+
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=3, switch_epoch=1, heads=2,
+                               threads=1, restarts=1, batch_size=250, stage2_ramp_epochs=2,
+                               noise_model="shell-residual")
+    run = Reconstruction(cfg)
+    before = run.noise.variance.clone()
+    ends = [s.metrics for s in run if s.epoch_end]
+    assert len(ends) == 3 and all(math.isfinite(m["loss"]) for m in ends)
+    assert torch.isfinite(run.noise.variance).all()
+    ramp_band = run.schedule.stage2_band_at(1, 1)
+    assert ramp_band < 1.0
+    assert not torch.equal(run.noise.variance, before)

@@ -45,11 +45,13 @@ class ShellNoiseModel:
         self._sum = torch.zeros(n_shells, dtype=torch.float64, device=shells.device)
         self._count = torch.zeros(n_shells, dtype=torch.float64, device=shells.device)
 
-    def accumulate(self, residual: torch.Tensor) -> None:
-        """Add squared residuals `(B, P)` to the running estimate."""
+    def accumulate(self, residual: torch.Tensor, shells: torch.Tensor | None = None) -> None:
+        """Add squared residuals `(B, P)` to the running estimate; ``shells`` `(P,)`: their frequencies' shells
+        where the residuals cover another band than the model's (default: the model's own)."""
+        shells = self.shells if shells is None else shells.to(self.shells.device)
         r2 = (residual.detach().to(torch.float64) ** 2).sum(0)
-        self._sum.index_add_(0, self.shells, r2)
-        self._count.index_add_(0, self.shells, torch.full_like(r2, float(residual.shape[0])))
+        self._sum.index_add_(0, shells, r2)
+        self._count.index_add_(0, shells, torch.full_like(r2, float(residual.shape[0])))
 
     def update(self) -> None:
         """Replace ``σ²`` by the accumulated mean (shells with no data keep their value)."""

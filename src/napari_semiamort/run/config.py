@@ -81,8 +81,9 @@ class ReconstructionConfig:
     # residuals each stage-2 epoch; "white": one σ² for all frequencies
     noise_model: str = "shell"
     max_freq: float = 1.0  # fraction of Nyquist used in the loss after the switch
-    # stage 2's band grows from stage 1's at the switch to max_freq over this many epochs (0: max_freq at once)
-    stage2_ramp_epochs: int = 0
+    # stage 2's band grows from stage 1's at the switch to max_freq over this many epochs (0: max_freq at once):
+    # at once, the full band locks in the poses stage 1 handed over (docs/results.md, "Why stage 1 fails")
+    stage2_ramp_epochs: int = 5
     # stage-1 band at the first epoch (fraction of Nyquist; None: 0.15, or 5 Fourier pixels where that is less,
     # i.e. at most the box's width / 5 in Å: 0.15 at box 64, 0.078 at box 128, where 0.15 failed) ...
     autoencode_min_freq: float | None = None

@@ -53,5 +53,5 @@ def autodecode_step(model: ImageModel, table: PoseTable, batch: Batch, idx: torc
     loss.backward()
     opt_volume.step()
     residual = pred.detach() - batch.obs
-    model.noise.accumulate(residual if keep is None else residual[keep])
+    model.noise.accumulate(residual if keep is None else residual[keep], fr.shells)
     return Stage2Result(float(loss.detach()), rot, sh)

@@ -75,17 +75,26 @@ def diagnose(sim: Path, images: int, bands: list[int], seed: int = 0) -> dict:
     signal = _shell_sums((scaled**2).sum(0), full.shells, nshell)
     noise = _shell_sums((resid**2).sum(0), full.shells, nshell)
     ctf2 = _shell_sums((batch.ctf**2).sum(0), full.shells, nshell) / _shell_sums(
-        torch.ones_like(full.shells, dtype=torch.float64) * len(idx), full.shells, nshell)
+        torch.ones_like(full.shells, dtype=torch.float64) * len(idx), full.shells, nshell
+    )
     # without poses: the images' power per shell against their background's (the run's own measurement)
     raw = data.read(idx.numpy(), masked=False)
     ring = background_mask(size)
     p_img = _shell_sums((hartley_centered(raw, 2).flatten(1)[:, full.flat_index] ** 2).sum(0), full.shells, nshell)
-    p_bg = _shell_sums((hartley_centered(raw * ring, 2).flatten(1)[:, full.flat_index] ** 2).sum(0), full.shells,
-                       nshell) / float(ring.mean())
+    p_bg = _shell_sums(
+        (hartley_centered(raw * ring, 2).flatten(1)[:, full.flat_index] ** 2).sum(0), full.shells, nshell
+    ) / float(ring.mean())
     ssnr_est = (p_img - p_bg) / p_bg.clamp_min(1e-30)
-    shells = [{"shell_px": s, "resolution_A": round(size * data.pixel_size / s, 1) if s else None,
-               "ssnr_true_poses": float(signal[s] / max(noise[s], 1e-30)), "ssnr_no_poses": float(ssnr_est[s]),
-               "ctf2": float(ctf2[s])} for s in range(1, nshell)]
+    shells = [
+        {
+            "shell_px": s,
+            "resolution_A": round(size * data.pixel_size / s, 1) if s else None,
+            "ssnr_true_poses": float(signal[s] / max(noise[s], 1e-30)),
+            "ssnr_no_poses": float(ssnr_est[s]),
+            "ctf2": float(ctf2[s]),
+        }
+        for s in range(1, nshell)
+    ]
     truth_hartley = model.volume.hartley().detach()
     pinned = []
     for b in bands:
@@ -98,8 +107,11 @@ def diagnose(sim: Path, images: int, bands: list[int], seed: int = 0) -> dict:
             model.volume = start_volume if hartley is None else model.volume
             res = grid.search(model, bb, idx, fr, sign * true_sh, hartley)
             err = torch.rad2deg(geodesic_distance(res.rotations[:, 0], true_rot))
-            row[name] = {"within_15": float((err < 15).float().mean()), "within_30": float((err < 30).float().mean()),
-                         "median_error": float(err.median())}
+            row[name] = {
+                "within_15": float((err < 15).float().mean()),
+                "within_30": float((err < 30).float().mean()),
+                "median_error": float(err.median()),
+            }
             if hartley is not None:
                 model.volume = type(start_volume)(size)
                 model.volume.set_from_map(truth)
@@ -111,23 +123,41 @@ def diagnose(sim: Path, images: int, bands: list[int], seed: int = 0) -> dict:
     losses = {
         "zero": float(model.loss(torch.zeros_like(bs.obs), bs.obs, start).mean()),
         "start_volume_true_poses": float(model.exact_loss(true_rot, sign * true_sh, bs.obs, bs.ctf, start).mean()),
-        "true_map_true_poses": float(model.loss(model.predict(true_rot, sign * true_sh, bs.ctf, start, th), bs.obs,
-                                                start).mean()),
-        "true_map_random_poses": float(model.loss(model.predict(random_rotations(len(idx), torch.Generator().manual_seed(1)),
-                                                                sign * true_sh, bs.ctf, start, th), bs.obs, start).mean()),
+        "true_map_true_poses": float(
+            model.loss(model.predict(true_rot, sign * true_sh, bs.ctf, start, th), bs.obs, start).mean()
+        ),
+        "true_map_random_poses": float(
+            model.loss(
+                model.predict(
+                    random_rotations(len(idx), torch.Generator().manual_seed(1)), sign * true_sh, bs.ctf, start, th
+                ),
+                bs.obs,
+                start,
+            ).mean()
+        ),
     }
-    return {"sim": str(sim), "pixel_size": data.pixel_size, "box": size, "images": len(idx),
-            "start_band_px": round(run.schedule.stage1_band(0) * size / 2),
-            "end_band_px": round(run.schedule.stage1_end * size / 2), "shells": shells, "pinned": pinned,
-            "start_band_losses": losses}
+    return {
+        "sim": str(sim),
+        "pixel_size": data.pixel_size,
+        "box": size,
+        "images": len(idx),
+        "start_band_px": round(run.schedule.stage1_band(0) * size / 2),
+        "end_band_px": round(run.schedule.stage1_end * size / 2),
+        "shells": shells,
+        "pinned": pinned,
+        "start_band_losses": losses,
+    }
 
 
 def _scaled(hartley: torch.Tensor, alpha: torch.Tensor, size: int) -> torch.Tensor:
     """The truth's transform scaled per shell by ``alpha`` (its least-squares fit to the images)."""
     c = torch.arange(size) - size // 2
     r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).round().long()
-    a = torch.cat([alpha, alpha[-1:].expand(r.max() + 1 - len(alpha))]).to(hartley.dtype) if r.max() >= len(alpha) \
+    a = (
+        torch.cat([alpha, alpha[-1:].expand(r.max() + 1 - len(alpha))]).to(hartley.dtype)
+        if r.max() >= len(alpha)
         else alpha.to(hartley.dtype)
+    )
     return hartley * a[r]
 
 
@@ -143,17 +173,24 @@ def main(argv: list[str] | None = None) -> int:
     for sim in args.sims:
         r = diagnose(sim, args.images, args.bands)
         results.append(r)
-        print(f"\n== {sim}  {r['pixel_size']:.2f} Å/px, box {r['box']}, stage-1 band {r['start_band_px']}"
-              f"→{r['end_band_px']} px")
+        print(
+            f"\n== {sim}  {r['pixel_size']:.2f} Å/px, box {r['box']}, stage-1 band {r['start_band_px']}"
+            f"→{r['end_band_px']} px"
+        )
         print("shell  Å      SSNR(true poses)  SSNR(no poses)  CTF²")
         for s in r["shells"][:24]:
-            print(f"{s['shell_px']:5d} {s['resolution_A']:6.1f}  {s['ssnr_true_poses']:10.4f}  {s['ssnr_no_poses']:12.4f}"
-                  f"  {s['ctf2']:.3f}")
+            print(
+                f"{s['shell_px']:5d} {s['resolution_A']:6.1f}  {s['ssnr_true_poses']:10.4f}  {s['ssnr_no_poses']:12.4f}"
+                f"  {s['ctf2']:.3f}"
+            )
         print("band  Å      grid       true map ≤15°/≤30°/median     start volume ≤15°/≤30°/median")
         for p in r["pinned"]:
             t, s = p["true_map"], p["start_volume"]
-            print(f"{p['band_px']:4d} {p['resolution_A']:6.1f}  {str(p['grid']):9s}  {t['within_15']:.2f} {t['within_30']:.2f} "
-                  f"{t['median_error']:6.1f}°        {s['within_15']:.2f} {s['within_30']:.2f} {s['median_error']:6.1f}°")
+            print(
+                f"{p['band_px']:4d} {p['resolution_A']:6.1f}  {str(p['grid']):9s}  "
+                f"{t['within_15']:.2f} {t['within_30']:.2f} "
+                f"{t['median_error']:6.1f}°        {s['within_15']:.2f} {s['within_30']:.2f} {s['median_error']:6.1f}°"
+            )
         print("start-band losses:", {k: round(v, 5) for k, v in r["start_band_losses"].items()})
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

@@ -123,7 +123,7 @@ def test_stage2s_band_ramps_from_stage1s_to_max_freq_when_asked():
     ramp = Schedule(ReconstructionConfig(stage2_ramp_epochs=4), 64, 1000)
     bands = [ramp.stage2_band_at(e, 15) for e in range(15, 21)]
     assert bands[0] == round(ramp.stage1_end * 32) / 32 and bands[4:] == [1.0, 1.0]  # 13 px
-    assert all(a < b for a, b in zip(bands[:4], bands[1:5]))  # growing
+    assert all(a < b for a, b in zip(bands[:4], bands[1:5], strict=True))  # growing
     assert all(round(b * 32) == b * 32 for b in bands)  # whole Fourier pixels
 
 

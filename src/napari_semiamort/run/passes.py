@@ -55,14 +55,15 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
         b = torch.arange(len(idx), device=model.device)
         rot, sh = rot[b, head], None if sh is None else sh[b, head]
         prev_sh = None if sh is None else state.shifts[idx].to(model.device)
+        best = model.exact_loss(rot, sh, batch.obs, batch.ctf, fr)
         if search is not None:  # the grid's best, at the image's last shift, against the heads' best
             found = search.search(model, batch, idx, fr, prev_sh)
             r2, s2 = found.rotations[:, 0], None if found.shifts is None else found.shifts[:, 0]
-            better = model.exact_loss(r2, s2, batch.obs, batch.ctf, fr) < model.exact_loss(rot, sh, batch.obs,
-                                                                                             batch.ctf, fr)
+            grid = model.exact_loss(r2, s2, batch.obs, batch.ctf, fr)
+            better = grid < best
             rot = torch.where(better[:, None, None], r2, rot)
             sh = None if sh is None else torch.where(better[:, None], s2, sh)
-        best = model.exact_loss(rot, sh, batch.obs, batch.ctf, fr)
+            best = torch.minimum(grid, best)
         current = model.exact_loss(state.poses[idx].to(model.device), prev_sh, batch.obs, batch.ctf, fr)
         take = (best < current).cpu()
         state.poses[idx[take]] = rot.cpu()[take]

@@ -63,9 +63,6 @@ class GridSearch:
         reach = 0 if shift_grid is None else int(shift_grid[:, 0].max())
         return cls(config.search_nside, config.search_inplane, device, reach, top=config.reassign_candidates)
 
-    def __len__(self) -> int:
-        return self.directions.shape[0] * self.inplane.shape[0]
-
     @torch.no_grad()
     def search(self, model: ImageModel, batch: Batch, idx: torch.Tensor, fr: Frequencies,
                shifts: torch.Tensor | None = None, hartley: torch.Tensor | None = None) -> SearchResult:

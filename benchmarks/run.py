@@ -243,13 +243,13 @@ def score_rotations(map_path: Path, rotations: np.ndarray, reference: np.ndarray
     return out
 
 
-def run_ours(data: Path, out: Path, truth: Path, shifted: bool = False, mask_A: float | None = None) -> dict:
-    """Our default configuration, given the mask diameter the peers get; on shifted data with shift
-    estimation (``--estimate-shifts``)."""
+def run_ours(data: Path, out: Path, truth: Path, mask_A: float | None = None) -> dict:
+    """Our default configuration, given the mask diameter the peers get (shifts "auto": searched in stage 1,
+    kept in stage 2 if the particles are off centre; before that default, shifted data ran with
+    ``--estimate-shifts``)."""
     t0 = time.time()
     wall, peak = sh(semiamort("reconstruct", str(data / "particles.star"), "-o", str(out), "--force",
-                              "--reference-map", str(truth), *(["--estimate-shifts"] if shifted else []),
-                              *(["--mask-diameter", f"{mask_A:g}"] if mask_A else [])),
+                              "--reference-map", str(truth), *(["--mask-diameter", f"{mask_A:g}"] if mask_A else [])),
                     log=out.parent / f"{out.name}.log")
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # wall-clock since the command started, as for the peers (their maps' file times): start-up included
@@ -678,7 +678,7 @@ def main() -> None:
             if part in skip:
                 continue
             if part == "ours":
-                r = run_ours(data, out / f"ours_shift{shift:g}", truth, shift > 0, mask)
+                r = run_ours(data, out / f"ours_shift{shift:g}", truth, mask)
             elif part == "relion":
                 r = run_relion(data, out / f"relion_shift{shift:g}", truth, suite["box"], pixel, mask, shift > 0,
                                args.peer_limit, earlier.get("RELION 3.1 SGD") if args.rescore or args.resume else None,

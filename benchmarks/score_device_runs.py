@@ -51,7 +51,8 @@ def main(runs: Path, out: Path) -> None:
         metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         switch = next((m for m in metrics if m["epoch"] == cfg["switch_epoch"] and "restart" not in m), None)
         row = {"run": name, **w, "data": str(data.relative_to(RESULTS.parent.parent)),
-               "stage2_batch_size": cfg.get("stage2_batch_size"), "estimate_shifts": cfg["estimate_shifts"],
+               "stage2_batch_size": cfg.get("stage2_batch_size"),
+               "shifts": cfg.get("shifts", "yes" if cfg.get("estimate_shifts") else "no"),  # older runs: a boolean
                "epochs_done": max(m["epoch"] for m in metrics),
                "stage1_s": sum(m["seconds"] for m in metrics if m["stage"] == "autoencode"),
                "stage2_s": sum(m["seconds"] for m in metrics if m["stage"] == "autodecode"),

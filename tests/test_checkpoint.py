@@ -80,3 +80,22 @@ def test_switching_by_hand_gives_stage_2s_volume_step(tiny_dataset):
     run.switch()  # benchmarks and profilers time stage-2 steps this way
     assert run.opt_volume.param_groups[0]["lr"] == pytest.approx(run.config.volume_lr_autodecode)
     assert run.table is not None and np.isfinite(run.train_step(torch.arange(8)))
+
+
+def test_a_run_whose_shifts_were_dropped_at_the_switch_resumes_centred(tiny_dataset, tmp_path):
+    run = Reconstruction(_config(tiny_dataset, epochs=3, switch_epoch=1, restarts=1), run_dir=tmp_path)
+    for snap in run:
+        if snap.epoch_end and run.epoch == 1:
+            break
+    run.shifts = torch.zeros(len(run.data), 2)  # as stage 1 finds centred particles (one epoch is too few here)
+    for snap in run:
+        if snap.epoch_end and run.epoch == 2:
+            break
+    assert run.history[-1]["shifts_kept"] is False
+    assert run.shifts is None and not run.stage1.searches_shifts
+    resumed = Reconstruction.resume(tmp_path)
+    assert resumed.shifts is None and not resumed.stage1.searches_shifts
+    assert resumed.candidates(torch.arange(4), resumed.stage1_end).shifts is None
+    for _ in resumed:
+        pass
+    assert resumed.shifts is None and resumed.epoch == 3

@@ -85,8 +85,9 @@ def test_snapshots_carry_volume_and_watched_candidates(tiny_dataset):
 @pytest.mark.parametrize(
     "options",
     [
-        {"estimate_shifts": True},
-        {"estimate_shifts": True, "shift_search": 0},
+        {"shifts": "yes"},
+        {"shifts": "yes", "shift_search": 0},
+        {"shifts": "no"},
         {"loss": "l1", "noise_model": "white"},
         {"noise_model": "shell-residual", "backbone": "vgg16"},
         # the paper's stage 1: heads alone propose the poses, full band, no restarts or reassignment
@@ -95,7 +96,7 @@ def test_snapshots_carry_volume_and_watched_candidates(tiny_dataset):
         # issue 18's additions off: no global search, no stage-2 band ramp, no junk flags
         {"global_search": False, "stage2_ramp_epochs": 0, "flag_junk": False},
     ],
-    ids=["shifts", "regressed-shifts", "l1-white", "residual-noise-vgg16", "paper-stage1", "no-issue18"],
+    ids=["shifts", "regressed-shifts", "centred", "l1-white", "residual-noise-vgg16", "paper-stage1", "no-issue18"],
 )
 def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_dataset, tmp_path, options):
     from napari_semiamort.data.star import read_star_columns
@@ -110,11 +111,11 @@ def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_datase
     write_outputs(run, tmp_path)
     cols = read_star_columns(tmp_path / "poses.star")
     origins = np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1)
-    if options.get("estimate_shifts"):
+    if options.get("shifts") == "yes":
         assert run.shifts is not None and np.abs(origins).max() > 0
         assert np.abs(origins).max() <= cfg.max_shift * 32 * run.data.pixel_size + 1e-3
-    else:
-        assert np.abs(origins).max() == 0
+    elif run.shifts is None:  # "no", or "auto" on these centred particles (decided at the switch)
+        assert np.abs(origins).max() == 0 and (options.get("shifts") == "no" or "shifts_kept" in run.history[1])
 
 
 def test_noise_model_starts_from_the_background_without_a_zero_dc_shell(tiny_dataset):
@@ -161,7 +162,7 @@ def test_shifted_particles_are_centred_and_aligned_by_the_shift_search(tmp_path_
     molecule = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
     simulate_dataset(str(molecule), data, SimulationConfig(n_particles=1000, box=32, snr=1.0, seed=7, max_shift=3))
     cfg = ReconstructionConfig(particles=str(data / "particles.star"), epochs=24, switch_epoch=16, seed=1,
-                               threads=1, heads=24, batch_size=32, estimate_shifts=True)
+                               threads=1, heads=24, batch_size=32, shifts="yes")
     run = Reconstruction(cfg, run_dir=tmp_path)
     for _ in run:
         pass
@@ -211,7 +212,7 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
     def known_poses(box, output_box=None):
         run = Reconstruction(ReconstructionConfig(
             particles=str(data / "particles.star"), box=box, output_box=output_box, halves=True, heads=2,
-            threads=1, estimate_shifts=True, mask_diameter=100.0, reference_map=str(data / "truth.mrc")))
+            threads=1, shifts="yes", mask_diameter=100.0, reference_map=str(data / "truth.mrc")))
         run.poses = run.data.reference_rotations.clone()
         run.shifts = run.data.reference_shifts.clone()
         return run

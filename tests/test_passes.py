@@ -30,7 +30,7 @@ def test_recentring_moves_volume_and_shifts_together_and_keeps_the_fit(tiny_data
     volume with shifts − (R c)_xy: recentring must leave each image's loss where it was (a wrong sign or
     axis order would not) and put the density at the centre."""
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
-                               estimate_shifts=True, switch_epoch=0)
+                               shifts="yes", switch_epoch=0)
     run = Reconstruction(cfg)
     run.poses = run.data.reference_rotations.to(torch.float32).clone()
     truth = _at_truth(run, tiny_dataset)
@@ -88,7 +88,7 @@ def test_the_switch_starts_each_image_from_the_better_of_its_candidate_and_its_l
 
 def test_the_reassignment_moves_only_images_whose_candidate_scores_better(tiny_dataset):
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1, batch_size=200,
-                               reassign_candidates=2, reassign_steps=3)
+                               reassign_candidates=2, reassign_steps=3, shifts="no")
     run = Reconstruction(cfg)
     run.volume.set_from_map(_at_truth(run, tiny_dataset))
     run.poses = random_rotations(len(run.data), torch.Generator().manual_seed(6))
@@ -149,7 +149,8 @@ def test_the_global_search_brings_images_back_from_poses_the_encoder_cannot_leav
     errors = {}
     for search in (True, False):
         cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1,
-                                   batch_size=200, reassign_candidates=2, reassign_steps=10, global_search=search)
+                                   batch_size=200, reassign_candidates=2, reassign_steps=10, global_search=search,
+                                   shifts="no")
         run = Reconstruction(cfg)
         assert (run.search is not None) == search
         run.volume.set_from_map(_at_truth(run, tiny_dataset))
@@ -181,3 +182,30 @@ def test_at_the_switch_the_global_searchs_best_pose_competes(tiny_dataset):
         err = torch.rad2deg(geodesic_distance(run.poses, run.data.reference_rotations))
         near[search] = float((err < 20).float().mean())
     assert near[True] > 0.85 and near[False] < 0.3, near  # measured: 94 % against 10 %
+
+
+@pytest.mark.parametrize(("spread", "kept"), [(0.0, False), (0.3, False), (3.0, True)])
+def test_shifts_auto_keeps_the_shifts_only_for_off_centre_particles(tiny_dataset, spread, kept):
+    """At the switch, shifts "auto" keeps estimating the shifts when stage 1 found the particles off centre
+    (median |shift| ≥ 0.5 px); else the shifts are dropped and no longer searched: stage 2's table, its
+    candidates and the outputs' origins are centred from then on."""
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, switch_epoch=0)
+    run = Reconstruction(cfg)
+    assert cfg.shifts == "auto" and run.stage1.searches_shifts and run.stage1.shift_reach == 3
+    g = torch.Generator().manual_seed(3)
+    run.shifts = spread * (2 * torch.rand(len(run.data), 2, generator=g) - 1)  # uniform in ±spread
+    notes = run.switch()
+    assert notes["shifts_kept"] is kept
+    assert notes["shift_median_px"] == pytest.approx(float(notes["shift_median_px"]), abs=1e-3)
+    assert (run.shifts is not None) is kept and (run.table.shifts is not None) is kept
+    assert run.stage1.searches_shifts is kept
+    idx = torch.arange(8)
+    cand = run.candidates(idx, run.stage1_end)
+    assert (cand.shifts is not None) is kept
+    assert passes.reassign(run.model, run.stage1, run.source, run.state,
+                           (run.frequencies(run.stage1_end),) * 3, cfg, run.search) >= 0  # runs either way
+    assert (run.shifts is not None) is kept
+    # "yes" keeps them whatever they are
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+                                              switch_epoch=0, shifts="yes"))
+    assert run.switch() == {} and run.shifts is not None and run.stage1.searches_shifts

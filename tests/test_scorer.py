@@ -6,7 +6,7 @@ import torch
 
 from napari_semiamort.physics.so3 import random_rotations
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
-from napari_semiamort.run.scorer import about_z
+from napari_semiamort.run.scorer import about_z, square_grid
 
 
 def test_the_noise_weights_are_one_over_each_frequencys_shell_variance(tiny_dataset):
@@ -22,9 +22,9 @@ def test_stage1_shift_search_scores_equal_the_shifted_predictions_loss(tiny_data
     shifted by each grid shift. At 0° and 90° the turned frequencies fall on the pixel grid, so the
     resampling trick is exact there and the two must agree to rounding: this pins the shift's sign."""
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
-                               estimate_shifts=True, shift_search=2)
+                               shifts="yes", shift_search=2)
     run = Reconstruction(cfg)
-    model, grid, inplane = run.model, run.stage1.shift_grid, run.stage1.inplane
+    model, grid, inplane = run.model, square_grid(2, 1), run.stage1.inplane
     assert grid.shape == (25, 2) and inplane.shape == (cfg.inplane_search, 3, 3)
     idx = torch.arange(4)
     fr = run.frequencies(run.stage1_band(0))
@@ -55,7 +55,7 @@ def test_the_posterior_grid_compares_the_image_at_its_estimated_shift(tiny_datas
     """With shifts estimated, ``log_likelihood_grid`` scores the image at the run's shift for it: at 0°
     in-plane (exact resampling) it is minus the shifted prediction's summed loss, not the unshifted one's."""
     run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2,
-                                              threads=1, estimate_shifts=True))
+                                              threads=1, shifts="yes"))
     run.shifts[5] = torch.tensor([1.5, -2.0])
     rot = random_rotations(3, torch.Generator().manual_seed(2))
     grid = run.log_likelihood_grid(5, rot, torch.zeros(1))  # (3, 1)
@@ -97,3 +97,40 @@ def test_the_exact_loss_prefers_the_true_pose_under_the_true_map(tiny_dataset, l
         good = run.model.exact_loss(true, None, batch.obs, batch.ctf, fr)
         bad = run.model.exact_loss(other, None, batch.obs, batch.ctf, fr)
     assert float((good < bad).float().mean()) > 0.9
+
+
+def test_the_coarse_shift_grid_refined_finds_each_images_shift(tmp_path):
+    """Stage 1 scores shifts on a grid of step 2 px and refines the winner over the ±1 px around it by exact
+    slices: at the true poses under the true map, that finds each image's shift to the nearest pixel, as the
+    full 1-px grid does; and the refinement returns the best of its 3 × 3 trials."""
+    from conftest import simulate_ribosome
+    from napari_semiamort.data.star import read_star
+    from test_passes import _at_truth
+
+    data = simulate_ribosome(tmp_path, n_particles=200, box=32, snr=1.0, seed=5, max_shift=3)
+    run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
+                                              shifts="yes"))
+    stage1 = run.stage1
+    assert stage1.shift_grid.shape == (9, 2) and float(stage1.shift_grid.abs().max()) == 2.0
+    _at_truth(run, data)
+    truth = torch.as_tensor(read_star(data / "particles.star", require_stacks=False).origins / run.data.pixel_size,
+                            dtype=torch.float32)
+    idx = torch.arange(200)
+    fr = run.frequencies(run.stage1_end)
+    batch = run.source.batch(idx, fr)
+    rot = run.data.reference_rotations[idx].to(torch.float32)[:, None]  # (B, 1, 3, 3)
+    identity = torch.eye(3)[None]
+    with torch.no_grad():
+        slices = run.volume.slice(fr.grid, rot)
+        coarse = run.model.inplane_scores(slices, batch, idx, fr, identity, stage1.shift_grid)[:, 0, 0].argmin(-1)
+        best, found = stage1._refine(rot, stage1.shift_grid[coarse][:, None], batch, fr)
+        fine = run.model.inplane_scores(slices, batch, idx, fr, identity, square_grid(3, 1))[:, 0, 0].argmin(-1)
+    found = found[:, 0]
+    assert float((found - truth).abs().max()) <= 1.0  # every image within a pixel of its shift on each axis
+    assert float(((found - truth).norm(dim=1) <= 0.75).float().mean()) > 0.9  # the nearest pixel, nearly all
+    assert float((found == square_grid(3, 1)[fine]).all(1).float().mean()) > 0.9  # as the full grid
+    trials = (stage1.shift_grid[coarse][:, None] + stage1.shift_offsets).clamp(-3, 3)  # (B, 9, 2)
+    with torch.no_grad():
+        exact = run.model.loss(run.model.predict(rot.expand(-1, 9, -1, -1), trials, batch.ctf[:, None], fr),
+                               batch.obs[:, None], fr)
+    torch.testing.assert_close(best[:, 0], exact.min(1).values)

@@ -176,15 +176,15 @@ def test_shift_estimation_and_the_mask_reach_the_configuration(make_napari_viewe
     _, w = _widget(make_napari_viewer, tiny, tmp_path)
     cfg = w.config()
     form = w.form
-    assert not cfg.estimate_shifts and cfg.mask_diameter is None and not form["shift_search"].enabled
-    form["estimate_shifts"].value = True
+    assert cfg.shifts == "auto" and cfg.mask_diameter is None and form["shift_search"].enabled
+    form["shifts"].value = "no"
+    assert not form["shift_search"].enabled and not w.config().estimate_shifts
+    form["shifts"].value = "yes"
     assert form["shift_search"].enabled
     form["shift_search"].value = 2
     form["mask_diameter"].value = 220.0
     cfg = w.config()
-    assert cfg.estimate_shifts and cfg.shift_search == 2 and cfg.mask_diameter == 220.0
-    form["estimate_shifts"].value = False
-    assert not form["shift_search"].enabled and not w.config().estimate_shifts
+    assert cfg.shifts == "yes" and cfg.shift_search == 2 and cfg.mask_diameter == 220.0
 
 
 def test_the_advanced_section_reaches_the_configuration(make_napari_viewer, tiny, tmp_path):

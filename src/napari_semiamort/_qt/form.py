@@ -88,8 +88,11 @@ class ConfigForm:
 
     def _link(self, name: str, switch: str) -> None:
         target, source = self.widgets[name], self.widgets[switch]
-        target.enabled = bool(source.value)
-        source.changed.connect(lambda value: setattr(target, "enabled", bool(value)))
+        def on(value) -> bool:  # a check box, or a choice whose "no" turns the target off
+            return value not in (False, None, "no")
+
+        target.enabled = on(source.value)
+        source.changed.connect(lambda value: setattr(target, "enabled", on(value)))
 
     def __getitem__(self, name: str) -> Widget:
         return self.widgets[name]

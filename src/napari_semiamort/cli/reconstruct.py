@@ -31,6 +31,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write into an existing run folder")
     for f in FIELDS:  # every setting of the run (run/fields.py)
         _add_field(p, f)
+    # the switch of the releases before --shifts (shifts were off by default then): scripts keep working
+    p.add_argument("--estimate-shifts", dest="shifts", action="store_const", const="yes",
+                   help="the same as --shifts yes")
 
 
 def _add_field(p: argparse.ArgumentParser, f: Field) -> None:
@@ -70,6 +73,9 @@ def format_metrics(m: dict) -> str:
              f"{m['images_per_second']:7.0f} img/s"]
     if "pose_change_deg" in m:
         parts.append(f"pose change {m['pose_change_deg']:6.2f}°")
+    if "shifts_kept" in m:  # the decision of shifts "auto" at the switch
+        kept = "kept" if m["shifts_kept"] else "dropped, centred"
+        parts.append(f"shifts {kept} (median {m['shift_median_px']:.2f} px)")
     if "junk_fraction" in m:
         parts.append(f"junk {100 * m['junk_fraction']:4.1f}%")
     if "pose_error_mean_deg" in m:

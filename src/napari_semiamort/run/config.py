@@ -92,11 +92,15 @@ class ReconstructionConfig:
     # in a wrong basin)
     autoencode_max_freq: float | None = None
 
-    # Shifts (paper: not estimated on synthetic data; the public code never estimates them)
-    estimate_shifts: bool = False
+    # Shifts (paper: not estimated on synthetic data; the public code never estimates them). "auto": searched in
+    # stage 1, where off-centre particles keep it from breaking the symmetry, and kept in stage 2 only when the
+    # data need them (passes.shifts_needed, decided at the switch); "yes": estimated throughout; "no": the
+    # particles are taken as centred
+    shifts: str = "auto"
     max_shift: float = 0.1  # fraction of the box
-    # with estimate_shifts, stage 1 (and stage 2's reassignment) scores shifts on a ±this-pixel grid (step 1 px)
-    # with each head's in-plane angles; 0: the heads' regressed shifts alone (they fail beyond ~1 px)
+    # with shifts, stage 1 (and stage 2's reassignment) scores shifts within ±this many pixels (stage 1: a grid
+    # of step 2 px with each head's in-plane angles, the winner refined to 1 px); 0: the heads' regressed shifts
+    # alone (they fail beyond ~1 px)
     shift_search: int = 3
 
     # Global search in stage 2's reassignment (issue 18): each image's best poses on a HEALPix(nside) × in-plane
@@ -117,8 +121,14 @@ class ReconstructionConfig:
     snapshot_every: int = 0  # steps between full snapshots (volume, candidates); 0: at epoch ends only
     reference_map: str | None = None  # ground truth, for FSC in the log (synthetic data)
 
+    @property
+    def estimate_shifts(self) -> bool:
+        """Whether stage 1 estimates shifts ("auto" or "yes")."""
+        return self.shifts != "no"
+
     def validate(self) -> None:
         checks = [
+            (self.shifts in ("auto", "yes", "no"), "shifts must be 'auto', 'yes' or 'no'"),
             (self.heads >= 1, "heads must be at least 1"),
             (self.search_nside >= 1, "search_nside must be at least 1"),
             (self.stage2_ramp_epochs >= 0, "stage2_ramp_epochs must be at least 0"),
@@ -159,6 +169,9 @@ class ReconstructionConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ReconstructionConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        if "estimate_shifts" in d:  # run folders written before "shifts" (a boolean then, off by default)
+            d = {**{k: v for k, v in d.items() if k != "estimate_shifts"},
+                 "shifts": "yes" if d["estimate_shifts"] else "no"}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")

@@ -119,12 +119,13 @@ FIELDS: tuple[Field, ...] = (
           "write half maps and their FSC", "--halves"),
     Field("mask_diameter", "Mask diameter (Å)", DATA, "soft circular mask on the images: the particle's diameter "
           "+ ~10 % (Å)", "--mask-diameter", 0, 100_000, 10, 1, special="none"),
-    Field("estimate_shifts", "estimate shifts (off-centre particles)", DATA, "estimate in-plane shifts: search "
-          "them in stage 1, refine them in stage 2; the map is kept centred. Needed unless the particles were "
-          "re-centred (e.g. re-extracted after a refinement)", "--estimate-shifts"),
-    Field("shift_search", "Shift search (± px)", DATA, "with shift estimation, the shifts stage 1 tries: ± this "
-          "many pixels in steps of 1 (cost grows with its square); 0: the heads' regressed shifts alone",
-          "--shift-search", 0, 64, special="none: regressed by the heads", enabled_by="estimate_shifts"),
+    Field("shifts", "Shifts", DATA, "in-plane shifts of off-centre particles: auto searches them in stage 1 and "
+          "refines them in stage 2 only if the particles are off centre (the median estimated shift at the "
+          "switch is half a pixel or more); yes: estimated throughout; no: the particles are centred (e.g. "
+          "re-extracted after a refinement). The map is kept centred", "--shifts", choices=("auto", "yes", "no")),
+    Field("shift_search", "Shift search (± px)", DATA, "with shifts, the shifts stage 1 tries: ± this many "
+          "pixels, on a grid of step 2 px refined to 1 px around the best; 0: the heads' regressed shifts alone",
+          "--shift-search", 0, 64, special="none: regressed by the heads", enabled_by="shifts"),
     Field("reference_map", "Reference", DATA, "ground-truth map for FSC in the log (simulated data)",
           "--reference-map", path="file", file_filter="Maps (*.mrc *.map *.mrc.gz *.map.gz)"),
     # ---------------------------------------------------------------- Training

@@ -78,7 +78,7 @@ class Reconstruction:
             initial_noise(self.source, stage2, cfg.seed, cfg.noise_model == "white")
         self.model = ImageModel(HartleyVolume(self.size), noise, self.source, cfg.loss)
         self.stage1 = MultiHeadWTA(cfg, self.model, self.schedule.encoder_size)
-        self.search = GridSearch.for_run(cfg, self.device, self.stage1.shift_grid)  # the reassignment's, or None
+        self.search = GridSearch.for_run(cfg, self.device, self.stage1.shift_reach)  # the reassignment's, or None
         self._initialise(cfg.seed, blank)
 
     def _initialise(self, seed: int, blank: bool = False) -> None:
@@ -176,7 +176,7 @@ class Reconstruction:
         st = self.state
         stage = self.schedule.stage(st.epoch, st.switched_at, st.history)
         t_epoch = time.perf_counter()  # the epoch's time counts the switch's and the reassignment's passes
-        reassigned = self._between_epochs(stage)
+        notes = self._between_epochs(stage)  # for the epoch's metrics
         batches = self.schedule.batches(st.epoch, stage)
         loader = iter(BatchLoader(self.data, [b.numpy() for b in batches]))
         losses: list[float] = []
@@ -189,32 +189,32 @@ class Reconstruction:
                 ips = len(idx) / max(time.perf_counter() - t0, 1e-9)
                 metrics = None
                 if s == len(batches) - 1:
-                    metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch, reassigned)
+                    metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch, notes)
                 yield self._snapshot(stage, losses[-1], ips, metrics)
         finally:
             loader.close()  # stops the read-ahead thread when the run stops mid-epoch
 
-    def _between_epochs(self, stage: str) -> int | None:
-        """The switch at stage 2's first epoch, the reassignment in its next ones; the volume's step."""
+    def _between_epochs(self, stage: str) -> dict:
+        """The switch at stage 2's first epoch, the reassignment in its next ones; the volume's step. Returns
+        what they did, for the epoch's metrics."""
         st, sched = self.state, self.schedule
-        if stage != STAGE2:
-            return None
-        reassigned = None
-        if st.table is None:
-            self.switch()
-        elif sched.reassigns(st.epoch, st.switched_at):
-            bands = (self.bank.at(sched.stage1_end), self.bank.at(sched.reassign_band), self.bank.at(sched.stage2_band))
-            reassigned = passes.reassign(self.model, self.stage1, self.source, st, bands, self.config, self.search)
+        notes, bands = {}, (sched.stage1_end, sched.reassign_band, sched.stage2_band)
+        if stage == STAGE2 and st.table is None:
+            notes = self.switch()
+        elif stage == STAGE2 and sched.reassigns(st.epoch, st.switched_at):
+            notes = {"reassigned": passes.reassign(self.model, self.stage1, self.source, st,
+                                                   tuple(map(self.bank.at, bands)), self.config, self.search)}
         self._set_volume_lr()
-        return reassigned
+        return notes
 
-    def switch(self) -> None:
-        """Switch to stage 2 now: each image starts from its best candidate (:func:`passes.switch_to_autodecode`)."""
+    def switch(self) -> dict:
+        """Switch to stage 2 now (:func:`passes.switch_to_autodecode`); returns its record for the metrics."""
         st = self.state
-        passes.switch_to_autodecode(self.model, self.stage1, self.source, st, self.bank.at(self.schedule.stage1_end),
-                                    self.config, self.search)
+        notes = passes.switch_to_autodecode(self.model, self.stage1, self.source, st,
+                                            self.bank.at(self.schedule.stage1_end), self.config, self.search)
         st.switched_at = st.epoch
         self._set_volume_lr()
+        return notes
 
     def _flag_junk(self) -> dict:
         """Flag the images that fit no view of the map (:mod:`.junk`), scored at stage 1's band at the switch
@@ -245,7 +245,7 @@ class Reconstruction:
         st.take(idx, result.rotations, result.shifts)
         return result.loss
 
-    def _finish_epoch(self, stage: str, losses: list[float], seconds: float, reassigned: int | None) -> dict:
+    def _finish_epoch(self, stage: str, losses: list[float], seconds: float, notes: dict) -> dict:
         cfg, st = self.config, self.state
         if cfg.noise_model == "shell-residual" and stage == STAGE2:
             self.model.noise.update()  # from the residuals: only once poses are settled enough to trust them
@@ -260,10 +260,9 @@ class Reconstruction:
         st.previous_poses = st.poses.clone()
         metrics.update(truth_metrics(self.model.volume.real_space(), st.poses, self.data, self.reference_map,
                                      cfg.mask_diameter))
-        extra = {"volume_centre_px": recentred, "reassigned": reassigned, "restart": self.trial,
-                 "band_fraction": self.schedule.stage1_band(st.epoch) if stage == STAGE1 else None}
-        metrics.update({k: extra[k] for k in ("volume_centre_px", "band_fraction", "reassigned", "restart")
-                        if extra[k] is not None})
+        extra = {"volume_centre_px": recentred, "restart": self.trial,
+                 "band_fraction": self.schedule.stage1_band(st.epoch) if stage == STAGE1 else None, **notes}
+        metrics.update({k: v for k, v in extra.items() if v is not None})
         st.history.append(metrics)
         for i in self.watch:  # the view direction after each epoch (Rᵀ ẑ), for the posterior plots
             if 0 <= i < len(self.data):
@@ -384,6 +383,8 @@ class Reconstruction:
             shifts=state["shifts"], previous_poses=state["previous_poses"], table=table, switched_at=switched,
             epoch=state["epoch"], history=list(state["history"]),
             paths={int(k): list(v) for k, v in state.get("paths", {}).items()}, junk=state.get("junk"))
+        if state["shifts"] is None:  # not estimated, or no longer: dropped at the switch (centred particles)
+            self.stage1.stop_shifts()
         self.restarts.resumed(self.state.history)
 
     def save_checkpoint(self) -> Path:

@@ -20,10 +20,28 @@ from .stage1 import Stage1Strategy
 from .stage2 import refine_poses
 from .state import RunState
 
-__all__ = ["RECENTRE_MIN_PX", "chunks", "flag_junk", "pose_table", "reassign", "recentre", "switch_to_autodecode"]
+__all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "decide_shifts", "flag_junk", "pose_table", "reassign",
+           "recentre", "switch_to_autodecode"]
 
 # Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
 RECENTRE_MIN_PX = 0.25
+# With shifts "auto", the particles are taken as centred from the switch on when the median length of the shifts
+# stage 1 found is below this (pixels). Its search is whole pixels around a centred volume: centred particles
+# land on 0 ± rounding, off-centre ones by ±1 px or more on about half their images or more
+# (docs/benchmarks.md, "Shifts by default").
+CENTRED_MEDIAN_PX = 0.5
+
+
+def decide_shifts(state: RunState, stage1: Stage1Strategy) -> dict:
+    """At the switch of a run with shifts "auto": keep estimating the shifts if the particles are off centre,
+    else drop them (shifts zero, none searched from now on: centred particles gain nothing from two more
+    parameters each, and stage 2 runs faster without). Returns the record for the epoch's metrics."""
+    median = float(state.shifts.norm(dim=1).median())
+    kept = median >= CENTRED_MEDIAN_PX
+    if not kept:
+        state.shifts = None
+        stage1.stop_shifts()
+    return {"shifts_kept": kept, "shift_median_px": round(median, 3)}
 
 
 def chunks(n: int, config: ReconstructionConfig, device: torch.device):
@@ -44,10 +62,12 @@ def pose_table(config: ReconstructionConfig, size: int, rotations: torch.Tensor,
 
 @torch.no_grad()
 def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
-                         fr: Frequencies, config: ReconstructionConfig, search: GridSearch | None = None) -> None:
+                         fr: Frequencies, config: ReconstructionConfig, search: GridSearch | None = None) -> dict:
     """Each image starts stage 2 from its best candidate under the current volume (paper, Sec. 2.2), scored
     at the band ``fr`` (stage 1's at the switch); the pose it won with in the last epoch competes too: a
-    head's current guess can be worse than its earlier one; and so does the global ``search``'s best."""
+    head's current guess can be worse than its earlier one; and so does the global ``search``'s best.
+    With shifts "auto", first decides whether to keep them (:func:`decide_shifts`; its record is returned)."""
+    notes = decide_shifts(state, stage1) if config.shifts == "auto" and state.shifts is not None else {}
     for idx in chunks(len(source), config, model.device):
         batch = source.batch(idx, fr)
         rot, sh, scores = stage1.candidates(batch, idx, fr)
@@ -71,6 +91,7 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
             state.shifts[idx[take]] = sh.cpu()[take]
     state.table = pose_table(config, model.size, state.poses.to(model.device),
                              None if state.shifts is None else state.shifts.to(model.device))
+    return notes
 
 
 @torch.no_grad()

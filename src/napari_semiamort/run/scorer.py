@@ -15,7 +15,7 @@ from ..physics.so3 import exp_so3
 from .batches import Batch, ImageSource
 from .frequencies import Frequencies
 
-__all__ = ["SHIFT_CHUNK_VALUES", "ImageModel", "about_z"]
+__all__ = ["SHIFT_CHUNK_VALUES", "ImageModel", "about_z", "square_grid"]
 
 # The shift search's (B, K, J, P) term is built about this many values at a time, at least one shift per chunk
 # (each chunk holds ~4 such arrays). At box 64's widest stage-1 band that is one shift at a time: 2²⁰ ran a
@@ -29,6 +29,12 @@ def about_z(angles: torch.Tensor) -> torch.Tensor:
     map, not ``so3._rot_z``: the two differ at float rounding, and the tiny end-to-end run is sensitive to it."""
     z = torch.zeros_like(angles)
     return exp_so3(torch.stack([z, z, angles], -1))
+
+
+def square_grid(half: int, step: float) -> torch.Tensor:
+    """The shifts `(J, 2)` (x, y) pixels of a square grid: ``-half … half`` steps of ``step`` each way."""
+    r = torch.arange(-half, half + 1, dtype=torch.float32) * step
+    return torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2)
 
 
 class ImageModel:
@@ -95,6 +101,26 @@ class ImageModel:
         # term depends on s: a shift is unitary over the symmetric band.
         cross = _shifted_cross(slices, w * ctf_k * img_k, w * ctf_k * img_neg, rq / self.size, shifts)
         return 0.5 * (quad[..., None] - 2 * cross + const[..., None]) / q.shape[0]
+
+    @torch.no_grad()
+    def refine_shifts(self, slices: torch.Tensor, batch: Batch, fr: Frequencies, shifts: torch.Tensor,
+                      offsets: torch.Tensor, reach: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each slice's shift refined: slices `(B, N, P)` (unshifted, no CTF) at their ``shifts`` `(B, N, 2)`
+        plus each of ``offsets`` `(J, 2)`, clamped to ±``reach`` pixels, scored exactly against the image.
+        Returns the best loss `(B, N)` and its shift `(B, N, 2)`. One offset at a time: `(B, N, P)` each."""
+        pred = slices * batch.ctf[:, None]
+        flipped = pred[..., fr.negative]
+        best, best_shift = None, None
+        for d in offsets:
+            trial = (shifts + d).clamp(-reach, reach)
+            score = self.loss(shift_hartley(pred, flipped, fr.per_pixel, -trial), batch.obs[:, None], fr)
+            if best is None:
+                best, best_shift = score, trial
+                continue
+            better = score < best
+            best = torch.where(better, score, best)
+            best_shift = torch.where(better[..., None], trial, best_shift)
+        return best, best_shift
 
     def _turned(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, inplane: torch.Tensor, negative: bool):
         """The image and its CTF at the turned frequencies ``Rz(φ_k) q``: ``(img(k), img(−k), ctf, rq)``,

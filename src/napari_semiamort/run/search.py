@@ -15,7 +15,7 @@ import torch
 from .batches import Batch
 from .frequencies import Frequencies
 from .posterior import direction_grid
-from .scorer import ImageModel, about_z
+from .scorer import ImageModel, about_z, square_grid
 
 __all__ = ["GridSearch", "SearchResult", "grid_for_band"]
 
@@ -49,25 +49,22 @@ class GridSearch:
         angles = torch.arange(inplane, dtype=torch.float32) * (2 * torch.pi / inplane)
         self.inplane = about_z(angles).to(device)  # (K, 3, 3)
         self.top, self.chunk = top, chunk
-        self.shift_grid = None
-        if max_shift > 0:
-            r = torch.arange(-max_shift, max_shift + 1, dtype=torch.float32)
-            self.shift_grid = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2).to(device)
+        self.shift_grid = square_grid(max_shift, 1).to(device) if max_shift > 0 else None
 
     @classmethod
-    def for_run(cls, config, device: torch.device, shift_grid: torch.Tensor | None) -> GridSearch | None:
+    def for_run(cls, config, device: torch.device, reach: int) -> GridSearch | None:
         """The reassignment's search of a run (``config.global_search``; None when off), its shifts searched over
-        the stage-1 shift grid's reach (``shift_grid`` `(J, 2)`, None: shifts not searched)."""
+        stage 1's shift search's ``reach`` (0: shifts not searched)."""
         if not config.global_search:
             return None
-        reach = 0 if shift_grid is None else int(shift_grid[:, 0].max())
         return cls(config.search_nside, config.search_inplane, device, reach, top=config.reassign_candidates)
 
     @torch.no_grad()
     def search(self, model: ImageModel, batch: Batch, idx: torch.Tensor, fr: Frequencies,
                shifts: torch.Tensor | None = None, hartley: torch.Tensor | None = None) -> SearchResult:
-        """Each image's ``top`` best grid poses at its current ``shifts`` `(B, 2)` (None: centred), then, with a
-        shift grid, each of those re-scored at every grid shift (best shift per pose). ``hartley``: the volume's
+        """Each image's ``top`` best grid poses at its current ``shifts`` `(B, 2)`, then, with a shift grid, each
+        of those re-scored at every grid shift (best shift per pose). ``shifts`` None: the images are centred
+        and their shifts not estimated (none searched, as when a run drops them at the switch). ``hartley``: the volume's
         transform to slice instead of the trainable volume's."""
         slices = model.volume.slice(fr.grid, self.directions[None], hartley)[0]  # (D, P)
         k = self.inplane.shape[0]
@@ -81,7 +78,7 @@ class GridSearch:
             which.append(w)
         scores, which = torch.cat(best), torch.cat(which)
         rot = self.inplane[which % k] @ self.directions[which // k]  # (B, T, 3, 3)
-        if self.shift_grid is None:
+        if self.shift_grid is None or shifts is None:  # shifts not estimated (or no longer: centred particles)
             return SearchResult(rot, None if shifts is None else shifts[:, None].expand(-1, self.top, -1), scores)
         return self._search_shifts(model, batch, idx, fr, rot, hartley)
 

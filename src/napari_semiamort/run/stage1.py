@@ -18,7 +18,7 @@ from ..physics.likelihood import winner_takes_all
 from .batches import Batch
 from .config import ReconstructionConfig
 from .frequencies import Frequencies
-from .scorer import ImageModel, about_z
+from .scorer import ImageModel, about_z, square_grid
 
 __all__ = ["Candidates", "MultiHeadWTA", "Stage1Result", "Stage1Strategy"]
 
@@ -41,6 +41,10 @@ class Stage1Strategy(Protocol):
     ``searches_shifts``: its shifts come from a search in the volume's frame (they move when it is recentred)."""
 
     searches_shifts: bool
+    shift_reach: int  # ± pixels its shift search reaches (0: none)
+
+    def stop_shifts(self) -> None:
+        """From now on the images are centred: no shifts searched or proposed (the particles were found centred)."""
 
     def reset(self, seed: int) -> None:
         """A fresh initialisation (the global torch RNG is seeded with ``seed`` by the caller)."""
@@ -66,11 +70,18 @@ class MultiHeadWTA:
         if cfg.inplane_search > 1:
             angles = torch.arange(cfg.inplane_search) * (2 * torch.pi / cfg.inplane_search)
             self.inplane = about_z(angles).to(device)
-        self.shift_grid = None  # (J, 2) pixels: the shifts searched when shifts are estimated
-        reach = min(cfg.shift_search, int(cfg.max_shift * model.size))  # shifts are bounded by max_shift
+        # Shifts, coarse to fine: every head and angle is scored on a grid of step 2 px (9 shifts for ±3 px, not
+        # 49), then the winner's shift is refined over the ±1 px around it by exact slices. Stage 1's band ends at
+        # 26 Fourier px at most, so a shift's score falls off over ~box/26 ≥ 2.5 px: the coarse grid still finds
+        # the peak (docs/benchmarks.md, "Shifts by default")
+        self.shift_grid = self.shift_offsets = None  # (J, 2) pixels: the coarse grid; (9, 2): ±1 px around
+        reach = min(cfg.shift_search, int(cfg.max_shift * model.size))  # bounded by max_shift
+        self.shift_reach = 0  # ± px searched (0: none)
         if cfg.estimate_shifts and reach > 0 and self.inplane is not None:
-            r = torch.arange(-reach, reach + 1, dtype=torch.float32)
-            self.shift_grid = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2).to(device)
+            self.shift_reach = reach
+            self.shift_grid = square_grid(self.shift_reach // 2, 2).to(device)
+            self.shift_offsets = square_grid(1, 1).to(device)  # (9, 2)
+        self.centred = False  # stop_shifts was called: the encoder's regressed shifts are dropped too
         self.encoder: MultiHeadEncoder | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -86,8 +97,13 @@ class MultiHeadWTA:
         ).to(self.model.device)
         self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=cfg.encoder_lr)
 
+    def stop_shifts(self) -> None:
+        self.shift_grid = self.shift_offsets = None
+        self.shift_reach, self.centred = 0, True
+
     def _encode(self, images: torch.Tensor):
-        return self.encoder(fourier_crop_2d(images, self.encoder_size))  # (B, M, 3, 3), (B, M, 2)
+        rot, sh = self.encoder(fourier_crop_2d(images, self.encoder_size))  # (B, M, 3, 3), (B, M, 2)
+        return rot, None if self.centred else sh
 
     @torch.no_grad()
     def _search(self, rot: torch.Tensor, batch: Batch, idx: torch.Tensor, fr: Frequencies):
@@ -111,9 +127,10 @@ class MultiHeadWTA:
             # Each head proposes a view; its in-plane angle is searched on a grid (no gradient), then the
             # winning (head, angle) pair is evaluated again with gradients for encoder and volume.
             head, turn, shift = self._search(rot, batch, idx, fr)
-            if self.shift_grid is not None:  # the searched shift replaces the heads' regressed ones
-                sh = self.shift_grid[shift][:, None].expand(-1, rot.shape[1], -1)
             rot = self.inplane[turn][:, None] @ rot  # every head of an image turned by its winning angle
+            if self.shift_grid is not None:  # the searched shift, refined, replaces the heads' regressed ones
+                sh = self._refine(rot[b, head][:, None], self.shift_grid[shift][:, None], batch, fr)[1]
+                sh = sh.expand(-1, rot.shape[1], -1)
             best = model.exact_loss(rot[b, head], None if sh is None else sh[b, head], batch.obs, batch.ctf, fr)
         loss = best.mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -144,12 +161,20 @@ class MultiHeadWTA:
         for s in range(0, len(idx), step):
             scores = model.inplane_scores(slices[s : s + step], batch.part(s, s + step), idx[s : s + step], fr,
                                           self.inplane, self.shift_grid)
-            b, pick = scores.flatten(2).min(-1)  # (b, M) over (K, J)
+            _, pick = scores.flatten(2).min(-1)  # (b, M) over (K, J)
+            turned = self.inplane[pick // self.shift_grid.shape[0]] @ rot[s : s + step]
+            b, sh = self._refine(turned, self.shift_grid[pick % self.shift_grid.shape[0]], batch.part(s, s + step), fr)
             best.append(b)
-            turn.append(pick // self.shift_grid.shape[0])
-            shift.append(self.shift_grid[pick % self.shift_grid.shape[0]])
-        best, turn, shift = torch.cat(best), torch.cat(turn), torch.cat(shift)
-        return Candidates(self.inplane[turn] @ rot, shift, best)
+            turn.append(turned)
+            shift.append(sh)
+        return Candidates(torch.cat(turn), torch.cat(shift), torch.cat(best))
+
+    @torch.no_grad()
+    def _refine(self, rot: torch.Tensor, coarse: torch.Tensor, batch: Batch, fr: Frequencies):
+        """The poses' `(B, N, 3, 3)` shifts refined over ±1 px around the coarse grid's ``coarse`` `(B, N, 2)`:
+        (exact loss `(B, N)`, shift `(B, N, 2)`)."""
+        slices = self.model.volume.slice(fr.grid, rot.detach())
+        return self.model.refine_shifts(slices, batch, fr, coarse, self.shift_offsets, self.shift_reach)
 
     def state_dict(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "opt_encoder": self.optimizer.state_dict()}

@@ -35,6 +35,7 @@ from napari_semiamort.cli.main import main as cli
 from napari_semiamort.data.mrc import read_map
 from napari_semiamort.metrics.truth import score_against_truth
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
+from napari_semiamort.sim.atoms import chain_symmetry
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 STRUCTURES = SHARED / "structures"
@@ -84,6 +85,9 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
     cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), *extra])
     seconds = time.perf_counter() - t0
     run = Reconstruction.resume(run_dir, cache_images=False)  # the final state, for poses and the map
+    # pose errors modulo the model's point group (its chains): a C2 complex's poses are otherwise 180° off for
+    # the half of its images the run put in the other copy's place
+    symmetry = torch.from_numpy(chain_symmetry(model))
     truth, pixel = read_map(sim / "truth.mrc")
     junk = np.loadtxt(sim / "junk.txt", dtype=np.int64, ndmin=1) if (sim / "junk.txt").is_file() else []
     good = torch.from_numpy(np.setdiff1d(np.arange(len(run.data)), junk))  # junk has no true pose
@@ -91,18 +95,18 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
     # fsc` score it: frame and hand from the poses, origin fitted
     final, _ = read_map(run_dir / "map.mrc")
     s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[good],
-                            run.data.reference_rotations[good])
+                            run.data.reference_rotations[good], symmetry=symmetry)
     decoder = score_against_truth(torch.from_numpy(run.volume_map()), torch.from_numpy(truth), pixel,
-                                  run.poses[good], run.data.reference_rotations[good])
+                                  run.poses[good], run.data.reference_rotations[good], symmetry=symmetry)
     ceiling = true_pose_ceiling(sim, good.numpy(), truth, pixel)
-    floor = pose_floor(sim, good.numpy(), seed, extra)
+    floor = pose_floor(sim, good.numpy(), seed, extra, symmetry)
     nyquist = 2 * pixel
     return {**floor,
         "molecule": model.name, "condition": condition, "seed": seed, "pixel_size": pixel, "seconds": seconds,
         "fsc_0.5": s.resolution_05, "fsc_0.143": s.resolution_0143, "fsc_0.5_over_nyquist": s.resolution_05 / nyquist,
         "fsc_0.5_decoder": decoder.resolution_05, "fsc_0.5_true_poses": ceiling,
         "pose_error_mean": s.poses.mean_error, "pose_error_median": s.poses.median_error,
-        "mirrored": s.poses.mirrored, "junk": len(junk),
+        "mirrored": s.poses.mirrored, "junk": len(junk), "symmetry_order": len(symmetry),
         # issue 18's criteria: the map within 1.25 × the true poses' (on clean data also within 1.5 × Nyquist);
         # the median pose error within 2 × the floor
         "map_success": bool(s.resolution_05 <= 1.25 * ceiling
@@ -122,7 +126,8 @@ def true_pose_ceiling(sim: Path, good: np.ndarray, truth: np.ndarray, pixel: flo
     return score_against_truth(torch.from_numpy(best), torch.from_numpy(truth), pixel).resolution_05
 
 
-def pose_floor(sim: Path, good: np.ndarray, seed: int, extra: list[str], epochs: int = 10) -> dict:
+def pose_floor(sim: Path, good: np.ndarray, seed: int, extra: list[str], symmetry: torch.Tensor | None = None,
+               epochs: int = 10) -> dict:
     """The pose error stage 2 settles at when it starts from the true poses (and shifts) with the map they give:
     how well these images can pin a pose at all, whatever finds it first. ``epochs`` stage-2 epochs (the
     default run's stage 2 is 10), the run's own options (``extra``) otherwise; junk left out of the errors."""
@@ -146,7 +151,7 @@ def pose_floor(sim: Path, good: np.ndarray, seed: int, extra: list[str], epochs:
     for _ in run:
         pass
     g = torch.from_numpy(good)
-    al = align_poses(run.poses[g], run.data.reference_rotations[g])
+    al = align_poses(run.poses[g], run.data.reference_rotations[g], symmetry)
     return {"pose_floor_mean": al.mean_error, "pose_floor_median": al.median_error}
 
 

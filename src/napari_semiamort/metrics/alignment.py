@@ -32,6 +32,26 @@ def _fit_global(est: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, tor
     return g, err
 
 
+def _fit_global_symmetric(est: torch.Tensor, ref: torch.Tensor, ops: torch.Tensor,
+                          sample: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`_fit_global` for a symmetric truth: ``est_i G ≈ ref_i s_i``, each image with its own
+    element ``s_i`` of the group ``ops`` `(n, 3, 3)`. ``G`` starts from the best of the candidates
+    ``est_iᵀ ref_i s`` over a seeded sample of images (by the median error), then is refitted with each
+    image's nearest copy three times; the errors are each image's least over the group."""
+    copies = ref[:, None] @ ops[None]  # (N, n, 3, 3): the truth's equivalent poses
+
+    def nearest(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return geodesic_distance((est @ g)[:, None], copies).min(1)  # (N,) errors and which copy
+
+    rows = torch.randperm(est.shape[0], generator=torch.Generator().manual_seed(0))[:sample]
+    candidates = (est[rows].transpose(-1, -2)[:, None] @ copies[rows]).reshape(-1, 3, 3)
+    g = min(candidates, key=lambda c: float(nearest(c)[0].median()))
+    for _ in range(3):
+        _, which = nearest(g)
+        g, _ = _fit_global(est, copies[torch.arange(est.shape[0]), which])
+    return g, nearest(g)[0]
+
+
 @dataclass(frozen=True)
 class PoseAlignment:
     """``transform`` T `(3, 3)` (orthogonal, det −1 when mirrored): aligned map ``V(u) = V_run(T u)``."""
@@ -49,17 +69,28 @@ class PoseAlignment:
         return float(np.median(self.errors_deg))
 
 
-def align_poses(estimated: torch.Tensor, reference: torch.Tensor) -> PoseAlignment:
+def align_poses(estimated: torch.Tensor, reference: torch.Tensor,
+                symmetry: torch.Tensor | None = None) -> PoseAlignment:
     """Align estimated poses `(N, 3, 3)` to reference poses, trying both hands.
 
     A run's map is the truth up to a rotation ``G`` (poses ``R_i = R'_i G``) and possibly a mirror
     (poses ``P R'_i P`` with ``P = diag(1, 1, −1)``; images are unchanged by that flip).
+    ``symmetry`` `(n, 3, 3)`: the truth's point group (identity included), as rotations of its frame about
+    its centre. The poses ``R'`` and ``R' s`` then give the same images, and each image's error is the least
+    over the group (a C2 complex's poses are otherwise 180° "wrong" for half its images).
     """
     est = estimated.to(torch.float64).cpu()
     ref = reference.to(torch.float64).cpu()
     p = _MIRROR.to(torch.float64)
-    g, err = _fit_global(est, ref)
-    gm, err_m = _fit_global(p @ est @ p, ref)
+    fit = _fit_global
+    if symmetry is not None:
+        ops = torch.as_tensor(symmetry, dtype=torch.float64).cpu()
+
+        def fit(e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return _fit_global_symmetric(e, r, ops)
+
+    g, err = fit(est, ref)
+    gm, err_m = fit(p @ est @ p, ref)
     if err_m.median() < err.median():
         return PoseAlignment(p @ gm, True, np.rad2deg(err_m.numpy()))
     return PoseAlignment(g, False, np.rad2deg(err.numpy()))

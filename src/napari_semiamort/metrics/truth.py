@@ -85,7 +85,7 @@ def score_against_truth(volume: torch.Tensor | np.ndarray, reference: torch.Tens
                         rotations: torch.Tensor | np.ndarray | None = None,
                         reference_rotations: torch.Tensor | np.ndarray | None = None,
                         mask_radius_px: float | None = None, allow_inverted: bool = False,
-                        fit_origin: bool = True) -> TruthScore:
+                        fit_origin: bool = True, symmetry: torch.Tensor | None = None) -> TruthScore:
     """Score ``volume`` `(L, L, L)` against ``reference`` (the truth, same box and pixel size in Å).
 
     With ``rotations`` `(N, 3, 3)` (the run's poses) and ``reference_rotations`` (the true poses, same
@@ -96,6 +96,7 @@ def score_against_truth(volume: torch.Tensor | np.ndarray, reference: torch.Tens
     are estimated a map's origin is arbitrary), and the FSC taken over the whole box and, with
     ``mask_radius_px``, within the same soft spherical mask of that radius (voxels) on both maps.
     ``fit_origin=False``: the maps share their origin by construction (a run's half maps): compared as they are.
+    ``symmetry`` `(n, 3, 3)`: the truth's point group, for the pose errors (:func:`align_poses`).
     """
     volume, reference = torch.as_tensor(volume).cpu(), torch.as_tensor(reference)
     _check_shapes(volume, reference)
@@ -107,7 +108,7 @@ def score_against_truth(volume: torch.Tensor | np.ndarray, reference: torch.Tens
         if rotations.shape != reference_rotations.shape:
             raise ValueError(f"{tuple(rotations.shape)} rotations, but {tuple(reference_rotations.shape)} "
                              "reference rotations: the same particles are needed in both")
-        alignment = align_poses(rotations, reference_rotations)
+        alignment = align_poses(rotations, reference_rotations, symmetry)
         volume = rotate_map(volume, alignment.transform)
     inverted = False
     if allow_inverted:

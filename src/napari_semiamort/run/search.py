@@ -64,8 +64,8 @@ class GridSearch:
                shifts: torch.Tensor | None = None, hartley: torch.Tensor | None = None) -> SearchResult:
         """Each image's ``top`` best grid poses at its current ``shifts`` `(B, 2)`, then, with a shift grid, each
         of those re-scored at every grid shift (best shift per pose). ``shifts`` None: the images are centred
-        and their shifts not estimated (none searched, as when a run drops them at the switch). ``hartley``: the volume's
-        transform to slice instead of the trainable volume's."""
+        and their shifts not estimated (none searched, as when a run drops them at the switch). ``hartley``: the
+        volume's transform to slice instead of the trainable volume's."""
         slices = model.volume.slice(fr.grid, self.directions[None], hartley)[0]  # (D, P)
         k = self.inplane.shape[0]
         best, which = [], []

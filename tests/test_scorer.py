@@ -134,3 +134,7 @@ def test_the_coarse_shift_grid_refined_finds_each_images_shift(tmp_path):
         exact = run.model.loss(run.model.predict(rot.expand(-1, 9, -1, -1), trials, batch.ctf[:, None], fr),
                                batch.obs[:, None], fr)
     torch.testing.assert_close(best[:, 0], exact.min(1).values)
+    # step 1: every whole pixel on the grid, nothing left to refine
+    full = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
+                                               shifts="yes", shift_step=1)).stage1
+    assert torch.equal(full.shift_grid, square_grid(3, 1)) and full.shift_offsets.tolist() == [[0.0, 0.0]]

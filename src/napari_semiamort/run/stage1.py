@@ -74,13 +74,14 @@ class MultiHeadWTA:
         # 49), then the winner's shift is refined over the ±1 px around it by exact slices. Stage 1's band ends at
         # 26 Fourier px at most, so a shift's score falls off over ~box/26 ≥ 2.5 px: the coarse grid still finds
         # the peak (docs/benchmarks.md, "Shifts by default")
-        self.shift_grid = self.shift_offsets = None  # (J, 2) pixels: the coarse grid; (9, 2): ±1 px around
+        self.shift_grid = self.shift_offsets = None  # (J, 2) pixels: the coarse grid; (9, 2) for step 2: ±1 px
         reach = min(cfg.shift_search, int(cfg.max_shift * model.size))  # bounded by max_shift
         self.shift_reach = 0  # ± px searched (0: none)
         if cfg.estimate_shifts and reach > 0 and self.inplane is not None:
             self.shift_reach = reach
-            self.shift_grid = square_grid(self.shift_reach // 2, 2).to(device)
-            self.shift_offsets = square_grid(1, 1).to(device)  # (9, 2)
+            step = cfg.shift_step
+            self.shift_grid = square_grid(self.shift_reach // step, step).to(device)
+            self.shift_offsets = square_grid(step // 2, 1).to(device)  # whole pixels between grid points
         self.centred = False  # stop_shifts was called: the encoder's regressed shifts are dropped too
         self.encoder: MultiHeadEncoder | None = None
         self.optimizer: torch.optim.Optimizer | None = None

@@ -70,10 +70,10 @@ class MultiHeadWTA:
         if cfg.inplane_search > 1:
             angles = torch.arange(cfg.inplane_search) * (2 * torch.pi / cfg.inplane_search)
             self.inplane = about_z(angles).to(device)
-        # Shifts, coarse to fine: every head and angle is scored on a grid of step 2 px (9 shifts for ±3 px, not
-        # 49), then the winner's shift is refined over the ±1 px around it by exact slices. Stage 1's band ends at
-        # 26 Fourier px at most, so a shift's score falls off over ~box/26 ≥ 2.5 px: the coarse grid still finds
-        # the peak (docs/benchmarks.md, "Shifts by default")
+        # Shifts, coarse to fine: every head and angle is scored on a grid of step shift_step (2 px: 9 shifts
+        # for ±3 px, not 49), then the winner's shift is refined over the whole pixels around it by exact
+        # slices. Stage 1's band ends at 26 Fourier px at most, so a shift's score falls off over ≥ box / 26
+        # ≈ 2.5 px: the coarse grid still finds the peak (docs/benchmarks.md, "Shifts by default")
         self.shift_grid = self.shift_offsets = None  # (J, 2) pixels: the coarse grid; (9, 2) for step 2: ±1 px
         reach = min(cfg.shift_search, int(cfg.max_shift * model.size))  # bounded by max_shift
         self.shift_reach = 0  # ± px searched (0: none)
@@ -158,7 +158,7 @@ class MultiHeadWTA:
             best, turn = model.inplane_scores(slices, batch, idx, fr, self.inplane).min(-1)  # over (B, M, K)
             return Candidates(self.inplane[turn] @ rot, sh, best)
         step = self.config.batch_size  # the (B, K, J, P) term of the shift search bounds the chunk
-        best, turn, shift = [], [], []
+        best, poses, shift = [], [], []
         for s in range(0, len(idx), step):
             scores = model.inplane_scores(slices[s : s + step], batch.part(s, s + step), idx[s : s + step], fr,
                                           self.inplane, self.shift_grid)
@@ -166,14 +166,14 @@ class MultiHeadWTA:
             turned = self.inplane[pick // self.shift_grid.shape[0]] @ rot[s : s + step]
             b, sh = self._refine(turned, self.shift_grid[pick % self.shift_grid.shape[0]], batch.part(s, s + step), fr)
             best.append(b)
-            turn.append(turned)
+            poses.append(turned)
             shift.append(sh)
-        return Candidates(torch.cat(turn), torch.cat(shift), torch.cat(best))
+        return Candidates(torch.cat(poses), torch.cat(shift), torch.cat(best))
 
     @torch.no_grad()
     def _refine(self, rot: torch.Tensor, coarse: torch.Tensor, batch: Batch, fr: Frequencies):
-        """The poses' `(B, N, 3, 3)` shifts refined over ±1 px around the coarse grid's ``coarse`` `(B, N, 2)`:
-        (exact loss `(B, N)`, shift `(B, N, 2)`)."""
+        """The poses' `(B, N, 3, 3)` shifts refined over the whole pixels around the coarse grid's ``coarse``
+        `(B, N, 2)` (±1 px at step 2): (exact loss `(B, N)`, shift `(B, N, 2)`)."""
         slices = self.model.volume.slice(fr.grid, rot.detach())
         return self.model.refine_shifts(slices, batch, fr, coarse, self.shift_offsets, self.shift_reach)
 

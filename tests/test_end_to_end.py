@@ -113,9 +113,11 @@ def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_datase
     origins = np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1)
     if options.get("shifts") == "yes":
         assert run.shifts is not None and np.abs(origins).max() > 0
+    if run.shifts is not None:  # "yes", or "auto" that kept them at the switch
+        assert options.get("shifts") == "yes" or run.history[1]["shifts_kept"]
         assert np.abs(origins).max() <= cfg.max_shift * 32 * run.data.pixel_size + 1e-3
-    elif run.shifts is None:  # "no", or "auto" on these centred particles (decided at the switch)
-        assert np.abs(origins).max() == 0 and (options.get("shifts") == "no" or "shifts_kept" in run.history[1])
+    else:  # none estimated ("no"; "auto" without a search), or dropped at the switch ("auto")
+        assert np.abs(origins).max() == 0 and (not cfg.estimate_shifts or not run.history[1]["shifts_kept"])
 
 
 def test_noise_model_starts_from_the_background_without_a_zero_dc_shell(tiny_dataset):

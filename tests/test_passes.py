@@ -71,7 +71,8 @@ def _scored(run, fr):
 
 
 def test_the_switch_starts_each_image_from_the_better_of_its_candidate_and_its_last_pose(tiny_dataset):
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=3, threads=1, batch_size=200)
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=3, threads=1, batch_size=200,
+                               shifts="no")
     run = Reconstruction(cfg)
     run.volume.set_from_map(_at_truth(run, tiny_dataset))
     true = run.data.reference_rotations.clone()
@@ -173,7 +174,7 @@ def test_at_the_switch_the_global_searchs_best_pose_competes(tiny_dataset):
     near = {}
     for search in (True, False):
         cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1,
-                                   batch_size=200, global_search=search)
+                                   batch_size=200, global_search=search, shifts="no")
         run = Reconstruction(cfg)
         run.volume.set_from_map(_at_truth(run, tiny_dataset))
         run.poses = random_rotations(len(run.data), torch.Generator().manual_seed(6))
@@ -193,7 +194,10 @@ def test_shifts_auto_keeps_the_shifts_only_for_off_centre_particles(tiny_dataset
     run = Reconstruction(cfg)
     assert cfg.shifts == "auto" and run.stage1.searches_shifts and run.stage1.shift_reach == 3
     g = torch.Generator().manual_seed(3)
-    run.shifts = spread * (2 * torch.rand(len(run.data), 2, generator=g) - 1)  # uniform in ±spread
+    start = spread * (2 * torch.rand(len(run.data), 2, generator=g) - 1)  # uniform in ±spread
+    run.shifts = start.clone()
+    assert run.switch() == {} and run.shifts is not None  # before any stage-1 epoch: nothing searched, kept
+    run.state.epoch, run.state.table, run.shifts = 1, None, start.clone()  # as after one stage-1 epoch
     notes = run.switch()
     assert notes["shifts_kept"] is kept
     assert notes["shift_median_px"] == pytest.approx(float(notes["shift_median_px"]), abs=1e-3)
@@ -209,3 +213,15 @@ def test_shifts_auto_keeps_the_shifts_only_for_off_centre_particles(tiny_dataset
     run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
                                               switch_epoch=0, shifts="yes"))
     assert run.switch() == {} and run.shifts is not None and run.stage1.searches_shifts
+
+
+def test_shifts_auto_without_a_shift_search_takes_the_particles_as_centred(tiny_dataset):
+    """"auto" decides from searched shifts: without the search (shift_search 0, or no in-plane search) the run
+    estimates none (the heads' regressed shifts fail beyond ~1 px); "yes" still regresses them."""
+    def config(**kw):
+        return ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, **kw)
+
+    assert config().estimate_shifts
+    assert not config(shift_search=0).estimate_shifts and not config(inplane_search=0).estimate_shifts
+    assert config(shifts="yes", shift_search=0).estimate_shifts and not config(shifts="no").estimate_shifts
+    assert Reconstruction(config(shift_search=0)).shifts is None

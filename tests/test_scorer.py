@@ -138,3 +138,15 @@ def test_the_coarse_shift_grid_refined_finds_each_images_shift(tmp_path):
     full = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
                                                shifts="yes", shift_step=1)).stage1
     assert torch.equal(full.shift_grid, square_grid(3, 1)) and full.shift_offsets.tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.parametrize(("reach", "step"), [(1, 1), (2, 2), (3, 2), (4, 2), (5, 2), (2, 3), (3, 3), (5, 3), (3, 4)])
+def test_the_coarse_shift_grid_and_its_refinement_reach_every_whole_pixel(tiny_dataset, reach, step):
+    """Every whole-pixel shift within ±reach is a grid point plus one of the refinement's offsets, whatever the
+    step (at step 4 and reach 3 the grid is {0} alone: the offsets must reach ±3)."""
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+                                              shifts="yes", shift_search=reach, shift_step=step, max_shift=0.2))
+    stage1 = run.stage1
+    assert stage1.shift_reach == reach
+    reached = (stage1.shift_grid[:, None] + stage1.shift_offsets[None]).clamp(-reach, reach).reshape(-1, 2)
+    assert {tuple(x) for x in reached.tolist()} == {tuple(x) for x in square_grid(reach, 1).tolist()}

@@ -94,8 +94,8 @@ class ReconstructionConfig:
 
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them). "auto": searched in
     # stage 1, where off-centre particles keep it from breaking the symmetry, and kept in stage 2 only when the
-    # data need them (passes.shifts_needed, decided at the switch); "yes": estimated throughout; "no": the
-    # particles are taken as centred
+    # data need them (passes.decide_shifts, at the switch; without a shift search "auto" means "no"); "yes":
+    # estimated throughout; "no": the particles are taken as centred
     shifts: str = "auto"
     max_shift: float = 0.1  # fraction of the box
     # with shifts, stage 1 (and stage 2's reassignment) scores shifts within ±this many pixels (stage 1: a grid
@@ -126,8 +126,11 @@ class ReconstructionConfig:
 
     @property
     def estimate_shifts(self) -> bool:
-        """Whether stage 1 estimates shifts ("auto" or "yes")."""
-        return self.shifts != "no"
+        """Whether the run estimates shifts: "yes"; or "auto" where stage 1 searches them (a shift search with the
+        in-plane search; without one "auto" takes the particles as centred: the heads' regressed shifts alone
+        fail beyond ~1 px, and "yes" keeps them)."""
+        searches = self.shift_search > 0 and self.inplane_search > 1
+        return self.shifts == "yes" or (self.shifts == "auto" and searches)
 
     def validate(self) -> None:
         checks = [

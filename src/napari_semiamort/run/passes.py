@@ -67,7 +67,9 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
     at the band ``fr`` (stage 1's at the switch); the pose it won with in the last epoch competes too: a
     head's current guess can be worse than its earlier one; and so does the global ``search``'s best.
     With shifts "auto", first decides whether to keep them (:func:`decide_shifts`; its record is returned)."""
-    notes = decide_shifts(state, stage1) if config.shifts == "auto" and state.shifts is not None else {}
+    # only from shifts stage 1 searched: at a switch before any stage-1 epoch they are all still zero
+    searched = state.shifts is not None and stage1.shift_reach > 0 and state.epoch > 0
+    notes = decide_shifts(state, stage1) if config.shifts == "auto" and searched else {}
     for idx in chunks(len(source), config, model.device):
         batch = source.batch(idx, fr)
         rot, sh, scores = stage1.candidates(batch, idx, fr)

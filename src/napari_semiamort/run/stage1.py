@@ -81,7 +81,8 @@ class MultiHeadWTA:
             self.shift_reach = reach
             step = cfg.shift_step
             self.shift_grid = square_grid(self.shift_reach // step, step).to(device)
-            self.shift_offsets = square_grid(step // 2, 1).to(device)  # whole pixels between grid points
+            edge = reach - (reach // step) * step  # beyond the grid's outermost points, up to ±reach
+            self.shift_offsets = square_grid(max(step // 2, edge), 1).to(device)  # whole pixels around a point
         self.centred = False  # stop_shifts was called: the encoder's regressed shifts are dropped too
         self.encoder: MultiHeadEncoder | None = None
         self.optimizer: torch.optim.Optimizer | None = None

@@ -83,8 +83,8 @@ def test_start_pause_resume_stop_and_export(make_napari_viewer, tiny, tmp_path, 
     qtbot.waitUntil(lambda: len(w.plots.history) > epoch_now, timeout=30_000)  # past an epoch end too
     assert tuple(viewer.layers[VOLUME].contrast_limits) == pytest.approx((0.001, 0.002))
 
-    w.pause()
-    qtbot.wait(600)  # the step in flight finishes
+    with qtbot.waitSignal(w.worker.paused, timeout=30_000):  # the step in flight (or a pass) finishes first
+        w.pause()
     paused_at = w.progress.value()
     qtbot.wait(1000)
     assert w.progress.value() == paused_at and w.worker.is_paused

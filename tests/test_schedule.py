@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
-from napari_semiamort.run.schedule import STAGE1, STAGE2, FixedEpochSwitch, Schedule
+from napari_semiamort.run.schedule import SETTLED_RATIO, STAGE1, STAGE2, AutoSwitch, FixedEpochSwitch, Schedule
 
 
 def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes():
@@ -147,3 +147,59 @@ def test_a_run_with_the_stage2_ramp_learns_the_noise_of_the_band_it_sees(tiny_da
     ramp_band = run.schedule.stage2_band_at(1, 1)
     assert ramp_band < 1.0
     assert not torch.equal(run.noise.variance, before)
+
+
+def _stage1(changes):
+    """A stage-1 history whose epochs' mean pose changes are ``changes``."""
+    return [{"stage": STAGE1, "pose_change_deg": c} for c in changes]
+
+
+def test_the_auto_rule_switches_once_the_poses_stop_settling_between_its_earliest_and_latest_epochs():
+    rule = AutoSwitch(earliest=10, latest=20)
+    settled = _stage1([40, 20, 12, 11.5, 11.8])
+    assert not rule.switches(9, settled)  # the band has not reached its end
+    assert rule.switches(10, settled)  # 11.8 is no 10 % below min(12, 11.5)
+    settling = _stage1([40, 30, 24, 20, 17])  # each epoch still > 10 % below the ones before
+    assert not rule.switches(12, settling)
+    assert rule.switches(20, settling)  # the latest epoch ends stage 1 whatever the signals say
+    edge = _stage1([50, 20, 20 * SETTLED_RATIO])  # exactly the ratio: settled
+    assert rule.switches(10, edge) and not rule.switches(10, _stage1([50, 20, 20 * SETTLED_RATIO - 0.01]))
+    # too short a history (a resumed run's, or the restarts' rows of another stage) does not switch
+    assert not rule.switches(10, _stage1([12, 12])) and not rule.switches(10, [{"stage": STAGE2}] * 3)
+    assert AutoSwitch(10, 5).latest == 10  # the latest is never before the earliest
+
+
+def test_the_auto_rule_moves_the_runs_end_so_stage_2_keeps_its_length():
+    cfg = ReconstructionConfig(epochs=25, switch_epoch=15, switch="auto", switch_min_epoch=10, switch_max_epoch=20,
+                               batch_size=10, stage2_batch_size=25, restarts=1)
+    s = Schedule(cfg, 64, 100)
+    assert isinstance(s.switch, AutoSwitch) and s.switch.planned == 10
+    # the band reaches its end (whole Fourier pixels) by the earliest switch, and stays there
+    assert s.stage1_band(8) < s.stage1_band(9) == s.stage1_band(19) == round(s.stage1_end * 32) / 32
+    assert s.end(None) == 20 and s.end(13) == 23  # 10 stage-2 epochs after the switch, wherever it falls
+    assert s.total_steps(1) == 10 * 10 + 10 * 4 and s.total_steps(1, 13) == 13 * 10 + 10 * 4
+    assert s.volume_lr(22, 13) == pytest.approx(cfg.volume_lr_autodecode * (1 - 0.9 * 9 / 10))
+    fixed = Schedule(ReconstructionConfig(epochs=25, switch_epoch=15), 32, 100)
+    assert fixed.end(None) == fixed.end(12) == 25  # the fixed rule's run ends at epochs
+    with pytest.raises(ValueError, match="switch must be"):
+        ReconstructionConfig(switch="later").validate()
+    with pytest.raises(ValueError, match="switch_min_epoch"):
+        ReconstructionConfig(switch_min_epoch=12, switch_max_epoch=11).validate()
+
+
+def test_a_run_with_the_auto_switch_trains_stage_2_for_its_length_after_the_switch(tiny_dataset, tmp_path):
+    """Switched by the rule (here at its latest epoch: 3 stage-1 epochs leave no plateau to judge), then stage 2's
+    length; the progress ends at 1 and the log names the switch."""
+    from napari_semiamort.cli.reconstruct import format_metrics
+
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=4, switch_epoch=2,
+                               switch="auto", switch_min_epoch=2, switch_max_epoch=3, heads=2, threads=1,
+                               restarts=1, reassign_epochs=0, batch_size=250)
+    run = Reconstruction(cfg, run_dir=tmp_path)
+    snaps = list(run)
+    assert [m["stage"] for m in run.history] == [STAGE1] * 3 + [STAGE2] * 2  # switched at 3, then 2 epochs
+    assert run.state.switched_at == 3 and snaps[-1].epochs == 5
+    assert snaps[-1].progress == 1.0 and run.step_count == run.total_steps
+    assert "switched after 3 stage-1 epochs" in format_metrics(run.history[3])
+    resumed = Reconstruction.resume(tmp_path, epochs=5)  # more epochs: a longer stage 2 after the same switch
+    assert [s for s in resumed][-1].progress == 1.0 and resumed.epoch == 6

@@ -84,12 +84,12 @@ class ConfigForm:
             for group in GROUPS}
         for f in FIELDS:
             if f.enabled_by is not None:
-                self._link(f.name, f.enabled_by)
+                self._link(f.name, f.enabled_by, f.enabled_value)
 
-    def _link(self, name: str, switch: str) -> None:
+    def _link(self, name: str, switch: str, wanted: str | None = None) -> None:
         target, source = self.widgets[name], self.widgets[switch]
-        def on(value) -> bool:  # a check box, or a choice whose "no" turns the target off
-            return value not in (False, None, "no")
+        def on(value) -> bool:  # a check box, or a choice whose "no" turns the target off, or the wanted choice
+            return value == wanted if wanted is not None else value not in (False, None, "no")
 
         target.enabled = on(source.value)
         source.changed.connect(lambda value: setattr(target, "enabled", on(value)))

@@ -73,6 +73,8 @@ def format_metrics(m: dict) -> str:
              f"{m['images_per_second']:7.0f} img/s"]
     if "pose_change_deg" in m:
         parts.append(f"pose change {m['pose_change_deg']:6.2f}°")
+    if "stage1_epochs" in m:  # the switch to stage 2 (where the automatic rule put it)
+        parts.append(f"switched after {m['stage1_epochs']} stage-1 epochs")
     if "shifts_kept" in m:  # the decision of shifts "auto" at the switch
         kept = "kept" if m["shifts_kept"] else "dropped, centred"
         parts.append(f"shifts {kept} (median {m['shift_median_px']:.2f} px)")
@@ -138,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
         run = Reconstruction.resume(run_dir, **overrides)
         if threads is None:  # no readable config.json: the checkpoint's own setting
             set_cpu_threads(run.config.threads)
-        print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.config.epochs}")
+        print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.schedule.end(run.state.switched_at)}")
     else:
         if not args.particles or not args.outdir:
             raise ValueError("give a particle file (.star, .cs or .mrcs) and -o RUN_DIR (or --resume RUN_DIR)")

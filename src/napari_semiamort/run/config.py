@@ -59,6 +59,12 @@ class ReconstructionConfig:
     # Schedule (paper: 20 epochs, switch after 7, on 50,000 images; see docs for the CPU-scale choice)
     epochs: int = 25
     switch_epoch: int = 15
+    # "fixed": switch at switch_epoch (the paper's rule). "auto" (issue 18, item 7): the stage-1 band grows to its
+    # end by switch_min_epoch, then stage 1 goes on until its poses have settled (schedule.AutoSwitch), at most to
+    # switch_max_epoch; stage 2 then runs epochs − switch_epoch epochs (its length under the fixed rule)
+    switch: str = "fixed"
+    switch_min_epoch: int = 10
+    switch_max_epoch: int = 20
     batch_size: int = 64
     # Stage 2's batch (None: batch_size). Each image still gets its pose steps once per epoch at any batch
     # size; the volume gets fewer, larger steps. On an H100, 256 runs stage 2 1.6–3.3× faster; on the full
@@ -144,6 +150,9 @@ class ReconstructionConfig:
             (self.noise_model in ("shell", "shell-residual", "white"),
              "noise_model must be 'shell', 'shell-residual' or 'white'"),
             (0 <= self.switch_epoch <= self.epochs, "switch_epoch must lie in [0, epochs]"),
+            (self.switch in ("fixed", "auto"), "switch must be 'fixed' or 'auto'"),
+            (0 <= self.switch_min_epoch <= self.switch_max_epoch,
+             "switch_min_epoch must be at least 0 and at most switch_max_epoch"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.stage2_batch_size is None or self.stage2_batch_size >= 1,
              "stage2_batch_size must be at least 1 (or None: batch_size)"),

@@ -51,7 +51,8 @@ class Field:
     special: str | None = None  # the text a spin box shows at its minimum (None for an optional field)
     path: str | None = None  # "file" or "folder": resolved to an absolute path
     file_filter: str | None = None  # the dock's file dialog filter
-    enabled_by: str | None = None  # a boolean field that enables this one in the dock
+    enabled_by: str | None = None  # a boolean field (or a choice, see enabled_value) that enables this one
+    enabled_value: str | None = None  # the enabling field's value that enables this one (None: any but off/"no")
     dock_default: Any = _SAME  # the dock's starting value where it differs from the config's
     flag_help: str | None = None  # the CLI's help where the flag turns the field off
 
@@ -141,7 +142,16 @@ FIELDS: tuple[Field, ...] = (
           step=1e-3, **_LR),
     Field("switch_epoch", "Switch epoch", TRAINING, "epochs of stage 1 (auto-encoding) before the switch to "
           "stage 2 (auto-decoding)", "--switch-epoch", 0, 10_000),
-    Field("epochs", "Epochs", TRAINING, "epochs in all", "--epochs", 1, 10_000),
+    Field("switch", "Switch", TRAINING, "when stage 1 hands over to stage 2: fixed, at the switch epoch; auto, "
+          "once stage 1's poses have settled (between the earliest and latest switch epochs), stage 2 then "
+          "running epochs − switch epoch epochs", "--switch", choices=("fixed", "auto")),
+    Field("switch_min_epoch", "Earliest switch", TRAINING, "auto switch: stage 1's band reaches its end by this "
+          "epoch, the earliest switch", "--switch-min-epoch", 0, 10_000, enabled_by="switch",
+          enabled_value="auto"),
+    Field("switch_max_epoch", "Latest switch", TRAINING, "auto switch: the latest switch", "--switch-max-epoch",
+          0, 10_000, enabled_by="switch", enabled_value="auto"),
+    Field("epochs", "Epochs", TRAINING, "epochs in all (auto switch: the switch epoch plus epochs − switch "
+          "epoch)", "--epochs", 1, 10_000),
     Field("batch_size", "Batch size", TRAINING, "images per step", "--batch-size", 2, 4096),
     Field("stage2_batch_size", "Stage-2 batch", TRAINING, "images per step in stage 2 (256 runs stage 2 faster on "
           "a GPU; each image still gets its pose steps every epoch)", "--stage2-batch-size", 0, 4096,

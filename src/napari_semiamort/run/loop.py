@@ -125,7 +125,7 @@ class Reconstruction:
     @property
     def total_steps(self) -> int:
         """Steps of the whole run, the restarts included (those added so far, when the first did not rank)."""
-        return self.schedule.total_steps(self.restarts.planned)
+        return self.schedule.total_steps(self.restarts.planned, self.state.switched_at)
 
     def batch_size(self, stage: str) -> int:
         return self.schedule.batch_size(stage)
@@ -147,7 +147,7 @@ class Reconstruction:
     def __iter__(self) -> Iterator[Snapshot]:
         if self.state.epoch == 0 and self.schedule.restarts_enabled:
             yield from self._restarts()
-        yield from self._epochs(self.config.epochs)
+        yield from self._epochs()
 
     def _restarts(self) -> Iterator[Snapshot]:
         """Train initialisations for ``restart_epochs`` epochs each (:class:`~.restarts.RestartPolicy` says how
@@ -168,8 +168,8 @@ class Reconstruction:
         if self.run_dir is not None:
             self.save_checkpoint()
 
-    def _epochs(self, until: int) -> Iterator[Snapshot]:
-        while self.state.epoch < until:
+    def _epochs(self, until: int | None = None) -> Iterator[Snapshot]:  # None: the run's end (the switch moves it)
+        while self.state.epoch < (self.schedule.end(self.state.switched_at) if until is None else until):
             yield from self._epoch()
 
     def _epoch(self) -> Iterator[Snapshot]:
@@ -281,8 +281,8 @@ class Reconstruction:
         every ``snapshot_every`` steps."""
         cfg, end = self.config, metrics is not None
         full = end or (cfg.snapshot_every > 0 and self.step_count % cfg.snapshot_every == 0)
-        head = (self.state.epoch - 1 if end else self.state.epoch, self.step_count, self.total_steps, cfg.epochs,
-                stage, loss, ips)
+        head = (self.state.epoch - 1 if end else self.state.epoch, self.step_count, self.total_steps,
+                self.schedule.end(self.state.switched_at), stage, loss, ips)
         common = {"restart": self.trial, "box": self.size, "pixel_size": self.data.pixel_size}
         if not full:
             return Snapshot(*head, **common)

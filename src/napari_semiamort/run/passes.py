@@ -93,7 +93,7 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
             state.shifts[idx[take]] = sh.cpu()[take]
     state.table = pose_table(config, model.size, state.poses.to(model.device),
                              None if state.shifts is None else state.shifts.to(model.device))
-    return notes
+    return {"stage1_epochs": state.epoch, **notes}  # the switch's record: after this many stage-1 epochs
 
 
 @torch.no_grad()

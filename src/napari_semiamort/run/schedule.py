@@ -18,11 +18,14 @@ __all__ = [
     "DEFAULT_BAND_START",
     "MAX_BAND_PIXELS",
     "MIN_BAND_PIXELS",
+    "SETTLED_RATIO",
     "STAGE1",
     "STAGE2",
+    "AutoSwitch",
     "FixedEpochSwitch",
     "Schedule",
     "SwitchRule",
+    "switch_rule",
 ]
 
 STAGE1, STAGE2 = "autoencode", "autodecode"  # the paper's two stages (Sec. 2.1 and 2.2)
@@ -41,7 +44,9 @@ DEFAULT_BAND_END, MAX_BAND_PIXELS = 0.4, 26
 
 class SwitchRule(Protocol):
     """When stage 1 hands over to stage 2. ``planned`` is the epoch the schedule plans around (the stage-1
-    band's growth, the progress bar); ``switches`` decides at the start of each stage-1 epoch."""
+    band's growth, the progress bar); ``switches`` decides at the start of each stage-1 epoch. A rule with a true
+    ``moves_end`` attribute moves the run's end with its switch (stage 2 keeps its length); others end at
+    ``epochs``."""
 
     planned: int
 
@@ -58,12 +63,48 @@ class FixedEpochSwitch:
         return epoch >= self.planned
 
 
+# The automatic switch: stage 1's poses have settled when an epoch's mean pose change is no lower than this
+# fraction of the lowest of the two epochs' before it (they stopped settling by more than the epoch-to-epoch noise).
+SETTLED_RATIO = 0.9
+
+
+class AutoSwitch:
+    """Switch once stage 1's poses have settled (issue 18, item 7; the paper's future work): the stage-1 band
+    grows to its end over ``earliest`` epochs (``planned``), then stage 1 goes on at that band while the mean
+    pose change between epochs still falls (by more than 1 − :data:`SETTLED_RATIO` on the lower of the two
+    epochs before), and switches at ``latest`` at the latest. On a run whose poses settled early this switches
+    soon after the band reaches its end; where the symmetry broke late (realistic data) it waits."""
+
+    moves_end = True  # stage 2 runs its length after wherever the switch falls
+
+    def __init__(self, earliest: int, latest: int):
+        self.planned, self.latest = earliest, max(earliest, latest)
+
+    def switches(self, epoch: int, history: list[dict]) -> bool:
+        if epoch >= self.latest:
+            return True
+        if epoch < self.planned:
+            return False
+        changes = [m["pose_change_deg"] for m in history[-3:] if m.get("stage") == STAGE1 and "pose_change_deg" in m]
+        if len(changes) < 3:  # a resumed or restarted history too short to judge: go on
+            return False
+        return changes[-1] >= SETTLED_RATIO * min(changes[:-1])
+
+
+def switch_rule(config: ReconstructionConfig) -> SwitchRule:
+    """The config's switch rule: ``switch`` "fixed" at ``switch_epoch``, or "auto" between ``switch_min_epoch``
+    and ``switch_max_epoch``."""
+    if config.switch == "auto":
+        return AutoSwitch(config.switch_min_epoch, config.switch_max_epoch)
+    return FixedEpochSwitch(config.switch_epoch)
+
+
 class Schedule:
     """What each epoch does, for a run of ``n_images`` images at box ``size``."""
 
     def __init__(self, config: ReconstructionConfig, size: int, n_images: int, switch: SwitchRule | None = None):
         self.config, self.size, self.n_images = config, size, n_images
-        self.switch = FixedEpochSwitch(config.switch_epoch) if switch is None else switch
+        self.switch = switch_rule(config) if switch is None else switch
         end = config.autoencode_max_freq
         self.stage1_end = min(DEFAULT_BAND_END, MAX_BAND_PIXELS / (size / 2)) if end is None else end
         band = max(MIN_BAND_PIXELS, int(np.ceil(self.stage1_end * size / 2)))
@@ -77,6 +118,19 @@ class Schedule:
         if switched_at is not None or self.switch.switches(epoch, history):
             return STAGE2
         return STAGE1
+
+    @property
+    def stage2_epochs(self) -> int:
+        """Stage 2's length: ``epochs − switch_epoch``, after whichever epoch the run switches at (the automatic
+        rule moves the whole of stage 2; the fixed rule's run ends at ``epochs``)."""
+        return max(0, self.config.epochs - self.config.switch_epoch)
+
+    def end(self, switched_at: int | None) -> int:
+        """The epoch count the run ends at: ``epochs`` with the fixed rule; with the automatic one, stage 2's
+        length after the switch (planned from the earliest switch until it happens)."""
+        if not getattr(self.switch, "moves_end", False):
+            return self.config.epochs
+        return (self.switch.planned if switched_at is None else switched_at) + self.stage2_epochs
 
     def reassigns(self, epoch: int, switched_at: int) -> bool:
         """Whether the stage-2 ``epoch`` (after the switch's own) lets the encoder's candidates compete."""
@@ -129,7 +183,7 @@ class Schedule:
         cfg = self.config
         if switched_at is None:
             return cfg.volume_lr
-        t = (epoch - switched_at) / max(1, cfg.epochs - switched_at)
+        t = (epoch - switched_at) / max(1, self.end(switched_at) - switched_at)
         return cfg.volume_lr_autodecode * (1 - (1 - cfg.volume_lr_final_fraction) * t)
 
     # ---------------------------------------------------------------- batches and steps
@@ -151,11 +205,13 @@ class Schedule:
         bs, steps = self.batch_size(stage), self.steps_per_epoch(stage)
         return [order[s * bs : (s + 1) * bs if s < steps - 1 else self.n_images] for s in range(steps)]
 
-    def total_steps(self, restarts_planned: int) -> int:
-        """Steps of the whole run, the restarts included (``restarts_planned`` of them)."""
+    def total_steps(self, restarts_planned: int, switched_at: int | None = None) -> int:
+        """Steps of the whole run, the restarts included (``restarts_planned`` of them); the automatic switch's
+        run planned from its earliest switch until it happens."""
         cfg = self.config
-        epochs = cfg.epochs
+        end = self.end(switched_at)
+        epochs = end
         if self.restarts_enabled:
             epochs += (restarts_planned - 1) * cfg.restart_epochs
-        stage2 = max(0, cfg.epochs - self.switch.planned)
+        stage2 = max(0, end - (self.switch.planned if switched_at is None else switched_at))
         return (epochs - stage2) * self.steps_per_epoch(STAGE1) + stage2 * self.steps_per_epoch(STAGE2)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from molecules import CONDITIONS, structure, true_pose_ceiling
+
 from napari_semiamort.cli.main import main as cli
 from napari_semiamort.data.mrc import read_map
 from napari_semiamort.metrics.truth import score_against_truth

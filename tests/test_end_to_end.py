@@ -30,15 +30,19 @@ def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     tried = len(last)
     assert 3 <= tried <= 6
     assert [(s.restart, s.metrics["epoch"]) for s in trials] == [(k, e) for k in range(tried) for e in range(1, 6)]
-    # restarts were added only while no loss stood out (at SNR 1 every start is good: they are close)
+    # restarts were added only while no two agreed and no loss stood out; they stop at the first agreement
     losses = [last[k] for k in range(tried)]
+    record = run.history[4]
+    agreed = bool(record["restart_agrees_with"])
     assert all(restart_gap(losses[:k]) < cfg.restart_margin for k in range(3, tried))
-    assert tried == 6 or restart_gap(losses) >= cfg.restart_margin
-    assert run.history[4]["restart_losses"] == pytest.approx(losses, abs=1e-6)
+    assert tried == 6 or restart_gap(losses) >= cfg.restart_margin or agreed
+    assert record["restart_losses"] == pytest.approx(losses, abs=1e-6)
     ends = [s for s in snapshots if s.epoch_end and s.restart is None]
     assert [s.metrics["epoch"] for s in ends] == list(range(6, 25))
-    # the restart that goes on is the one with the lowest loss at its last epoch
-    assert run.history[4]["chosen_restart"] == min(last, key=last.get)
+    # the restart that goes on: where none agree, the lowest loss; else one that agrees with another (the choice
+    # between agreeing starts: tests/test_restarts.py)
+    if not agreed:
+        assert record["chosen_restart"] == min(last, key=last.get)
     assert snapshots[-1].progress == 1.0
     assert {s.stage for s in ends} == {"autoencode", "autodecode"}
     al = align_poses(run.poses, run.data.reference_rotations)

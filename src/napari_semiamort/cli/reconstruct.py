@@ -87,6 +87,20 @@ def format_metrics(m: dict) -> str:
     return "  ".join(p for p in parts if p)
 
 
+def restart_choice(m: dict, tried: int) -> str:
+    """The log line naming the restart kept, and why (``m``: the metrics holding the restarts' record)."""
+    chosen, gap = m["chosen_restart"], 100 * m.get("restart_gap", float("nan"))
+    agrees = m.get("restart_agrees_with", [])
+    if agrees:
+        pairs = m.get("restart_disagreement_deg", {})
+        angle = min(pairs.get(f"{min(chosen, j) + 1}-{max(chosen, j) + 1}", float("nan")) for j in agrees)
+        others = ", ".join(str(j + 1) for j in agrees)
+        why = f"its poses agree with restart {others}'s within {angle:.0f}° median; lowest loss of those"
+    else:
+        why = f"no two restarts agree; lowest loss, {gap:.1f} % below the others' median"
+    return f"kept restart {chosen + 1} of {tried} ({why})"
+
+
 def train(run, run_dir: Path, quiet: bool = False) -> None:
     """Iterate a run to the end with a progress bar; on Ctrl-C keep what was reached."""
     from tqdm import tqdm
@@ -107,9 +121,7 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
                 # the restarts' record; with one-step epochs a newer epoch's entry follows it already
                 last = next(m for m in reversed(run.history) if "chosen_restart" in m)
                 tried = len(last.get("restart_losses", ())) or run.config.restarts
-                gap = 100 * last.get("restart_gap", float("nan"))
-                bar.write(f"kept restart {last['chosen_restart'] + 1} of {tried} (lowest loss, "
-                          f"{gap:.1f} % below the others' median)", file=sys.stdout)
+                bar.write(restart_choice(last, tried), file=sys.stdout)
             last_restart = snap.restart
             bar.update(1)
             bar.set_postfix(epoch=snap.epoch + 1, stage=snap.stage, loss=f"{snap.loss:.4f}")

@@ -71,9 +71,11 @@ class ReconstructionConfig:
     # benchmark's data it gave the same map and a 0.2° worse median pose error, 1,024 a lagging volume
     # (docs/benchmarks.md). No faster on the CPU. Stage 1 needs its steps: at 256 it never left 60°.
     stage2_batch_size: int | None = None
-    restarts: int = 3  # initialisations tried for the first restart_epochs epochs; the lowest loss goes on
+    # initialisations tried for the first restart_epochs epochs; one whose poses agree with another's goes on (the
+    # lowest loss of those), else the lowest loss (run/restarts.py)
+    restarts: int = 3
     restart_epochs: int = 5
-    # More initialisations, up to max_restarts, while the lowest loss is not restart_margin (relative) below the
+    # More initialisations, up to max_restarts, while no two agree and the lowest loss is not restart_margin below the
     # median of the others: a restart that broke the symmetry stood 12-27 % below every other in each run
     # measured at box 96-192, and a run where none had was within 3 % (docs/benchmarks.md, "Box 128")
     # (at most max(restarts, max_restarts) in all; max_restarts = restarts or restart_margin = 0 gives exactly

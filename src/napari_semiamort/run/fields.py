@@ -202,12 +202,13 @@ FIELDS: tuple[Field, ...] = (
           "are refined before they compete", "--reassign-max-freq", special="stage 1's band at the switch",
           **_BAND),
     # ---------------------------------------------------------------- Advanced: restarts
-    Field("restarts", "Restarts", ADVANCED, "initialisations tried for the first restart epochs; the lowest loss "
-          "goes on (1: off)", "--restarts", 1, 100),
+    Field("restarts", "Restarts", ADVANCED, "initialisations tried for the first restart epochs; one whose poses "
+          "agree with another's goes on (the lowest loss of those), else the lowest loss (1: off)", "--restarts",
+          1, 100),
     Field("restart_epochs", "Restart epochs", ADVANCED, "epochs each initialisation trains before they are "
           "compared", "--restart-epochs", 0, 10_000),
-    Field("max_restarts", "Max restarts", ADVANCED, "more initialisations, up to this many, while none stands "
-          "out by the restart margin", "--max-restarts", 1, 100),
+    Field("max_restarts", "Max restarts", ADVANCED, "more initialisations, up to this many, while no two agree "
+          "and no loss stands out by the restart margin", "--max-restarts", 1, 100),
     Field("restart_margin", "Restart margin", ADVANCED, "how far (relative) the lowest loss must lie below the "
           "others' median to stand out (0: exactly --restarts)", "--restart-margin", 0, 1, 0.01, 3),
     # ---------------------------------------------------------------- Advanced: likelihood and bands

@@ -66,7 +66,7 @@ class Reconstruction:
         self.bank = FrequencyBank(self.size, self.device)
         self.schedule = Schedule(cfg, self.size, len(self.data))
         self.watch = list(cfg.watch)
-        self.restarts = RestartPolicy(cfg)
+        self.restarts = RestartPolicy(cfg, len(self.data))
         self.step_count = 0
         self.trial: int | None = None  # the restart being trained, while restarts run
         self.reference_map = None

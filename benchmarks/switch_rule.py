@@ -6,9 +6,10 @@
 
 For each molecule (a panel structure, benchmarks/molecules.py) and condition, the images are simulated once
 (kept under ``--work`` and reused by later calls), then reconstructed with the defaults and each
-``--switch-epoch`` of ``--switches`` (25 epochs, as the default run), and scored against the truth as the panel
-scores them: FSC = 0.5 of map.mrc, the good particles' pose errors modulo the model's point group, the wall time
-of the reconstruction alone, the epoch the run switched at, and the true poses' map (the ceiling) once per set.
+``--switch-epoch`` of ``--switches`` (25 epochs, as the default run) or ``--switch auto``, and scored against
+the truth as the panel scores them: FSC = 0.5 of map.mrc, the good particles' pose errors modulo the model's
+point group, the wall time of the reconstruction alone, the epoch the run switched at, the restarts it tried,
+and the true poses' map (the ceiling) once per set. ``--tag`` names a call's runs (e.g. the code revision).
 Extra reconstruction options go after --.
 """
 
@@ -41,8 +42,9 @@ def simulate(model: Path, sim: Path, n: int, box: int, condition: str, seed: int
 
 def reconstruct(model: Path, sim: Path, run_dir: Path, switch: str, seed: int, extra: list[str]) -> dict:
     t0 = time.perf_counter()
-    cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), "--force",
-         "--switch-epoch", switch, *extra])
+    rule = ["--switch", "auto"] if switch == "auto" else ["--switch-epoch", switch]
+    cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), "--force", *rule,
+         *extra])
     seconds = time.perf_counter() - t0
     run = Reconstruction.resume(run_dir, cache_images=False)
     truth, pixel = read_map(sim / "truth.mrc")
@@ -51,8 +53,9 @@ def reconstruct(model: Path, sim: Path, run_dir: Path, switch: str, seed: int, e
     final, _ = read_map(run_dir / "map.mrc")
     s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[good],
                             run.data.reference_rotations[good], symmetry=torch.from_numpy(chain_symmetry(model)))
-    switched = run.state.switched_at
-    return {"switch": switch, "switched_at": switched, "seconds": seconds, "fsc_0.5": s.resolution_05,
+    restarts = next((len(m["restart_losses"]) for m in run.history if "restart_losses" in m), 1)
+    return {"switch": switch, "switched_at": run.state.switched_at, "restarts": restarts, "seconds": seconds,
+            "fsc_0.5": s.resolution_05,
             "pose_error_mean": s.poses.mean_error, "pose_error_median": s.poses.median_error,
             "pixel_size": pixel}
 
@@ -69,6 +72,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("--box", type=int, default=64)
     p.add_argument("--work", default="switch-work", help="simulated sets and run folders (kept, reused)")
+    p.add_argument("--tag", default="", help="a name for this call's rows and run folders (e.g. the revision)")
     p.add_argument("--out", help="append the rows to this JSON file")
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else None
@@ -85,10 +89,12 @@ def main() -> None:
                 good = np.setdiff1d(np.arange(args.n), junk)
                 ceiling = true_pose_ceiling(sim, good, truth, pixel)
                 for switch in args.switches:
-                    r = reconstruct(model, sim, base / f"run_{switch}", switch, seed, extra)
-                    r.update(molecule=name, condition=condition, seed=seed, fsc_0_5_true_poses=ceiling)
+                    r = reconstruct(model, sim, base / f"run_{switch}{args.tag}", switch, seed, extra)
+                    r.update(molecule=name, condition=condition, seed=seed, fsc_0_5_true_poses=ceiling,
+                             tag=args.tag)
                     rows.append(r)
-                    print(f"| {name} | {condition} | {seed} | {switch} | {r['switched_at']} | "
+                    print(f"| {name} | {condition} | {seed} | {switch}{args.tag} | {r['switched_at']} | "
+                          f"{r['restarts']} | "
                           f"{r['seconds'] / 60:.1f} min | {r['fsc_0.5']:.2f} Å (true poses {ceiling:.2f} Å) | "
                           f"{r['pose_error_mean']:.2f}° / {r['pose_error_median']:.2f}° |", flush=True)
                     if out is not None:

@@ -149,9 +149,11 @@ def test_a_run_with_the_stage2_ramp_learns_the_noise_of_the_band_it_sees(tiny_da
     assert not torch.equal(run.noise.variance, before)
 
 
-def _stage1(changes):
-    """A stage-1 history whose epochs' mean pose changes are ``changes``."""
-    return [{"stage": STAGE1, "pose_change_deg": c} for c in changes]
+def _stage1(changes, bands=None):
+    """A stage-1 history whose epochs' mean pose changes are ``changes`` (at the band fractions ``bands``; default
+    one band throughout)."""
+    bands = [0.4] * len(changes) if bands is None else bands
+    return [{"stage": STAGE1, "pose_change_deg": c, "band_fraction": b} for c, b in zip(changes, bands, strict=True)]
 
 
 def test_the_auto_rule_switches_once_the_poses_stop_settling_between_its_earliest_and_latest_epochs():
@@ -166,6 +168,8 @@ def test_the_auto_rule_switches_once_the_poses_stop_settling_between_its_earlies
     assert rule.switches(10, edge) and not rule.switches(10, _stage1([50, 20, 20 * SETTLED_RATIO - 0.01]))
     # too short a history (a resumed run's, or the restarts' rows of another stage) does not switch
     assert not rule.switches(10, _stage1([12, 12])) and not rule.switches(10, [{"stage": STAGE2}] * 3)
+    # judged on three epochs at the final band: while the band grew the poses moved with it
+    assert not rule.switches(10, _stage1([12, 11.5, 11.8], [0.35, 0.4, 0.4]))
     assert AutoSwitch(10, 5).latest == 10  # the latest is never before the earliest
 
 

@@ -71,9 +71,9 @@ SETTLED_RATIO = 0.9
 class AutoSwitch:
     """Switch once stage 1's poses have settled (issue 18, item 7; the paper's future work): the stage-1 band
     grows to its end over ``earliest`` epochs (``planned``), then stage 1 goes on at that band while the mean
-    pose change between epochs still falls (by more than 1 − :data:`SETTLED_RATIO` on the lower of the two
-    epochs before), and switches at ``latest`` at the latest. On a run whose poses settled early this switches
-    soon after the band reaches its end; where the symmetry broke late (realistic data) it waits."""
+    pose change between epochs, over three epochs at that band, still falls (by more than
+    1 − :data:`SETTLED_RATIO` on the lower of the two epochs before), and switches at ``latest`` at the latest.
+    So the earliest switch is two epochs after the band's end; where the symmetry broke late it waits."""
 
     moves_end = True  # stage 2 runs its length after wherever the switch falls
 
@@ -85,9 +85,12 @@ class AutoSwitch:
             return True
         if epoch < self.planned:
             return False
-        changes = [m["pose_change_deg"] for m in history[-3:] if m.get("stage") == STAGE1 and "pose_change_deg" in m]
-        if len(changes) < 3:  # a resumed or restarted history too short to judge: go on
+        # judged at the final band only: while it grows, the poses move with it
+        rows = [m for m in history[-3:] if m.get("stage") == STAGE1 and "pose_change_deg" in m
+                and m.get("band_fraction") == history[-1].get("band_fraction")]
+        if len(rows) < 3:  # the band still grew within the last three epochs (or no history to judge): go on
             return False
+        changes = [m["pose_change_deg"] for m in rows]
         return changes[-1] >= SETTLED_RATIO * min(changes[:-1])
 
 

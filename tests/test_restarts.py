@@ -78,3 +78,15 @@ def test_starts_whose_poses_collapsed_onto_one_view_do_not_count_as_agreeing():
         policy.record(0.5, _state(exp_so3(turn) @ one, str(seed)))
     assert policy.disagreement[(0, 1)] < AGREEMENT_DEG  # close once aligned ...
     assert not policy.disagreement_resolved()  # ... but as close shuffled
+
+
+def test_the_log_says_which_restart_goes_on_and_why():
+    from napari_semiamort.cli.reconstruct import restart_choice
+
+    agreed = {"chosen_restart": 1, "restart_gap": 0.02, "restart_agrees_with": [0, 2],
+              "restart_disagreement_deg": {"1-2": 21.0, "1-3": 80.0, "2-3": 19.4}}
+    assert restart_choice(agreed, 3) == ("kept restart 2 of 3 (its poses agree with restart 1, 3's within 19° median; "
+                                         "lowest loss of those)")
+    alone = {"chosen_restart": 0, "restart_gap": 0.031, "restart_agrees_with": []}
+    assert restart_choice(alone, 6) == "kept restart 1 of 6 (no two restarts agree; lowest loss, 3.1 % below the " \
+                                       "others' median)"

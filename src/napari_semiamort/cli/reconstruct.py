@@ -152,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
         run = Reconstruction.resume(run_dir, **overrides)
         if threads is None:  # no readable config.json: the checkpoint's own setting
             set_cpu_threads(run.config.threads)
-        print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.schedule.end(run.state.switched_at)}")
+        print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.end_epoch}")
     else:
         if not args.particles or not args.outdir:
             raise ValueError("give a particle file (.star, .cs or .mrcs) and -o RUN_DIR (or --resume RUN_DIR)")

@@ -103,6 +103,9 @@ class Reconstruction:
     table = property(lambda self: self.state.table)
     stage1_end = property(lambda self: self.schedule.stage1_end)
     encoder_size = property(lambda self: self.schedule.encoder_size)
+    end_epoch = property(lambda self: self.schedule.end(self.state.switched_at))  # the auto switch moves it
+    # the run's steps, the restarts included (those added so far, when no two agreed and none stood out)
+    total_steps = property(lambda self: self.schedule.total_steps(self.restarts.planned, self.state.switched_at))
 
     @property
     def poses(self) -> torch.Tensor:
@@ -121,11 +124,6 @@ class Reconstruction:
     @shifts.setter
     def shifts(self, value: torch.Tensor | None) -> None:
         self.state.shifts = value
-
-    @property
-    def total_steps(self) -> int:
-        """Steps of the whole run, the restarts included (those added so far, when the first did not rank)."""
-        return self.schedule.total_steps(self.restarts.planned, self.state.switched_at)
 
     def batch_size(self, stage: str) -> int:
         return self.schedule.batch_size(stage)
@@ -168,8 +166,8 @@ class Reconstruction:
         if self.run_dir is not None:
             self.save_checkpoint()
 
-    def _epochs(self, until: int | None = None) -> Iterator[Snapshot]:  # None: the run's end (the switch moves it)
-        while self.state.epoch < (self.schedule.end(self.state.switched_at) if until is None else until):
+    def _epochs(self, until: int | None = None) -> Iterator[Snapshot]:  # None: the run's end
+        while self.state.epoch < (self.end_epoch if until is None else until):
             yield from self._epoch()
 
     def _epoch(self) -> Iterator[Snapshot]:
@@ -281,8 +279,8 @@ class Reconstruction:
         every ``snapshot_every`` steps."""
         cfg, end = self.config, metrics is not None
         full = end or (cfg.snapshot_every > 0 and self.step_count % cfg.snapshot_every == 0)
-        head = (self.state.epoch - 1 if end else self.state.epoch, self.step_count, self.total_steps,
-                self.schedule.end(self.state.switched_at), stage, loss, ips)
+        head = (self.state.epoch - 1 if end else self.state.epoch, self.step_count, self.total_steps, self.end_epoch,
+                stage, loss, ips)
         common = {"restart": self.trial, "box": self.size, "pixel_size": self.data.pixel_size}
         if not full:
             return Snapshot(*head, **common)

@@ -31,7 +31,7 @@ __all__ = ["AGREEMENT_DEG", "AGREEMENT_MIN_EPOCHS", "AGREEMENT_NULL_FRACTION", "
 RESTART_SEED_STRIDE = 7919  # restart k starts from seed + 7919 k (a prime: the seeds never coincide)
 # Two starts agree when their poses, aligned (one rotation, either hand), differ by less than this median angle:
 # between the 21-22° of starts that both broke the symmetry and the 38° and more of a start that had half done so
-# (clean 3KPR, epoch 5; docs/results.md)
+# (clean 3KPR, epoch 5; docs/method.md, benchmarks/results/restart_agreement.json)
 AGREEMENT_DEG = 30.0
 # ... and by less than this fraction of what they differ by with the images' poses shuffled: starts whose poses
 # collapsed onto a few views (after one epoch, say) "agree" trivially, and shuffled they still do
@@ -66,7 +66,7 @@ class RestartPolicy:
         self.disagreement: dict[tuple[int, int], float] = {}  # (i, j) → median angle between their poses
         self.shuffled: dict[tuple[int, int], float] = {}  # ... with one start's poses shuffled among the images
         self._perm = torch.from_numpy(gen.permutation(len(self.sample)))
-        self.best: tuple[int, dict] | None = None
+        self.best: dict | None = None  # the chosen start's state
         self.chosen: int | None = None
 
     def seed(self, k: int) -> int:

@@ -128,12 +128,16 @@ class Schedule:
         rule moves the whole of stage 2; the fixed rule's run ends at ``epochs``)."""
         return max(0, self.config.epochs - self.config.switch_epoch)
 
+    def switch_epoch(self, switched_at: int | None) -> int:
+        """The epoch stage 2 starts at: the run's switch, or the rule's planned one until it happens."""
+        return self.switch.planned if switched_at is None else switched_at
+
     def end(self, switched_at: int | None) -> int:
         """The epoch count the run ends at: ``epochs`` with the fixed rule; with the automatic one, stage 2's
         length after the switch (planned from the earliest switch until it happens)."""
         if not getattr(self.switch, "moves_end", False):
             return self.config.epochs
-        return (self.switch.planned if switched_at is None else switched_at) + self.stage2_epochs
+        return self.switch_epoch(switched_at) + self.stage2_epochs
 
     def reassigns(self, epoch: int, switched_at: int) -> bool:
         """Whether the stage-2 ``epoch`` (after the switch's own) lets the encoder's candidates compete."""
@@ -212,9 +216,8 @@ class Schedule:
         """Steps of the whole run, the restarts included (``restarts_planned`` of them); the automatic switch's
         run planned from its earliest switch until it happens."""
         cfg = self.config
-        end = self.end(switched_at)
-        epochs = end
+        epochs = end = self.end(switched_at)
         if self.restarts_enabled:
             epochs += (restarts_planned - 1) * cfg.restart_epochs
-        stage2 = max(0, end - (self.switch.planned if switched_at is None else switched_at))
+        stage2 = max(0, end - self.switch_epoch(switched_at))
         return (epochs - stage2) * self.steps_per_epoch(STAGE1) + stage2 * self.steps_per_epoch(STAGE2)

@@ -99,8 +99,7 @@ def describe(run, run_dir: str | Path | None = None, with_handle: bool = True) -
         run_dir=None if run_dir is None else Path(run_dir), n_particles=len(d), skipped=len(d.skipped),
         box=int(run.size), pixel_size=float(d.pixel_size), raw_box=int(d.raw_box),
         raw_pixel_size=float(d.raw_pixel_size), map_box=int(d.check_box(run.config.output_box)),
-        inverted=bool(d.sign < 0), device=str(run.device), epochs=int(run.schedule.end(run.state.switched_at)),
-        epoch=int(run.epoch),
+        inverted=bool(d.sign < 0), device=str(run.device), epochs=int(run.end_epoch), epoch=int(run.epoch),
         handle=RunHandle(run) if with_handle else None,
     )
 

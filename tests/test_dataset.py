@@ -108,6 +108,27 @@ def test_a_mask_diameter_masks_the_images_but_not_the_noise_estimate(sim):
         ParticleDataset(read_particles(sim / "particles.star"), mask_diameter=8.0 * 40)
 
 
+def test_with_a_mask_the_noise_model_is_the_masked_images_noise(sim):
+    """The losses compare masked images: σ² must be their noise, not the unmasked background's (which is
+    1 / mask_power times larger). At the highest shells of this set (SNR 0.5 at box 32, a 8 Å pixel) the
+    images are noise, so their masked power per shell is σ² there."""
+    from napari_semiamort.run.batches import ImageSource
+    from napari_semiamort.run.build import initial_noise
+    from napari_semiamort.run.frequencies import Frequencies
+
+    d = ParticleDataset(read_particles(sim / "particles.star"), mask_diameter=8.0 * 24).scan()
+    assert 0.2 < d.mask_power < 0.6
+    fr = Frequencies(32, 1.0, "cpu")
+    noise = initial_noise(ImageSource(d, torch.device("cpu")), fr, seed=0, white=False)
+    from napari_semiamort.physics.fourier import hartley_centered
+
+    power = (hartley_centered(d.read(np.arange(300)), 2).flatten(1)[:, fr.flat_index] ** 2).mean(0)
+    shells = fr.shells
+    high = [13, 14, 15]
+    ratio = [float(power[shells == k].mean() / noise.variance[k]) for k in high]
+    np.testing.assert_allclose(ratio, 1.0, atol=0.2)
+
+
 def test_halves_are_a_seeded_equal_split_or_the_files_random_subsets(sim, tmp_path):
     d = ParticleDataset(read_particles(sim / "particles.star"))
     a = d.split_halves(seed=3).copy()

@@ -252,6 +252,13 @@ class ParticleDataset:
             new._half = self._half[keep]
         return new
 
+    @property
+    def mask_power(self) -> float:
+        """The fraction of white noise's power the images' mask keeps (the mean of its square; 1 without a mask):
+        masked images carry that fraction of the noise the unmasked background shows, at every frequency for
+        white noise (the mask's transform smooths a coloured spectrum, and keeps its mean)."""
+        return 1.0 if self._mask is None else float((self._mask**2).mean())
+
     def _soft_mask(self, box: int, pixel_size: float) -> torch.Tensor:
         """The ``mask_diameter`` mask at ``box`` pixels of ``pixel_size`` Å (a cosine edge of 5 % of the box)."""
         return soft_circular_mask(box, 0.5 * self.mask_diameter / pixel_size, edge=max(2.0, 0.05 * box))

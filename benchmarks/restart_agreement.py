@@ -1,6 +1,6 @@
 """Do stage-1 starts that found the structure agree with each other? (issue 18; run/restarts.py)
 
-  python benchmarks/restart_agreement.py SIM_DIR [SIM_DIR ...] [--starts 6] [--out FILE]
+  python benchmarks/restart_agreement.py SIM_DIR [SIM_DIR ...] [--starts 6] [--set KEY=VALUE ...] [--out FILE]
 
 For each simulated set (``semiamort simulate`` output: particles.star with the true poses, junk.txt if any),
 trains ``--starts`` initialisations for ``restart_epochs`` epochs each (the run's defaults otherwise; every start
@@ -22,10 +22,10 @@ from napari_semiamort.metrics.alignment import align_poses
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
 
 
-def starts(sim: Path, n: int) -> dict:
+def starts(sim: Path, n: int, overrides: dict | None = None) -> dict:
     star = sim / "particles.star"
     run = Reconstruction(ReconstructionConfig(particles=str(star), restarts=n, max_restarts=n, restart_margin=0.0,
-                                              threads=1))
+                                              threads=1, **(overrides or {})))
     kept: list[tuple[float, torch.Tensor]] = []
     record = run.restarts.record
 
@@ -56,9 +56,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sims", nargs="+", type=Path)
     p.add_argument("--starts", type=int, default=6)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="configuration fields for every start, e.g. switch_epoch=10 restart_epochs=7 (JSON values)")
     p.add_argument("--out")
     args = p.parse_args()
-    rows = {str(s): starts(s, args.starts) for s in args.sims}
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    rows = {str(s): {"overrides": overrides, **starts(s, args.starts, overrides)} for s in args.sims}
     for name, r in rows.items():
         print(name, json.dumps(r))
     if args.out:

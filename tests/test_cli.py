@@ -64,6 +64,8 @@ def test_reconstruct_then_resume_continues_the_run(sim, tmp_path, capsys):
     args = ["reconstruct", str(sim / "particles.star"), "-o", str(run), "--epochs", "2", "--switch-epoch", "1",
             "--heads", "4", "--batch-size", "32", "--threads", "1", "--reference-map", str(sim / "truth.mrc")]
     assert main(args) == 0
+    out = capsys.readouterr().out  # the verdicts: stage 1's at the switch, the run's at its end
+    assert out.count("verdict (stage 1): ") == 1 and out.count("verdict (the run): ") == 1
     for name in ("map.mrc", "poses.star", "config.json", "metrics.jsonl", "checkpoint.pt"):
         assert (run / name).is_file(), name
     record = json.loads((run / "config.json").read_text())
@@ -71,6 +73,8 @@ def test_reconstruct_then_resume_continues_the_run(sim, tmp_path, capsys):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert "pose_error_mean_deg" in json.loads(lines[-1])
+    assert json.loads(lines[-1])["verdict"] in ("found", "doubtful", "failed", "unknown")
+    assert json.loads(lines[-1])["verdict_stage1"] in ("found", "doubtful", "failed", "unknown")
     poses = read_star_columns(run / "poses.star")
     assert len(poses["rlnAngleRot"]) == 120
     with mrcfile.open(run / "map.mrc") as m:

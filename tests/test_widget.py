@@ -1,6 +1,7 @@
 """The Reconstruction dock widget driven end to end (headless, under Xvfb): knobs, Start, live layers,
 Pause/Resume, Stop, export, errors, and a clean shutdown."""
 
+import json
 import threading
 import time
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_semiamort._qt.widget import CANDIDATES, VOLUME, WINNERS, ReconstructionWidget
+from napari_semiamort.run.verdict import verdict_message
 
 pytestmark = pytest.mark.usefixtures("no_worker_outlives_its_test")
 
@@ -212,7 +214,13 @@ def test_a_downsampled_run_shows_its_final_map_at_the_images_box_and_scale(make_
     viewer, w = _widget(make_napari_viewer, tiny, tmp_path, epochs=3)
     w.form["box"].value = 16
     assert w.config().box == 16
-    _run_collecting_notifications(w, qtbot)
+    notes = _run_collecting_notifications(w, qtbot)
+    # the run's verdict in the dock (stage 1's was there from the switch), a warning where it failed or is doubtful
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert w.verdict.text() == verdict_message(last) and w.verdict.text().startswith("verdict (the run): ")
+    warned = [n for n in notes if n.startswith("verdict (")]
+    bad = ("failed", "doubtful")
+    assert bool(warned) == (last["verdict"] in bad or last["verdict_stage1"] in bad)
     layer = viewer.layers[VOLUME]
     raw_px = w.info.raw_pixel_size
     assert w.info.box == 16 and w.info.pixel_size == pytest.approx(1.5 * raw_px)

@@ -118,11 +118,15 @@ class ReconstructionWidget(QWidget):
         self.progress.setRange(0, 1000)
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
+        # whether the run worked: stage 1's verdict at the switch, the run's at its end (run/verdict.py)
+        self.verdict = QLabel("")
+        self.verdict.setWordWrap(True)
         form = QFormLayout()
         form.addRow("Run folder", self.outdir)
         form.addRow(buttons)
         form.addRow(self.progress)
         form.addRow(self.status)
+        form.addRow(self.verdict)
         form.addRow(self.export_button)
         return form
 
@@ -200,6 +204,7 @@ class ReconstructionWidget(QWidget):
         self.info, self.last_snapshot = None, None
         self.results.clear()
         self.plots.clear()
+        self.verdict.setText("")
         # errors are ours to show (_on_error), not to re-raise in the Qt event loop
         self.worker = create_worker(run_in_worker, cfg, self.run_dir, self._control, _start_thread=False,
                                     _ignore_errors=True)
@@ -284,6 +289,22 @@ class ReconstructionWidget(QWidget):
                 QTimer.singleShot(0, lambda: self.results.show_candidates(snap.watched, snap.box, snap.pixel_size))
         if snap.epoch_end:
             QTimer.singleShot(0, lambda: self._show_curves(snap))
+            self._show_verdict(snap.metrics)
+
+    def _show_verdict(self, metrics: dict) -> None:
+        """The verdict a snapshot's metrics hold (stage 1's, then the run's), with a warning where the run failed
+        or is doubtful."""
+        from napari.utils.notifications import show_warning
+
+        from ..run.verdict import verdict_message
+
+        for final in (False, True):
+            line = verdict_message(metrics, final)
+            if line is None:
+                continue
+            self.verdict.setText(line)
+            if metrics.get("verdict" if final else "verdict_stage1") in ("failed", "doubtful"):
+                show_warning(line)
 
     def _show_curves(self, snap: Snapshot) -> None:
         self.plots.set_history(list(snap.history))

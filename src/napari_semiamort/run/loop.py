@@ -25,7 +25,7 @@ from ..data.readers import open_dataset
 from ..devices import select_device
 from ..models.volume import HartleyVolume
 from ..physics.likelihood import ShellNoiseModel
-from . import maps, passes
+from . import maps, passes, verdict
 from .batches import ImageSource
 from .build import initial_noise, initial_volume
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -232,12 +232,11 @@ class Reconstruction:
 
     def _step(self, stage: str, idx: torch.Tensor, images: torch.Tensor | None) -> float:
         st = self.state
+        fr = self.bank.at(self.schedule.band(st.epoch, stage, st.switched_at))
         if stage == STAGE1:
-            fr = self.bank.at(self.schedule.stage1_band(st.epoch))
             result = self.stage1.step(self.source.batch(idx, fr, images), idx, fr, self.opt_volume)
             st.winners[idx] = result.winners
         else:
-            fr = self.bank.at(self.schedule.stage2_band_at(st.epoch, st.switched_at))
             result = autodecode_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr,
                                      self.config.pose_steps, self.opt_volume, st.keep(idx))
         st.take(idx, result.rotations, result.shifts)
@@ -255,6 +254,9 @@ class Reconstruction:
         metrics = epoch_record(st.epoch, stage, losses, seconds, len(self.data), st.poses, st.previous_poses)
         if stage == STAGE2 and cfg.flag_junk:
             metrics.update(self._flag_junk())
+        if st.epoch + 1 == self.end_epoch and self.trial is None:  # the run's verdict (issue 18, item 8)
+            fr = self.bank.at(self.schedule.band(st.epoch, stage, st.switched_at))
+            metrics.update(verdict.judge(self.model, self.source, st, fr, cfg.seed, final=True))
         st.previous_poses = st.poses.clone()
         metrics.update(truth_metrics(self.model.volume.real_space(), st.poses, self.data, self.reference_map,
                                      cfg.mask_diameter))

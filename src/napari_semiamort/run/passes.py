@@ -19,6 +19,7 @@ from .search import GridSearch
 from .stage1 import Stage1Strategy
 from .stage2 import refine_poses
 from .state import RunState
+from .verdict import judge
 
 __all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "decide_shifts", "flag_junk", "pose_table", "reassign",
            "recentre", "switch_to_autodecode"]
@@ -66,7 +67,8 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
     """Each image starts stage 2 from its best candidate under the current volume (paper, Sec. 2.2), scored
     at the band ``fr`` (stage 1's at the switch); the pose it won with in the last epoch competes too: a
     head's current guess can be worse than its earlier one; and so does the global ``search``'s best.
-    With shifts "auto", first decides whether to keep them (:func:`decide_shifts`; its record is returned)."""
+    With shifts "auto", first decides whether to keep them (:func:`decide_shifts`; its record is returned).
+    The record holds stage 1's verdict (:func:`.verdict.judge`) on the poses stage 2 starts from."""
     # only from shifts stage 1 searched: at a switch before any stage-1 epoch they are all still zero
     searched = state.shifts is not None and stage1.shift_reach > 0 and state.epoch > 0
     notes = decide_shifts(state, stage1) if config.shifts == "auto" and searched else {}
@@ -93,6 +95,7 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
             state.shifts[idx[take]] = sh.cpu()[take]
     state.table = pose_table(config, model.size, state.poses.to(model.device),
                              None if state.shifts is None else state.shifts.to(model.device))
+    notes.update(judge(model, source, state, fr, config.seed, final=False))  # stage 1's verdict
     return {"stage1_epochs": state.epoch, **notes}  # the switch's record: after this many stage-1 epochs
 
 

@@ -167,6 +167,10 @@ class Schedule:
     def stage2_band(self) -> float:
         return self.config.max_freq
 
+    def band(self, epoch: int, stage: str, switched_at: int | None) -> float:
+        """The band (fraction of Nyquist) the losses of ``epoch`` use in ``stage``."""
+        return self.stage1_band(epoch) if stage == STAGE1 else self.stage2_band_at(epoch, switched_at)
+
     def stage2_band_at(self, epoch: int, switched_at: int) -> float:
         """Stage 2's band at ``epoch``: with ``stage2_ramp_epochs``, from stage 1's at the switch growing linearly
         to ``max_freq`` over that many epochs (whole Fourier pixels); else ``max_freq``."""

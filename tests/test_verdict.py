@@ -1,0 +1,128 @@
+"""The run's verdict (issue 18, item 8): the share of the images' signal the map explains at their poses is ~1
+for the right map at the right poses, and low for a blob or for poses that do not belong to the images; the
+messages name what was found and what to try."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_semiamort.data.mrc import read_map
+from napari_semiamort.run import Reconstruction, ReconstructionConfig
+from napari_semiamort.run.verdict import (
+    DOUBTFUL_BELOW,
+    DOUBTFUL_JUNK,
+    FAILED_BELOW,
+    FIRST_SHELL,
+    MIN_SIGNAL,
+    explained_signal,
+    judge,
+    verdict_message,
+)
+
+
+def _spherical_average(volume: torch.Tensor) -> torch.Tensor:
+    """The map averaged over every rotation about the box centre: a round blob with the map's radial profile."""
+    n = volume.shape[-1]
+    k = torch.arange(n) - n // 2
+    r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2).round().long()
+    sums = torch.zeros(int(r.max()) + 1).index_add_(0, r.flatten(), volume.flatten().float())
+    counts = torch.zeros_like(sums).index_add_(0, r.flatten(), torch.ones(r.numel()))
+    return (sums / counts)[r]
+
+
+@pytest.fixture(scope="module")
+def run_at_truth(tiny_dataset):
+    """The tiny set's run with its volume set to the truth, scaled to the images, at the true poses."""
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, shifts="no")
+    run = Reconstruction(cfg)
+    truth = torch.from_numpy(read_map(tiny_dataset / "truth.mrc")[0])
+    fr = run.frequencies(1.0)
+    idx = torch.arange(128)
+    batch = run.source.batch(idx, fr)
+    with torch.no_grad():
+        run.volume.set_from_map(truth)
+        pred, w = run.model.predict(run.data.reference_rotations[idx], None, batch.ctf, fr), run.model.inv_var(fr)
+        scale = float((pred * batch.obs * w).sum() / (pred * pred * w).sum())
+        run.volume.set_from_map(scale * truth)
+    run.poses = run.data.reference_rotations.clone()
+    return run, scale * truth
+
+
+def test_the_right_map_at_the_right_poses_explains_the_signal_a_blob_or_wrong_poses_do_not(run_at_truth):
+    run, truth = run_at_truth
+    fr = run.frequencies(1.0)
+    right = explained_signal(run.model, run.source, run.state, fr, seed=0)
+    first, last = right.shells
+    assert first == FIRST_SHELL and last > first + 3  # SNR 1 at box 32: signal well beyond shell 4
+    assert np.all(right.signal[first : last + 1] >= MIN_SIGNAL)
+    assert right.fraction > 0.9  # measured 0.99
+    assert judge(run.model, run.source, run.state, fr, 0, final=True)["verdict"] == "found"
+
+    true_poses = run.poses.clone()
+    try:  # the right map, every image at another image's pose
+        run.poses = true_poses[torch.from_numpy(np.random.default_rng(1).permutation(len(true_poses)))]
+        shuffled = explained_signal(run.model, run.source, run.state, fr, seed=0)
+        assert shuffled.fraction < FAILED_BELOW  # measured 0.01
+    finally:
+        run.poses = true_poses
+    try:  # a round blob with the map's radial profile, at the true poses
+        with torch.no_grad():
+            run.volume.set_from_map(_spherical_average(truth))
+        blob = explained_signal(run.model, run.source, run.state, fr, seed=0)
+        assert blob.fraction < FAILED_BELOW  # measured 0.06
+        record = judge(run.model, run.source, run.state, fr, 0, final=False)
+        assert record["verdict_stage1"] == "failed" and record["starts_agreed_stage1"] is None
+    finally:
+        with torch.no_grad():
+            run.volume.set_from_map(truth)
+
+
+def test_junk_is_left_out_and_too_much_of_it_makes_the_verdict_doubtful(run_at_truth):
+    """Images the run flagged as junk do not count. With half the images at scrambled poses and none flagged the
+    pooled correlation halves (the share ~1/4); flagged, the rest is the right map's. Before the run has flagged
+    any (at the switch) the sample's own detection scores flag them: here the scrambled half, which is more than
+    the verdict lets pass as junk."""
+    run, _ = run_at_truth
+    fr = run.frequencies(1.0)
+    true_poses = run.poses.clone()
+    bad = torch.zeros(len(true_poses), dtype=torch.bool)
+    bad[::2] = True
+    try:
+        scrambled = true_poses.clone()
+        scrambled[bad] = true_poses[bad].flip(0)
+        run.poses = scrambled
+        run.state.junk = torch.zeros_like(bad)  # the run flagged none
+        mixed = explained_signal(run.model, run.source, run.state, fr, seed=0)
+        run.state.junk = bad
+        kept = explained_signal(run.model, run.source, run.state, fr, seed=0)
+        run.state.junk = None  # not flagged yet: the verdict's own flags
+        own = explained_signal(run.model, run.source, run.state, fr, seed=0)
+        record = judge(run.model, run.source, run.state, fr, 0, final=True)
+    finally:
+        run.poses, run.state.junk = true_poses, None
+    assert abs(mixed.fraction - 0.25) < 0.08 and mixed.junk == 0  # measured 0.27
+    assert kept.fraction > 0.9 and kept.junk == 0.5  # measured 0.996
+    assert own.fraction > 0.9 and own.junk > DOUBTFUL_JUNK  # measured 0.99, 0.5
+    assert record["verdict"] == "doubtful" and record["explained_junk"] == own.junk
+    assert "; 50 % of the images were left out as junk (junk, or particles" in verdict_message(record)
+
+
+def _record(level, fraction, agreed, final=True):
+    key = "" if final else "_stage1"
+    return {f"verdict{key}": level, f"explained_signal{key}": fraction, f"explained_resolution_A{key}": [70.4, 14.1],
+            f"starts_agreed{key}": agreed, f"explained_junk{key}": 0.0}
+
+
+def test_the_messages_name_the_verdict_the_signal_and_what_to_try():
+    found = verdict_message(_record("found", 0.93, True))
+    assert found.startswith("verdict (the run): a structure was found: the map explains 93 %")
+    assert "70–14 Å" in found and "two independent starts reached the same poses" in found
+    assert "not confirmed: no two independent starts" in verdict_message(_record("found", 0.9, False))
+    assert "start" not in verdict_message(_record("found", 0.9, None))  # one start: nothing to confirm
+    failed = verdict_message(_record("failed", 0.12, False, final=False), final=False)
+    assert failed.startswith("verdict (stage 1): FAILED, the map is a blob") and "--restarts" in failed
+    assert f"≥ {100 * DOUBTFUL_BELOW:.0f} %" in failed
+    doubtful = verdict_message(_record("doubtful", 0.74, False))
+    assert "DOUBTFUL" in doubtful and "74 %" in doubtful and "--shifts yes" in doubtful
+    assert "cannot judge" in verdict_message(_record("unknown", float("nan"), None))
+    assert verdict_message({"loss": 0.5}) is None and verdict_message(_record("found", 0.9, True), final=False) is None

@@ -10,6 +10,7 @@ from napari_semiamort.data.mrc import read_map
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
 from napari_semiamort.run.verdict import (
     DOUBTFUL_BELOW,
+    DOUBTFUL_BELOW_STAGE1,
     DOUBTFUL_JUNK,
     FAILED_BELOW,
     FIRST_SHELL,
@@ -121,7 +122,8 @@ def test_the_messages_name_the_verdict_the_signal_and_what_to_try():
     assert "start" not in verdict_message(_record("found", 0.9, None))  # one start: nothing to confirm
     failed = verdict_message(_record("failed", 0.12, False, final=False), final=False)
     assert failed.startswith("verdict (stage 1): FAILED, the map is a blob") and "--restarts" in failed
-    assert f"≥ {100 * DOUBTFUL_BELOW:.0f} %" in failed
+    assert f"≥ {100 * DOUBTFUL_BELOW_STAGE1:.0f} % at the switch" in failed
+    assert f"≥ {100 * DOUBTFUL_BELOW:.0f} %;" in verdict_message(_record("failed", 0.12, False))
     doubtful = verdict_message(_record("doubtful", 0.74, False))
     assert "DOUBTFUL" in doubtful and "74 %" in doubtful and "--shifts yes" in doubtful
     assert "cannot judge" in verdict_message(_record("unknown", float("nan"), None))

@@ -40,6 +40,7 @@ from ..run.config import ReconstructionConfig
 from ..run.fields import ADVANCED, DATA, TRAINING
 from ..run.session import Control, RunInfo
 from ..run.snapshot import Snapshot
+from ..run.verdict import verdict_lines
 from .form import ConfigForm
 from .layers import CANDIDATES, SPHERE, SPHERE_POINTS, VOLUME, WINNERS, ResultLayers
 from .runner import finished, posterior_in_worker, run_in_worker, shutdown, status_line
@@ -292,18 +293,12 @@ class ReconstructionWidget(QWidget):
             self._show_verdict(snap.metrics)
 
     def _show_verdict(self, metrics: dict) -> None:
-        """The verdict a snapshot's metrics hold (stage 1's, then the run's), with a warning where the run failed
-        or is doubtful."""
+        """The verdict a snapshot's metrics hold, with a warning where the run failed or is doubtful."""
         from napari.utils.notifications import show_warning
 
-        from ..run.verdict import verdict_message
-
-        for final in (False, True):
-            line = verdict_message(metrics, final)
-            if line is None:
-                continue
+        for line, warn in verdict_lines(metrics):
             self.verdict.setText(line)
-            if metrics.get("verdict" if final else "verdict_stage1") in ("failed", "doubtful"):
+            if warn:
                 show_warning(line)
 
     def _show_curves(self, snap: Snapshot) -> None:

@@ -106,7 +106,7 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
     from tqdm import tqdm
 
     from ..run.outputs import write_outputs
-    from ..run.verdict import verdict_message
+    from ..run.verdict import verdict_lines
 
     total = run.total_steps
     # The bar is for terminals; in a log file (nohup, a cluster job) the epoch lines alone are kept.
@@ -128,10 +128,8 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
             bar.set_postfix(epoch=snap.epoch + 1, stage=snap.stage, loss=f"{snap.loss:.4f}")
             if snap.epoch_end:
                 bar.write(format_metrics(snap.metrics), file=sys.stdout)
-                for final in (False, True):  # stage 1's verdict at the switch, the run's at its last epoch
-                    line = verdict_message(snap.metrics, final)
-                    if line:
-                        bar.write(line, file=sys.stdout)
+                for line, _ in verdict_lines(snap.metrics):  # stage 1's at the switch, the run's at its end
+                    bar.write(line, file=sys.stdout)
     except KeyboardInterrupt:
         bar.write(f"interrupted: writing the map and poses reached so far to {run_dir}")
         run.save_checkpoint()

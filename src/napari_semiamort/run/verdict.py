@@ -33,7 +33,7 @@ from .scorer import ImageModel
 from .state import RunState
 
 __all__ = ["DOUBTFUL_BELOW", "DOUBTFUL_BELOW_STAGE1", "DOUBTFUL_JUNK", "FAILED_BELOW", "FIRST_SHELL", "MIN_SIGNAL",
-           "SAMPLE", "ExplainedSignal", "explained_signal", "judge", "verdict_message"]
+           "SAMPLE", "ExplainedSignal", "explained_signal", "judge", "verdict_lines", "verdict_message"]
 
 FIRST_SHELL = 4  # Fourier pixels; below, a round blob explains the particle's outline as well as a right map
 MIN_SIGNAL = 0.1  # the shells judged: those where the images' signal is at least this fraction of their power
@@ -166,3 +166,14 @@ def verdict_message(m: dict, final: bool = True) -> str | None:
         return line
     return (f"{line}. Check the map; try more starts (--restarts 6 --max-restarts 12), --shifts yes, a mask "
             "(--mask-diameter); check the pixel size and the CTF")
+
+
+def verdict_lines(m: dict) -> list[tuple[str, bool]]:
+    """The verdict lines an epoch's metrics ``m`` hold (stage 1's at the switch, the run's at its last epoch),
+    each with whether it warns (failed or doubtful): what the CLI prints and the dock shows."""
+    lines = []
+    for final in (False, True):
+        line = verdict_message(m, final)
+        if line is not None:
+            lines.append((line, m.get("verdict" if final else "verdict_stage1") in ("failed", "doubtful")))
+    return lines

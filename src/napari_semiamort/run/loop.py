@@ -208,8 +208,8 @@ class Reconstruction:
     def switch(self) -> dict:
         """Switch to stage 2 now (:func:`passes.switch_to_autodecode`); returns its record for the metrics."""
         st = self.state
-        notes = passes.switch_to_autodecode(self.model, self.stage1, self.source, st,
-                                            self.bank.at(self.schedule.stage1_end), self.config, self.search)
+        notes = passes.switch_to_autodecode(self.model, self.stage1, self.source, st, self.bank.at(
+            self.schedule.stage1_end), self.config, self.search, self.opt_volume)
         st.switched_at = st.epoch
         self._set_volume_lr()
         return notes

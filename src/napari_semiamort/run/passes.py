@@ -21,28 +21,49 @@ from .stage2 import refine_poses
 from .state import RunState
 from .verdict import judge
 
-__all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "decide_shifts", "flag_junk", "pose_table", "reassign",
-           "recentre", "switch_to_autodecode"]
+__all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "common_translation", "decide_shifts", "flag_junk",
+           "pose_table", "reassign", "recentre", "switch_to_autodecode"]
 
 # Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
 RECENTRE_MIN_PX = 0.25
 # With shifts "auto", the particles are taken as centred from the switch on when the median length of the shifts
-# stage 1 found is below this (pixels). Its search is whole pixels around a centred volume: centred particles
-# land on 0 ± rounding, off-centre ones by ±1 px or more on about half their images or more
-# (docs/benchmarks.md, "Shifts by default").
+# stage 1 found, less the part a common move of the map explains, is below this (pixels). Its search is whole
+# pixels around a centred volume: centred particles land on 0 ± rounding, off-centre ones by ±1 px or more on
+# about half their images or more (docs/benchmarks.md, "Shifts by default").
 CENTRED_MEDIAN_PX = 0.5
 
 
-def decide_shifts(state: RunState, stage1: Stage1Strategy) -> dict:
+def common_translation(shifts: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+    """The translation ``d`` `(3,)` (voxels, x y z) of the map whose projections ``(R_i d)_xy`` explain the shifts
+    `(N, 2)` best (least squares): a map that drifted by ``d`` gives centred particles exactly these shifts, and
+    the recentring (:func:`recentre`) hands a drift of the density centre to every image's shift."""
+    a = poses.cpu().to(torch.float64)[:, :2, :]  # (N, 2, 3): (R_i d)_xy = a_i d
+    normal = torch.einsum("nij,nik->jk", a, a)
+    if torch.linalg.matrix_rank(normal) < 3:  # too few or too alike views to tell a move of the map
+        return torch.zeros(3, dtype=torch.float64)
+    return torch.linalg.solve(normal, torch.einsum("nij,ni->j", a, shifts.cpu().to(torch.float64)))
+
+
+def decide_shifts(state: RunState, stage1: Stage1Strategy, model: ImageModel | None = None,
+                  opt_volume: torch.optim.Optimizer | None = None) -> dict:
     """At the switch of a run with shifts "auto": keep estimating the shifts if the particles are off centre,
     else drop them (shifts zero, none searched from now on: centred particles gain nothing from two more
-    parameters each, and stage 2 runs faster without). Returns the record for the epoch's metrics."""
-    median = float(state.shifts.norm(dim=1).median())
+    parameters each, and stage 2 runs faster without). Judged on what is left of the shifts once a common
+    move of the map is taken out (:func:`common_translation`): on a centred tiny set the map had drifted by
+    1.4 voxels and every shift with it (median 0.62 px at the switch, kept; 0.13 px without the drift); the
+    ``model``'s volume is then moved by that drift so that zero shifts fit it (with ``opt_volume``'s moments).
+    Returns the record for the epoch's metrics."""
+    drift = common_translation(state.shifts, state.poses)
+    moved = (state.poses.to(torch.float64)[:, :2, :] @ drift).to(state.shifts.dtype)
+    median = float((state.shifts - moved).norm(dim=1).median())
     kept = median >= CENTRED_MEDIAN_PX
     if not kept:
+        if model is not None:
+            model.volume.translate(-drift.to(torch.float32), opt_volume)
         state.shifts = None
         stage1.stop_shifts()
-    return {"shifts_kept": kept, "shift_median_px": round(median, 3)}
+    return {"shifts_kept": kept, "shift_median_px": round(median, 3),
+            "shift_drift_px": round(float(drift.norm()), 3)}
 
 
 def chunks(n: int, config: ReconstructionConfig, device: torch.device):
@@ -63,7 +84,8 @@ def pose_table(config: ReconstructionConfig, size: int, rotations: torch.Tensor,
 
 @torch.no_grad()
 def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
-                         fr: Frequencies, config: ReconstructionConfig, search: GridSearch | None = None) -> dict:
+                         fr: Frequencies, config: ReconstructionConfig, search: GridSearch | None = None,
+                         opt_volume: torch.optim.Optimizer | None = None) -> dict:
     """Each image starts stage 2 from its best candidate under the current volume (paper, Sec. 2.2), scored
     at the band ``fr`` (stage 1's at the switch); the pose it won with in the last epoch competes too: a
     head's current guess can be worse than its earlier one; and so does the global ``search``'s best.
@@ -71,7 +93,7 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
     The record holds stage 1's verdict (:func:`.verdict.judge`) on the poses stage 2 starts from."""
     # only from shifts stage 1 searched: at a switch before any stage-1 epoch they are all still zero
     searched = state.shifts is not None and stage1.shift_reach > 0 and state.epoch > 0
-    notes = decide_shifts(state, stage1) if config.shifts == "auto" and searched else {}
+    notes = decide_shifts(state, stage1, model, opt_volume) if config.shifts == "auto" and searched else {}
     for idx in chunks(len(source), config, model.device):
         batch = source.batch(idx, fr)
         rot, sh, scores = stage1.candidates(batch, idx, fr)

@@ -77,7 +77,8 @@ def format_metrics(m: dict) -> str:
         parts.append(f"switched after {m['stage1_epochs']} stage-1 epochs")
     if "shifts_kept" in m:  # the decision of shifts "auto" at the switch
         kept = "kept" if m["shifts_kept"] else "dropped, centred"
-        parts.append(f"shifts {kept} (median {m['shift_median_px']:.2f} px)")
+        drift = f", the map's drift {m['shift_drift_px']:.2f} px taken out" if m.get("shift_drift_px") else ""
+        parts.append(f"shifts {kept} (median {m['shift_median_px']:.2f} px{drift})")
     if "junk_fraction" in m:
         parts.append(f"junk {100 * m['junk_fraction']:4.1f}%")
     if "pose_error_mean_deg" in m:

@@ -10,19 +10,7 @@ from napari_semiamort.data.mrc import read_map
 from napari_semiamort.metrics.density import density_centre
 from napari_semiamort.physics.so3 import random_rotations
 from napari_semiamort.run import Reconstruction, ReconstructionConfig, passes
-
-
-def _at_truth(run, folder, n_fit=64):
-    """The run's volume set to the truth, scaled to the images by least squares at the true poses."""
-    truth = torch.from_numpy(read_map(folder / "truth.mrc")[0])
-    idx = torch.arange(n_fit)
-    fr = run.frequencies(1.0)
-    batch = run.source.batch(idx, fr)
-    with torch.no_grad():
-        run.volume.set_from_map(truth)
-        pred, w = run.model.predict(run.data.reference_rotations[idx], None, batch.ctf, fr), run.model.inv_var(fr)
-        scale = float((pred * batch.obs * w).sum() / (pred * pred * w).sum())
-    return scale * truth
+from truth_scale import at_truth
 
 
 def test_recentring_moves_volume_and_shifts_together_and_keeps_the_fit(tiny_dataset):
@@ -33,7 +21,7 @@ def test_recentring_moves_volume_and_shifts_together_and_keeps_the_fit(tiny_data
                                shifts="yes", switch_epoch=0)
     run = Reconstruction(cfg)
     run.poses = run.data.reference_rotations.to(torch.float32).clone()
-    truth = _at_truth(run, tiny_dataset)
+    truth = at_truth(run, tiny_dataset)
     run.volume.set_from_map(torch.roll(truth, shifts=(1, -2, 2), dims=(0, 1, 2)))  # (z, y, x) = (1, −2, 2)
     c_true = torch.tensor([2.0, -2.0, 1.0], dtype=torch.float64)  # (x, y, z)
     # the shifts that make the off-centre volume fit the centred images: + (R c)_xy
@@ -74,7 +62,7 @@ def test_the_switch_starts_each_image_from_the_better_of_its_candidate_and_its_l
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=3, threads=1, batch_size=200,
                                shifts="no")
     run = Reconstruction(cfg)
-    run.volume.set_from_map(_at_truth(run, tiny_dataset))
+    run.volume.set_from_map(at_truth(run, tiny_dataset))
     true = run.data.reference_rotations.clone()
     wrong = random_rotations(len(true), torch.Generator().manual_seed(5))
     run.poses = torch.where((torch.arange(len(true)) % 2 == 0)[:, None, None], true, wrong)  # half right
@@ -91,7 +79,7 @@ def test_the_reassignment_moves_only_images_whose_candidate_scores_better(tiny_d
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1, batch_size=200,
                                reassign_candidates=2, reassign_steps=3, shifts="no")
     run = Reconstruction(cfg)
-    run.volume.set_from_map(_at_truth(run, tiny_dataset))
+    run.volume.set_from_map(at_truth(run, tiny_dataset))
     run.poses = random_rotations(len(run.data), torch.Generator().manual_seed(6))
     run.state.table = passes.pose_table(cfg, run.size, run.poses)
     s = run.schedule
@@ -154,7 +142,7 @@ def test_the_global_search_brings_images_back_from_poses_the_encoder_cannot_leav
                                    shifts="no")
         run = Reconstruction(cfg)
         assert (run.search is not None) == search
-        run.volume.set_from_map(_at_truth(run, tiny_dataset))
+        run.volume.set_from_map(at_truth(run, tiny_dataset))
         run.poses = random_rotations(len(run.data), torch.Generator().manual_seed(6))
         run.state.table = passes.pose_table(cfg, run.size, run.poses)
         s = run.schedule
@@ -176,7 +164,7 @@ def test_at_the_switch_the_global_searchs_best_pose_competes(tiny_dataset):
         cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1,
                                    batch_size=200, global_search=search, shifts="no")
         run = Reconstruction(cfg)
-        run.volume.set_from_map(_at_truth(run, tiny_dataset))
+        run.volume.set_from_map(at_truth(run, tiny_dataset))
         run.poses = random_rotations(len(run.data), torch.Generator().manual_seed(6))
         passes.switch_to_autodecode(run.model, run.stage1, run.source, run.state,
                                     run.frequencies(run.schedule.stage1_end), cfg, run.search)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_semiamort.data.mrc import read_map
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
 from napari_semiamort.run.verdict import (
     DOUBTFUL_BELOW,
@@ -19,6 +18,7 @@ from napari_semiamort.run.verdict import (
     judge,
     verdict_message,
 )
+from truth_scale import at_truth
 
 
 def _spherical_average(volume: torch.Tensor) -> torch.Tensor:
@@ -36,17 +36,11 @@ def run_at_truth(tiny_dataset):
     """The tiny set's run with its volume set to the truth, scaled to the images, at the true poses."""
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, shifts="no")
     run = Reconstruction(cfg)
-    truth = torch.from_numpy(read_map(tiny_dataset / "truth.mrc")[0])
-    fr = run.frequencies(1.0)
-    idx = torch.arange(128)
-    batch = run.source.batch(idx, fr)
+    truth = at_truth(run, tiny_dataset, n_fit=128)
     with torch.no_grad():
         run.volume.set_from_map(truth)
-        pred, w = run.model.predict(run.data.reference_rotations[idx], None, batch.ctf, fr), run.model.inv_var(fr)
-        scale = float((pred * batch.obs * w).sum() / (pred * pred * w).sum())
-        run.volume.set_from_map(scale * truth)
     run.poses = run.data.reference_rotations.clone()
-    return run, scale * truth
+    return run, truth
 
 
 def test_the_right_map_at_the_right_poses_explains_the_signal_a_blob_or_wrong_poses_do_not(run_at_truth):

@@ -105,14 +105,14 @@ def test_the_coarse_shift_grid_refined_finds_each_images_shift(tmp_path):
     full 1-px grid does; and the refinement returns the best of its 3 × 3 trials."""
     from conftest import simulate_ribosome
     from napari_semiamort.data.star import read_star
-    from test_passes import _at_truth
+    from truth_scale import at_truth
 
     data = simulate_ribosome(tmp_path, n_particles=200, box=32, snr=1.0, seed=5, max_shift=3)
     run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
                                               shifts="yes"))
     stage1 = run.stage1
     assert stage1.shift_grid.shape == (9, 2) and float(stage1.shift_grid.abs().max()) == 2.0
-    _at_truth(run, data)
+    at_truth(run, data)  # leaves the volume at the (unscaled) truth
     truth = torch.as_tensor(read_star(data / "particles.star", require_stacks=False).origins / run.data.pixel_size,
                             dtype=torch.float32)
     idx = torch.arange(200)

@@ -22,7 +22,7 @@ from .state import RunState
 from .verdict import judge
 
 __all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "common_translation", "decide_shifts", "flag_junk",
-           "pose_table", "reassign", "recentre", "switch_to_autodecode"]
+           "pose_table", "projected", "reassign", "recentre", "switch_to_autodecode"]
 
 # Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
 RECENTRE_MIN_PX = 0.25
@@ -31,6 +31,12 @@ RECENTRE_MIN_PX = 0.25
 # pixels around a centred volume: centred particles land on 0 ± rounding, off-centre ones by ±1 px or more on
 # about half their images or more (docs/benchmarks.md, "Shifts by default").
 CENTRED_MEDIAN_PX = 0.5
+
+
+def projected(rotations: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``(R_i t)_xy`` `(N, 2)` float32: how far a move ``t`` `(3,)` of the map (voxels, x y z) moves each image's
+    projection. On the CPU in float64 (MPS has none)."""
+    return (rotations.cpu().to(torch.float64)[:, :2, :] @ t.cpu().to(torch.float64)).to(torch.float32)
 
 
 def common_translation(shifts: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
@@ -44,7 +50,7 @@ def common_translation(shifts: torch.Tensor, poses: torch.Tensor) -> torch.Tenso
     return torch.linalg.solve(normal, torch.einsum("nij,ni->j", a, shifts.cpu().to(torch.float64)))
 
 
-def decide_shifts(state: RunState, stage1: Stage1Strategy, model: ImageModel | None = None,
+def decide_shifts(state: RunState, stage1: Stage1Strategy, model: ImageModel,
                   opt_volume: torch.optim.Optimizer | None = None) -> dict:
     """At the switch of a run with shifts "auto": keep estimating the shifts if the particles are off centre,
     else drop them (shifts zero, none searched from now on: centred particles gain nothing from two more
@@ -54,12 +60,10 @@ def decide_shifts(state: RunState, stage1: Stage1Strategy, model: ImageModel | N
     ``model``'s volume is then moved by that drift so that zero shifts fit it (with ``opt_volume``'s moments).
     Returns the record for the epoch's metrics."""
     drift = common_translation(state.shifts, state.poses)
-    moved = (state.poses.to(torch.float64)[:, :2, :] @ drift).to(state.shifts.dtype)
-    median = float((state.shifts - moved).norm(dim=1).median())
+    median = float((state.shifts - projected(state.poses, drift)).norm(dim=1).median())
     kept = median >= CENTRED_MEDIAN_PX
     if not kept:
-        if model is not None:
-            model.volume.translate(-drift.to(torch.float32), opt_volume)
+        model.volume.translate(-drift, opt_volume)
         state.shifts = None
         stage1.stop_shifts()
     return {"shifts_kept": kept, "shift_median_px": round(median, 3),
@@ -205,12 +209,8 @@ def recentre(model: ImageModel, state: RunState, opt_volume: torch.optim.Optimiz
     dist = float(c.norm())
     if dist < RECENTRE_MIN_PX:
         return dist
-
-    def projected(rotations: torch.Tensor) -> torch.Tensor:  # (R c)_xy, on the CPU: MPS has no float64
-        return (rotations.cpu().to(torch.float64)[:, :2, :] @ c).to(torch.float32)
-
     model.volume.translate(-c, opt_volume)
-    state.shifts -= projected(state.poses)
+    state.shifts -= projected(state.poses, c)
     if state.table is not None and state.table.shifts is not None:
-        state.table.shifts -= projected(state.table.rotations).to(state.table.shifts.device)
+        state.table.shifts -= projected(state.table.rotations, c).to(state.table.shifts.device)
     return dist

@@ -11,8 +11,8 @@ from napari_semiamort.run.schedule import SETTLED_RATIO, STAGE1, STAGE2, AutoSwi
 
 def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes():
     """Frequency marching starts at 5 Fourier pixels (the box's width / 5 in Å) at any box from 64 up, and
-    grows to 0.4 of Nyquist at the switch, at most 26 Fourier pixels; below box 67 it starts from 0.15 of
-    Nyquist as before; fractions of Nyquist given explicitly are kept. (At box 128 the old start, 0.15 of
+    grows to 0.4 of Nyquist at the switch, at most 26 Fourier pixels and at least 10; below box 67 it starts
+    from 0.15 of Nyquist as before; fractions of Nyquist given explicitly are kept. (At box 128 the old start, 0.15 of
     Nyquist = 10 px, left stage 1 at 42° median pose error on 3KPR; at box 192 the uncapped end, 38 px,
     left 47° mean error at epoch 10 against 15° capped.)"""
 
@@ -25,11 +25,18 @@ def test_the_stage1_band_starts_at_five_fourier_pixels_on_large_boxes():
         assert px[0] == 5 and px == sorted(px), (box, px)
         assert px[-1] == round(0.4 * box / 2), (box, px)
     assert pixels(128, autoencode_min_freq=0.15)[0] == 10
-    # box 32 and 64: the schedule of every earlier result (0.15 of Nyquist, at least 5 px), at any switch
-    for box in (32, 64):
-        for switch in (15, 9):
-            old = [max(5, round((0.15 + e / (switch - 1) * 0.25) * box / 2)) for e in range(switch)]
-            assert pixels(box, switch) == old, (box, switch)
+    # box 64: the schedule of every earlier result (0.15 of Nyquist, at least 5 px), at any switch
+    for switch in (15, 9):
+        old = [max(5, round((0.15 + e / (switch - 1) * 0.25) * 64 / 2)) for e in range(switch)]
+        assert pixels(64, switch) == old, switch
+    # below box 50 the end is held at 10 px (box 32: 5 → 10 px, where 0.4 of Nyquist, 6 px, left a third of the
+    # tiny set's images in wrong basins), and an explicit fraction is kept
+    for box in (32, 40):
+        px = pixels(box)
+        assert px[0] == 5 and px[-1] == 10 and px == sorted(px), (box, px)
+    assert pixels(32, autoencode_max_freq=0.4)[-1] == 6
+    assert Schedule(ReconstructionConfig(), 32, 100).encoder_size == 22
+    assert Schedule(ReconstructionConfig(), 16, 100).stage1_end == 1.0  # 10 px is past Nyquist: the whole band
     # above box 130 the end is held at 26 px (box 128's), and the encoder's input with it
     px = pixels(192)
     assert px[0] == 5 and px[-1] == 26 and px == sorted(px)

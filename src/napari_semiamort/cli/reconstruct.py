@@ -96,9 +96,9 @@ def restart_choice(m: dict, tried: int) -> str:
         pairs = m.get("restart_disagreement_deg", {})
         angle = min(pairs.get(f"{min(chosen, j) + 1}-{max(chosen, j) + 1}", float("nan")) for j in agrees)
         others = ", ".join(str(j + 1) for j in agrees)
-        why = f"its poses agree with restart {others}'s within {angle:.0f}° median; lowest loss of those"
+        why = f"lowest loss; its poses agree with restart {others}'s within {angle:.0f}° median"
     else:
-        why = f"no two restarts agree; lowest loss, {gap:.1f} % below the others' median"
+        why = f"lowest loss, {gap:.1f} % below the others' median; no other restart agrees with it"
     return f"kept restart {chosen + 1} of {tried} ({why})"
 
 

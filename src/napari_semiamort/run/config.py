@@ -97,7 +97,8 @@ class ReconstructionConfig:
     autoencode_min_freq: float | None = None
     # ... growing linearly to this at the switch (frequency marching; None: 0.4, at most 26 Fourier pixels,
     # i.e. from box 132 up the box's width / 26 in Å: at box 192 the full 0.4 left a quarter of the particles
-    # in a wrong basin)
+    # in a wrong basin; and at least 10, i.e. below box 50 the box's width / 10: at box 32 the 0.4 (6 px) left a
+    # third of the tiny set's images in wrong basins)
     autoencode_max_freq: float | None = None
 
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them). "auto": searched in

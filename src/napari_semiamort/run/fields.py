@@ -226,7 +226,7 @@ FIELDS: tuple[Field, ...] = (
           "Nyquist (auto: 0.15, or 5 Fourier pixels where that is less)", "--autoencode-min-freq",
           special="auto", **_BAND),
     Field("autoencode_max_freq", "Stage-1 band, switch", ADVANCED, "stage-1 band at the switch, as a fraction of "
-          "Nyquist (auto: 0.4, or 26 Fourier pixels where that is less)", "--autoencode-max-freq",
+          "Nyquist (auto: 0.4, within 10 and 26 Fourier pixels)", "--autoencode-max-freq",
           special="auto", **_BAND),
     Field("global_search", "global search in the reassignment", ADVANCED, "stage 2's reassignment: each image's "
           "best poses on a coarse grid (HEALPix × in-plane) under the current map compete with the encoder's "

@@ -40,6 +40,11 @@ DEFAULT_BAND_START = 0.15
 # left a quarter of 3KPR's particles in a wrong basin (47° mean pose error at epoch 10 against 15° with the cap;
 # docs/benchmarks.md).
 DEFAULT_BAND_END, MAX_BAND_PIXELS = 0.4, 26
+# ... and at least 10 Fourier pixels (boxes under 50): at box 32, 0.4 of Nyquist is 6 px (~110 frequencies), and
+# stage 1 on the tiny test set (ribosome, SNR 1) left 20° median and 45-60° mean pose errors at the switch, a
+# third of the images in wrong basins; ending at 10 px, six seeds of six reached 1.4-3.4° median after stage 2
+# (against 2.0-7.4°; docs/results.md, "Restarts: the loss first, and stage 1's band at small boxes").
+MIN_BAND_END_PIXELS = 10
 
 
 class SwitchRule(Protocol):
@@ -109,7 +114,9 @@ class Schedule:
         self.config, self.size, self.n_images = config, size, n_images
         self.switch = switch_rule(config) if switch is None else switch
         end = config.autoencode_max_freq
-        self.stage1_end = min(DEFAULT_BAND_END, MAX_BAND_PIXELS / (size / 2)) if end is None else end
+        if end is None:
+            end = min(1.0, max(MIN_BAND_END_PIXELS / (size / 2), min(DEFAULT_BAND_END, MAX_BAND_PIXELS / (size / 2))))
+        self.stage1_end = end
         band = max(MIN_BAND_PIXELS, int(np.ceil(self.stage1_end * size / 2)))
         # The encoder sees the images low-passed to the band the stage-1 loss uses (and downsampled to it):
         # finer detail cannot inform the poses it is trained on, and a smaller input is cheaper.

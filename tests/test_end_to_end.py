@@ -30,7 +30,7 @@ def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     tried = len(last)
     assert 3 <= tried <= 6
     assert [(s.restart, s.metrics["epoch"]) for s in trials] == [(k, e) for k in range(tried) for e in range(1, 6)]
-    # restarts were added only while no two agreed and no loss stood out; they stop at the first agreement
+    # restarts were added only while the lowest loss agreed with no other start and did not stand out
     losses = [last[k] for k in range(tried)]
     record = run.history[4]
     agreed = bool(record["restart_agrees_with"])
@@ -39,27 +39,20 @@ def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     assert record["restart_losses"] == pytest.approx(losses, abs=1e-6)
     ends = [s for s in snapshots if s.epoch_end and s.restart is None]
     assert [s.metrics["epoch"] for s in ends] == list(range(6, 25))
-    # the restart that goes on: where none agree, the lowest loss; else one that agrees with another (the choice
-    # between agreeing starts: tests/test_restarts.py)
-    if not agreed:
-        assert record["chosen_restart"] == min(last, key=last.get)
+    assert record["chosen_restart"] == min(last, key=last.get)  # the lowest loss goes on, agreeing or not
     assert snapshots[-1].progress == 1.0
     assert {s.stage for s in ends} == {"autoencode", "autodecode"}
-    # Whether stage 1 finds the structure on this tiny set is a gamble (issue 18): seeds 0-5 ended at median
-    # pose errors of 50.8°, 7.3°, 2.9°, 54.6°, 2.0° and 11.6° on one x86-64 machine (seed 1 at < 4° on
-    # another), map correlations 0.47-0.90. What must hold in every seed is that the run says which it was: its
-    # verdict calls a blob failed or doubtful and a found structure not failed (measured: the 50-55° runs
-    # "failed" at 0.40-0.48 of the signal explained, the 2.0-2.9° ones 0.76-0.87). Convergence over seeds:
-    # test_shifted_particles_are_centred_and_aligned_by_default, and the benchmarks.
+    # Issue 18: with the restarts chosen by agreement first and stage 1's band ending at 6 px, seeds 0-5 ended
+    # at median pose errors of 50.8°, 7.3°, 2.9°, 54.6°, 2.0° and 11.6° on one x86-64 machine (seed 1 at < 4° on
+    # another). With the lowest loss first and the band ending at 10 px: 1.5°, 3.4°, 1.5°, 1.6°, 1.4°, 1.7°
+    # (means 1.6-23.8°), map correlations 0.92-0.95, verdicts found (five) and doubtful (seed 1, 74 % of the
+    # signal explained). Asserted with a margin for another CPU's round-off.
     al = align_poses(run.poses, run.data.reference_rotations)
-    verdict = run.history[-1]["verdict"]
-    if al.median_error > 30.0:
-        assert verdict in ("failed", "doubtful"), (al.median_error, verdict)
-    if al.median_error < 5.0:
-        assert verdict != "failed", (al.median_error, verdict)
-        truth, _ = read_map(tiny_dataset / "truth.mrc")
-        aligned = rotate_map(torch.from_numpy(run.volume_map()), al.transform).numpy()
-        assert np.corrcoef(aligned.ravel(), truth.ravel())[0, 1] > 0.85  # measured 0.89-0.90
+    assert al.median_error < 10.0, al.median_error
+    assert run.history[-1]["verdict"] in ("found", "doubtful")
+    truth, _ = read_map(tiny_dataset / "truth.mrc")
+    aligned = rotate_map(torch.from_numpy(run.volume_map()), al.transform).numpy()
+    assert np.corrcoef(aligned.ravel(), truth.ravel())[0, 1] > 0.85
     assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
 
 
@@ -181,7 +174,9 @@ def test_shifted_particles_are_centred_and_aligned_by_default(tiny_shifted, tmp_
     this tiny set), the shift errors 0.11–0.21 px (before: 0.13–1.16 px), the map correlations 0.89–0.96. On an
     AMD EPYC machine: 3.2°, 4.2°, 4.6°, shifts 0.09–0.19 px, correlations 0.78–0.91 in one process, while in the
     suite's process (its images simulated under another thread count) seed 1 lost its shifts (1.13 px): the
-    shifts and the map are asserted in two seeds of three."""
+    shifts and the map are asserted in two seeds of three. With the restarts' lowest loss first and stage 1's band
+    ending at 10 px (box 32; before: 6 px), on the AMD machine in one process: 1.75°, 1.89°, 3.39° median, shifts
+    0.09-0.13 px, correlations 0.92-0.94."""
     from napari_semiamort.data.star import read_star
 
     data = tiny_shifted
@@ -207,7 +202,7 @@ def test_shifted_particles_are_centred_and_aligned_by_default(tiny_shifted, tmp_
     # in at least two seeds of three (one CPU's round-off lost seed 1: 1.13 px, where another's got 0.09 px)
     assert sorted(shift_errors)[1] < 0.35, shift_errors  # 2.4 px leaving them at 0
     assert sorted(correlations)[1] > 0.85, correlations  # 0.79 without the search; measured 0.78-0.96
-    assert min(medians) < 12.0 and np.median(medians) < 30.0, medians  # 124° without the search
+    assert np.median(medians) < 10.0, medians  # 124° without the search; measured 1.75-3.39°
 
 
 def test_stage2_steps_at_its_own_batch_size_and_the_progress_counts_both(tiny_dataset):

@@ -51,7 +51,14 @@ def test_the_right_map_at_the_right_poses_explains_the_signal_a_blob_or_wrong_po
     assert first == FIRST_SHELL and last > first + 3  # SNR 1 at box 32: signal well beyond shell 4
     assert np.all(right.signal[first : last + 1] >= MIN_SIGNAL)
     assert right.fraction > 0.9  # measured 0.99
-    assert judge(run.model, run.source, run.state, fr, 0, final=True)["verdict"] == "found"
+    final = judge(run.model, run.source, run.state, fr, 0, final=True)
+    assert final["verdict"] == "found"
+    # stage 1's verdict is judged within 0.4 of Nyquist (6 px at box 32), where its thresholds were measured
+    stage1 = judge(run.model, run.source, run.state, fr, 0, final=False)
+    width = run.source.size * run.data.pixel_size
+    assert stage1["explained_resolution_A_stage1"][1] == pytest.approx(width / 6, abs=0.01)
+    assert final["explained_resolution_A"][1] == pytest.approx(width / last, abs=0.01) and last > 6
+    assert stage1["verdict_stage1"] == "found"
 
     true_poses = run.poses.clone()
     try:  # the right map, every image at another image's pose

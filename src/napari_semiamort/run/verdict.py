@@ -33,7 +33,8 @@ from .scorer import ImageModel
 from .state import RunState
 
 __all__ = ["DOUBTFUL_BELOW", "DOUBTFUL_BELOW_STAGE1", "DOUBTFUL_JUNK", "FAILED_BELOW", "FIRST_SHELL", "MIN_SIGNAL",
-           "SAMPLE", "ExplainedSignal", "explained_signal", "judge", "verdict_lines", "verdict_message"]
+           "SAMPLE", "STAGE1_JUDGED_TO", "ExplainedSignal", "explained_signal", "judge", "verdict_lines",
+           "verdict_message"]
 
 FIRST_SHELL = 4  # Fourier pixels; below, a round blob explains the particle's outline as well as a right map
 MIN_SIGNAL = 0.1  # the shells judged: those where the images' signal is at least this fraction of their power
@@ -44,6 +45,10 @@ FAILED_BELOW, DOUBTFUL_BELOW = 0.5, 0.8
 # At the switch stage 1's poses are coarse (10-20° median) and the volume only knows stage 1's band: runs that went
 # on to succeed measured 0.76 (realistic 3KPR) and 0.82 (clean 3KPR) there, a blob 0.41
 DOUBTFUL_BELOW_STAGE1 = 0.65
+# ... judged within 0.4 of Nyquist, where those were measured (stage 1's band ends there at boxes 50-130). Below
+# box 50 stage 1 trains to 10 Fourier px, beyond; there its coarse poses explain less: the tiny sets' runs that
+# ended at 1.4-3.4° median measured 0.50-0.72 over shells 4-10 at the switch
+STAGE1_JUDGED_TO = 0.4
 # Junk is told from particles by how well the map fits them at their poses: particles at wrong poses can be
 # flagged too (half the tiny test set's images, their poses scrambled, were). Above this share of the images left
 # out the verdict is doubtful whatever the rest explains (realistic sets with 10 % junk: 9.3-9.5 % flagged).
@@ -68,12 +73,12 @@ class ExplainedSignal:
 
 @torch.no_grad()
 def explained_signal(model: ImageModel, source: ImageSource, state: RunState, fr: Frequencies,
-                     seed: int, batch: int = 256) -> ExplainedSignal:
+                     seed: int, batch: int = 256, last_shell: int | None = None) -> ExplainedSignal:
     """:class:`ExplainedSignal` of the run's current volume at the images' current poses and shifts, at the
     frequencies ``fr``, on a seeded sample of the images not flagged as junk (at the switch none are yet). Not
     flagged by the sample's own detection scores: images at wrong poses score low as junk does, and leaving them
     out lifted the share of failed runs' blobs from 0.13-0.24 to 0.27-0.54 (realistic 3KPR at the switch, 9 %
-    flagged: 0.76 either way)."""
+    flagged: 0.76 either way). ``last_shell``: judge no shell beyond it (Fourier pixels)."""
     n, size = len(source), source.size
     kept = np.ones(n, dtype=bool) if state.junk is None else ~state.junk.numpy()
     idx = np.flatnonzero(kept)
@@ -97,7 +102,8 @@ def explained_signal(model: ImageModel, source: ImageSource, state: RunState, fr
         signal = 1 - variance / (yy / count)
         per_shell = np.where(count > 0, corr2 / signal, np.nan)
     last = FIRST_SHELL - 1
-    while last + 1 < n_shells and count[last + 1] > 0 and signal[last + 1] >= MIN_SIGNAL:
+    stop = n_shells if last_shell is None else min(n_shells, last_shell + 1)
+    while last + 1 < stop and count[last + 1] > 0 and signal[last + 1] >= MIN_SIGNAL:
         last += 1
     if last < FIRST_SHELL + 1:  # fewer than two shells carry enough signal to judge
         return ExplainedSignal(float("nan"), (0, -1), per_shell, signal, flagged)
@@ -125,7 +131,8 @@ def judge(model: ImageModel, source: ImageSource, state: RunState, fr: Frequenci
           final: bool) -> dict:
     """The verdict's record for the epoch's metrics: at the end of stage 1 (``final`` false: keys ending in
     ``_stage1``) or of the run."""
-    explained = explained_signal(model, source, state, fr, seed)
+    explained = explained_signal(model, source, state, fr, seed,
+                                 last_shell=None if final else round(STAGE1_JUDGED_TO * source.size / 2))
     low, high = explained.resolution(source.size, source.data.pixel_size) if explained.shells[1] > 0 else (0, 0)
     record = {"verdict": _level(explained, final), "explained_signal": explained.fraction,
               "explained_resolution_A": [round(low, 2), round(high, 2)], "explained_junk": explained.junk,

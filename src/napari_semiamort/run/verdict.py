@@ -29,6 +29,7 @@ import torch
 
 from .batches import ImageSource
 from .frequencies import Frequencies
+from .schedule import DEFAULT_BAND_END
 from .scorer import ImageModel
 from .state import RunState
 
@@ -45,10 +46,10 @@ FAILED_BELOW, DOUBTFUL_BELOW = 0.5, 0.8
 # At the switch stage 1's poses are coarse (10-20° median) and the volume only knows stage 1's band: runs that went
 # on to succeed measured 0.76 (realistic 3KPR) and 0.82 (clean 3KPR) there, a blob 0.41
 DOUBTFUL_BELOW_STAGE1 = 0.65
-# ... judged within 0.4 of Nyquist, where those were measured (stage 1's band ends there at boxes 50-130). Below
-# box 50 stage 1 trains to 10 Fourier px, beyond; there its coarse poses explain less: the tiny sets' runs that
-# ended at 1.4-3.4° median measured 0.50-0.72 over shells 4-10 at the switch
-STAGE1_JUDGED_TO = 0.4
+# ... judged within stage 1's default band end (0.4 of Nyquist), where those were measured (its band ends there at
+# boxes 50-130). Below box 50 stage 1 trains to 10 Fourier px, beyond; there its coarse poses explain less: the
+# tiny sets' runs that ended at 1.4-3.4° median measured 0.50-0.72 over shells 4-10 at the switch
+STAGE1_JUDGED_TO = DEFAULT_BAND_END
 # Junk is told from particles by how well the map fits them at their poses: particles at wrong poses can be
 # flagged too (half the tiny test set's images, their poses scrambled, were). Above this share of the images left
 # out the verdict is doubtful whatever the rest explains (realistic sets with 10 % junk: 9.3-9.5 % flagged).

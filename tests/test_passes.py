@@ -17,7 +17,7 @@ def test_recentring_moves_volume_and_shifts_together_and_keeps_the_fit(tiny_data
     """A volume off the box centre by c and the images' shifts explain the data as well as the centred
     volume with shifts − (R c)_xy: recentring must leave each image's loss where it was (a wrong sign or
     axis order would not) and put the density at the centre."""
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), stage1="heads", heads=2, threads=1,
                                shifts="yes", switch_epoch=0)
     run = Reconstruction(cfg)
     run.poses = run.data.reference_rotations.to(torch.float32).clone()
@@ -59,7 +59,8 @@ def _scored(run, fr):
 
 
 def test_the_switch_starts_each_image_from_the_better_of_its_candidate_and_its_last_pose(tiny_dataset):
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=3, threads=1, batch_size=200,
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                               stage1="heads", heads=3, threads=1, batch_size=200,
                                shifts="no")
     run = Reconstruction(cfg)
     run.volume.set_from_map(at_truth(run, tiny_dataset))
@@ -76,7 +77,8 @@ def test_the_switch_starts_each_image_from_the_better_of_its_candidate_and_its_l
 
 
 def test_the_reassignment_moves_only_images_whose_candidate_scores_better(tiny_dataset):
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1, batch_size=200,
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                               stage1="heads", heads=4, threads=1, batch_size=200,
                                reassign_candidates=2, reassign_steps=3, shifts="no")
     run = Reconstruction(cfg)
     run.volume.set_from_map(at_truth(run, tiny_dataset))
@@ -137,7 +139,7 @@ def test_the_global_search_brings_images_back_from_poses_the_encoder_cannot_leav
 
     errors = {}
     for search in (True, False):
-        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1,
+        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), stage1="heads", heads=4, threads=1,
                                    batch_size=200, reassign_candidates=2, reassign_steps=10, global_search=search,
                                    shifts="no")
         run = Reconstruction(cfg)
@@ -161,7 +163,7 @@ def test_at_the_switch_the_global_searchs_best_pose_competes(tiny_dataset):
 
     near = {}
     for search in (True, False):
-        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=4, threads=1,
+        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), stage1="heads", heads=4, threads=1,
                                    batch_size=200, global_search=search, shifts="no")
         run = Reconstruction(cfg)
         run.volume.set_from_map(at_truth(run, tiny_dataset))
@@ -178,7 +180,8 @@ def test_shifts_auto_keeps_the_shifts_only_for_off_centre_particles(tiny_dataset
     """At the switch, shifts "auto" keeps estimating the shifts when stage 1 found the particles off centre
     (median |shift| ≥ 0.5 px); else the shifts are dropped and no longer searched: stage 2's table, its
     candidates and the outputs' origins are centred from then on."""
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, switch_epoch=0)
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                               stage1="heads", heads=2, threads=1, switch_epoch=0)
     run = Reconstruction(cfg)
     assert cfg.shifts == "auto" and run.stage1.searches_shifts and run.stage1.shift_reach == 3
     g = torch.Generator().manual_seed(3)
@@ -200,7 +203,8 @@ def test_shifts_auto_keeps_the_shifts_only_for_off_centre_particles(tiny_dataset
                            (run.frequencies(run.stage1_end),) * 3, cfg, run.search) >= 0  # runs either way
     assert (run.shifts is not None) is kept
     # "yes" keeps them whatever they are
-    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                                              stage1="heads", heads=2, threads=1,
                                               switch_epoch=0, shifts="yes"))
     notes = run.switch()
     assert notes["stage1_epochs"] == 0 and "shifts_kept" not in notes
@@ -213,7 +217,8 @@ def test_shifts_auto_takes_a_drift_of_the_map_for_what_it_is(tiny_dataset):
     set's run kept them at 0.62 px, and its map correlated 0.47 with the truth). The decision takes the common
     move out: the shifts are dropped, and the map is moved by the drift so that the images' predictions at zero
     shift are the ones they had at their shifts."""
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, switch_epoch=0,
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                               stage1="heads", heads=2, threads=1, switch_epoch=0,
                                reference_map=str(tiny_dataset / "truth.mrc"))
     run = Reconstruction(cfg)
     truth, _ = read_map(tiny_dataset / "truth.mrc")
@@ -251,7 +256,8 @@ def test_shifts_auto_without_a_shift_search_takes_the_particles_as_centred(tiny_
     """"auto" decides from searched shifts: without the search (shift_search 0, or no in-plane search) the run
     estimates none (the heads' regressed shifts fail beyond ~1 px); "yes" still regresses them."""
     def config(**kw):
-        return ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1, **kw)
+        return ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                                    stage1="heads", heads=2, threads=1, **kw)
 
     assert config().estimate_shifts
     assert not config(shift_search=0).estimate_shifts and not config(inplane_search=0).estimate_shifts

@@ -10,7 +10,8 @@ from napari_semiamort.run.scorer import about_z, square_grid
 
 
 def test_the_noise_weights_are_one_over_each_frequencys_shell_variance(tiny_dataset):
-    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1))
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                                              stage1="heads", heads=2, threads=1))
     fr = run.frequencies(0.5)
     w = run.model.inv_var(fr)
     assert w.shape == (len(fr),)
@@ -21,7 +22,7 @@ def test_stage1_shift_search_scores_equal_the_shifted_predictions_loss(tiny_data
     """The shift search's scores are the Gaussian loss of the prediction turned by each in-plane angle and
     shifted by each grid shift. At 0° and 90° the turned frequencies fall on the pixel grid, so the
     resampling trick is exact there and the two must agree to rounding: this pins the shift's sign."""
-    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), stage1="heads", heads=2, threads=1,
                                shifts="yes", shift_search=2)
     run = Reconstruction(cfg)
     model, grid, inplane = run.model, square_grid(2, 1), run.stage1.inplane
@@ -54,7 +55,7 @@ def test_stage1_shift_search_scores_equal_the_shifted_predictions_loss(tiny_data
 def test_the_posterior_grid_compares_the_image_at_its_estimated_shift(tiny_dataset):
     """With shifts estimated, ``log_likelihood_grid`` scores the image at the run's shift for it: at 0°
     in-plane (exact resampling) it is minus the shifted prediction's summed loss, not the unshifted one's."""
-    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2,
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), stage1="heads", heads=2,
                                               threads=1, shifts="yes"))
     run.shifts[5] = torch.tensor([1.5, -2.0])
     rot = random_rotations(3, torch.Generator().manual_seed(2))
@@ -82,7 +83,8 @@ def test_in_plane_turns_are_rotations_about_the_beam():
 def test_the_exact_loss_prefers_the_true_pose_under_the_true_map(tiny_dataset, loss):
     from napari_semiamort.data.mrc import read_map
 
-    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                                              stage1="heads", heads=2, threads=1,
                                               loss=loss))
     truth, _ = read_map(tiny_dataset / "truth.mrc")
     idx = torch.arange(32)
@@ -108,7 +110,8 @@ def test_the_coarse_shift_grid_refined_finds_each_images_shift(tmp_path):
     from truth_scale import at_truth
 
     data = simulate_ribosome(tmp_path, n_particles=200, box=32, snr=1.0, seed=5, max_shift=3)
-    run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
+    run = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"),
+                                              stage1="heads", heads=2, threads=1,
                                               shifts="yes"))
     stage1 = run.stage1
     assert stage1.shift_grid.shape == (9, 2) and float(stage1.shift_grid.abs().max()) == 2.0
@@ -135,7 +138,8 @@ def test_the_coarse_shift_grid_refined_finds_each_images_shift(tmp_path):
                                batch.obs[:, None], fr)
     torch.testing.assert_close(best[:, 0], exact.min(1).values)
     # step 1: every whole pixel on the grid, nothing left to refine
-    full = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"), heads=2, threads=1,
+    full = Reconstruction(ReconstructionConfig(particles=str(data / "particles.star"),
+                                               stage1="heads", heads=2, threads=1,
                                                shifts="yes", shift_step=1)).stage1
     assert torch.equal(full.shift_grid, square_grid(3, 1)) and full.shift_offsets.tolist() == [[0.0, 0.0]]
 
@@ -144,7 +148,8 @@ def test_the_coarse_shift_grid_refined_finds_each_images_shift(tmp_path):
 def test_the_coarse_shift_grid_and_its_refinement_reach_every_whole_pixel(tiny_dataset, reach, step):
     """Every whole-pixel shift within ±reach is a grid point plus one of the refinement's offsets, whatever the
     step (at step 4 and reach 3 the grid is {0} alone: the offsets must reach ±3)."""
-    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), heads=2, threads=1,
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"),
+                                              stage1="heads", heads=2, threads=1,
                                               shifts="yes", shift_search=reach, shift_step=step, max_shift=0.2))
     stage1 = run.stage1
     assert stage1.shift_reach == reach

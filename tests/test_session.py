@@ -17,7 +17,7 @@ def star(tmp_path_factory, ribosome_images):
 
 
 def _config(star, **kw) -> ReconstructionConfig:
-    base = dict(particles=str(star), epochs=2, switch_epoch=1, heads=2, restarts=1, reassign_epochs=0,
+    base = dict(particles=str(star), epochs=2, switch_epoch=1, stage1="heads", heads=2, restarts=1, reassign_epochs=0,
                 batch_size=32, device="cpu", watch=[0, 1])
     return ReconstructionConfig(**{**base, **kw})
 

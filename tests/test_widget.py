@@ -26,6 +26,7 @@ def _widget(make_napari_viewer, tiny, tmp_path, epochs=40):
     viewer.window.add_dock_widget(w, name="semiamort")
     form = w.form  # the fields' widgets, as a user sets them
     form["particles"].value = tiny / "particles.star"
+    form["stage1"].value = "heads"  # the encoder's heads: 4 candidates per watched particle
     form["heads"].value = 4
     form["switch_epoch"].value = 2
     form["epochs"].value = epochs

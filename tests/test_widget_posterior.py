@@ -18,7 +18,7 @@ def test_choosing_a_particle_shows_its_posterior_sphere_and_points_that_update(m
     viewer = make_napari_viewer(strict_qt=True)
     w = ReconstructionWidget(viewer)
     viewer.window.add_dock_widget(w, name="semiamort")
-    w.form.set_values(particles=tmp_path / "sim" / "particles.star", heads=4, switch_epoch=2, epochs=40,
+    w.form.set_values(particles=tmp_path / "sim" / "particles.star", stage1="heads", heads=4, switch_epoch=2, epochs=40,
                       batch_size=32, device="cpu")
     w.outdir.setText(str(tmp_path / "run"))
     w.start()
@@ -48,7 +48,8 @@ def test_a_posterior_on_demand_from_a_finished_runs_checkpoint(make_napari_viewe
     simulate_dataset(str(molecule), tmp_path / "sim", SimulationConfig(n_particles=128, box=24, snr=1.0, seed=4))
     run_dir = tmp_path / "run"
     assert main(["reconstruct", str(tmp_path / "sim" / "particles.star"), "-o", str(run_dir), "--epochs", "2",
-                 "--switch-epoch", "1", "--heads", "3", "--batch-size", "32", "--threads", "1"]) == 0
+                 "--switch-epoch", "1",
+                 "--stage1", "heads", "--heads", "3", "--batch-size", "32", "--threads", "1"]) == 0
     viewer = make_napari_viewer(strict_qt=True)
     w = ReconstructionWidget(viewer)
     w.outdir.setText(str(run_dir))

@@ -31,6 +31,12 @@ class ReconstructionConfig:
     mask_diameter: float | None = None  # soft circular mask in Å; None: none
     halves: bool = False  # split the particles in two (seeded, or rlnRandomSubset) and write half maps
 
+    # Stage 1's method (run/stage1.py): "grid", projection matching on the global search's grid (search_nside ×
+    # search_inplane), the volume trained on each image's best grid poses; "heads", the paper's multi-head encoder.
+    # On realistic sets (SNR 0.05) the grid broke the symmetry where the heads never left the start (30S: 15.4 Å
+    # against 44.1 Å), at 0.4× the time (docs/results.md, "Stage 1 on the grid")
+    stage1: str = "grid"
+
     # Encoder (paper, Sec. 3: M = 7 synthetic / 15 real, VGG16 features, Adam 1e-4)
     heads: int = 48  # paper: 7 (synthetic) / 15 (real); see docs/method.md for the CPU-scale choice
     backbone: str = "light"  # "vgg16" is the paper's; "light" is ~40× cheaper and suits a CPU
@@ -145,6 +151,7 @@ class ReconstructionConfig:
         checks = [
             (self.shifts in ("auto", "yes", "no"), "shifts must be 'auto', 'yes' or 'no'"),
             (self.heads >= 1, "heads must be at least 1"),
+            (self.stage1 in ("grid", "heads"), f"stage1 must be grid or heads, not {self.stage1!r}"),
             (self.search_nside >= 1, "search_nside must be at least 1"),
             (self.stage2_ramp_epochs >= 0, "stage2_ramp_epochs must be at least 0"),
             (self.search_inplane >= 4, "search_inplane must be at least 4"),

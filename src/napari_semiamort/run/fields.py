@@ -103,6 +103,7 @@ class Field:
 _HINTS = typing.get_type_hints(ReconstructionConfig)
 _LR = {"minimum": 1e-6, "maximum": 1.0, "decimals": 6}
 _BAND = {"minimum": 0.0, "maximum": 1.0, "step": 0.05, "decimals": 3}
+_HEADS = {"enabled_by": "stage1", "enabled_value": "heads"}  # the encoder's settings: stage 1 heads only
 _STAR = "Particles (*.star *.cs *.mrcs *.mrc *.mrcs.gz)"
 
 FIELDS: tuple[Field, ...] = (
@@ -133,9 +134,13 @@ FIELDS: tuple[Field, ...] = (
     Field("reference_map", "Reference", DATA, "ground-truth map for FSC in the log (simulated data)",
           "--reference-map", path="file", file_filter="Maps (*.mrc *.map *.mrc.gz *.map.gz)"),
     # ---------------------------------------------------------------- Training
-    Field("heads", "Heads (M)", TRAINING, "encoder heads: pose candidates per image", "--heads", 1, 512),
+    Field("stage1", "Stage 1", TRAINING, "how stage 1 finds the poses: grid (projection matching: each image's best "
+          "poses on the search grid under the current map; the default, robust on noisy data) or heads (the paper's "
+          "multi-head encoder)", "--stage1", choices=("grid", "heads")),
+    Field("heads", "Heads (M)", TRAINING, "encoder heads: pose candidates per image (stage 1 heads)", "--heads",
+          1, 512, **_HEADS),
     Field("encoder_lr", "Encoder lr", TRAINING, "the encoder's learning rate (Adam)", "--encoder-lr",
-          step=1e-4, **_LR),
+          step=1e-4, **_LR, **_HEADS),
     Field("volume_lr", "Volume lr", TRAINING, "the volume's learning rate in stage 1 (Adam)", "--volume-lr",
           step=1e-3, **_LR),
     Field("pose_lr", "Pose lr", TRAINING, "the poses' learning rate in stage 2 (Adam)", "--pose-lr",
@@ -175,13 +180,14 @@ FIELDS: tuple[Field, ...] = (
           "from the data)", "--invert", choices=("auto", "yes", "no")),
     # ---------------------------------------------------------------- Advanced: model
     Field("backbone", "Encoder backbone", ADVANCED, "the encoder's features: light (~40× cheaper, suits a CPU) "
-          "or vgg16 (the paper's)", "--backbone", choices=("light", "vgg16")),
-    Field("hidden", "Hidden units", ADVANCED, "width of the encoder's hidden layers", "--hidden", 8, 8192, 8),
+          "or vgg16 (the paper's)", "--backbone", choices=("light", "vgg16"), **_HEADS),
+    Field("hidden", "Hidden units", ADVANCED, "width of the encoder's hidden layers", "--hidden", 8, 8192, 8,
+          **_HEADS),
     Field("spread_heads", "spread the heads' first directions", ADVANCED, "the heads start looking along M evenly "
           "spread directions", "--no-spread-heads",
-          flag_help="start the heads without spreading their directions (the paper's initialisation)"),
+          flag_help="start the heads without spreading their directions (the paper's initialisation)", **_HEADS),
     Field("inplane_search", "In-plane search", ADVANCED, "in-plane angles each head's candidate is searched on in "
-          "stage 1 (0 or 1: off)", "--inplane-search", 0, 720),
+          "stage 1 (0 or 1: off)", "--inplane-search", 0, 720, **_HEADS),
     Field("volume_init_noise", "Volume init noise", ADVANCED, "scale of the random initial volume",
           "--volume-init-noise", 0, 10, 0.01, 4),
     # ---------------------------------------------------------------- Advanced: stage 2
@@ -231,10 +237,10 @@ FIELDS: tuple[Field, ...] = (
     Field("global_search", "global search in the reassignment", ADVANCED, "stage 2's reassignment: each image's "
           "best poses on a coarse grid (HEALPix × in-plane) under the current map compete with the encoder's "
           "candidates", "--no-global-search",
-          flag_help="reassign from the encoder's candidates alone (no global search)"),
-    Field("search_nside", "Search HEALPix nside", ADVANCED, "the global search's view directions: 12·nside² "
-          "(4: 192, ~15° apart)", "--search-nside", 1, 64),
-    Field("search_inplane", "Search in-plane angles", ADVANCED, "the global search's in-plane angles",
+          flag_help="reassign from the encoder's candidates alone (no global search)", **_HEADS),
+    Field("search_nside", "Search HEALPix nside", ADVANCED, "the search grid's view directions (stage 1's grid "
+          "and the global search's): 12·nside² (4: 192, ~15° apart)", "--search-nside", 1, 64),
+    Field("search_inplane", "Search in-plane angles", ADVANCED, "the search grid's in-plane angles",
           "--search-inplane", 4, 720),
     Field("flag_junk", "flag junk particles", ADVANCED, "from the switch on, flag the images that fit no view "
           "of the map: they stop pulling it, are left out of the maps and are marked rlnSelected 0 in "

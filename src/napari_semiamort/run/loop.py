@@ -3,8 +3,8 @@
 :class:`Reconstruction` orchestrates the parts: the :class:`~.schedule.Schedule` says what each epoch does,
 the stage-1 strategy (:mod:`.stage1`) and stage 2's step (:mod:`.stage2`) train, the passes (:mod:`.passes`)
 run between epochs, the :class:`~.scorer.ImageModel` scores poses, :mod:`.maps` makes the maps and
-:mod:`.checkpoint` keeps the state. Stage 1, auto-encoding: the multi-head encoder proposes M poses per image;
-the winner-takes-all Gaussian likelihood trains encoder and volume together. Stage 2, auto-decoding (from the
+:mod:`.checkpoint` keeps the state. Stage 1, auto-encoding: poses proposed on a grid (or by the paper's
+multi-head encoder), the volume trained on the best. Stage 2, auto-decoding (from the
 switch): each image keeps its best pose and refines it, ``pose_steps`` pose steps to one volume step.
 """
 
@@ -37,7 +37,7 @@ from .schedule import STAGE1, STAGE2, Schedule
 from .scorer import ImageModel, about_z
 from .search import GridSearch
 from .snapshot import Snapshot, WatchedParticle
-from .stage1 import Candidates, MultiHeadWTA
+from .stage1 import Candidates, build_stage1
 from .stage2 import autodecode_step
 from .state import RunState
 from .watch import watched_particles
@@ -77,7 +77,7 @@ class Reconstruction:
         noise = ShellNoiseModel(stage2.shells, self.size // 2 + 1) if blank else \
             initial_noise(self.source, stage2, cfg.seed, cfg.noise_model == "white")
         self.model = ImageModel(HartleyVolume(self.size), noise, self.source, cfg.loss)
-        self.stage1 = MultiHeadWTA(cfg, self.model, self.schedule.encoder_size)
+        self.stage1 = build_stage1(cfg, self.model, self.schedule.encoder_size)
         self.search = GridSearch.for_run(cfg, self.device, self.stage1.shift_reach)  # the reassignment's, or None
         self._initialise(cfg.seed, blank)
 
@@ -125,11 +125,8 @@ class Reconstruction:
     def shifts(self, value: torch.Tensor | None) -> None:
         self.state.shifts = value
 
-    def batch_size(self, stage: str) -> int:
-        return self.schedule.batch_size(stage)
-
-    def stage1_band(self, epoch: int) -> float:
-        return self.schedule.stage1_band(epoch)
+    batch_size = property(lambda self: self.schedule.batch_size)  # run.batch_size(stage): images per step
+    stage1_band = property(lambda self: self.schedule.stage1_band)  # run.stage1_band(epoch): its band
 
     def frequencies(self, fraction: float) -> Frequencies:
         """The image frequencies within ``fraction`` of Nyquist at the run's box."""
@@ -234,7 +231,7 @@ class Reconstruction:
         st = self.state
         fr = self.bank.at(self.schedule.band(st.epoch, stage, st.switched_at))
         if stage == STAGE1:
-            result = self.stage1.step(self.source.batch(idx, fr, images), idx, fr, self.opt_volume)
+            result = self.stage1.step(self.source.batch(idx, fr, images), idx, fr, self.opt_volume, self._shifts(idx))
             st.winners[idx] = result.winners
         else:
             result = autodecode_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr,
@@ -294,7 +291,7 @@ class Reconstruction:
         band = self.bank.at(self.schedule.stage1_band(self.state.epoch))
 
         def candidates(idx, batch):  # every head's, scored at the epoch's band
-            return self.stage1.candidates(self.source.batch(idx, band, reuse=batch), idx, band)[:2]
+            return self.stage1.candidates(self.source.batch(idx, band, reuse=batch), idx, band, self._shifts(idx))[:2]
 
         def refined(idx, batch):  # the pose table's
             table, rows = self.state.table, idx.to(self.device)
@@ -312,7 +309,10 @@ class Reconstruction:
     def candidates(self, idx: torch.Tensor, band: float) -> Candidates:
         """The stage-1 proposals for the images ``idx``, scored at ``band`` (fraction of Nyquist)."""
         fr = self.bank.at(band)
-        return self.stage1.candidates(self.source.batch(idx, fr), idx, fr)
+        return self.stage1.candidates(self.source.batch(idx, fr), idx, fr, self._shifts(idx))
+
+    def _shifts(self, idx: torch.Tensor) -> torch.Tensor | None:
+        return None if self.state.shifts is None else self.state.shifts[idx]
 
     def log_likelihood_grid(self, index: int, rotations: torch.Tensor, inplane_angles: torch.Tensor,
                             band: float = 1.0, chunk: int = 1024) -> torch.Tensor:

@@ -100,7 +100,7 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
     notes = decide_shifts(state, stage1, model, opt_volume) if config.shifts == "auto" and searched else {}
     for idx in chunks(len(source), config, model.device):
         batch = source.batch(idx, fr)
-        rot, sh, scores = stage1.candidates(batch, idx, fr)
+        rot, sh, scores = stage1.candidates(batch, idx, fr, None if state.shifts is None else state.shifts[idx])
         _, head = winner_takes_all(scores)
         b = torch.arange(len(idx), device=model.device)
         rot, sh = rot[b, head], None if sh is None else sh[b, head]
@@ -164,14 +164,15 @@ def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, s
     fr1, fr_refine, fr2 = bands
     dev_idx = idx.to(model.device)
     first = source.batch(idx, fr1)
-    k = min(config.reassign_candidates, config.heads)
+    k = config.reassign_candidates
     with torch.no_grad():
-        rot, sh, scores = stage1.candidates(first, idx, fr1)
+        cur = None if state.table.shifts is None else state.table.shifts[dev_idx]
+        rot, sh, scores = stage1.candidates(first, idx, fr1, cur)
+        k = min(k, scores.shape[1])
         top = scores.topk(k, dim=1, largest=False).indices  # (B, k) best heads
         b = torch.arange(len(idx), device=model.device)[:, None]
         rot, sh = rot[b, top], None if sh is None else sh[b, top]  # (B, k, 3, 3), (B, k, 2)
         if search is not None:  # the grid's best poses, at each image's current shift, join them
-            cur = None if state.table.shifts is None else state.table.shifts[dev_idx]
             found = search.search(model, first, idx, fr1, cur, hartley)
             rot = torch.cat([rot, found.rotations], 1)
             sh = None if sh is None else torch.cat([sh, found.shifts], 1)

@@ -54,8 +54,9 @@ class GridSearch:
     @classmethod
     def for_run(cls, config, device: torch.device, reach: int) -> GridSearch | None:
         """The reassignment's search of a run (``config.global_search``; None when off), its shifts searched over
-        stage 1's shift search's ``reach`` (0: shifts not searched)."""
-        if not config.global_search:
+        stage 1's shift search's ``reach`` (0: shifts not searched). None with ``stage1 grid`` too: stage 1's
+        candidates are this grid's best poses already."""
+        if not config.global_search or config.stage1 == "grid":
             return None
         return cls(config.search_nside, config.search_inplane, device, reach, top=config.reassign_candidates)
 

@@ -1,9 +1,11 @@
-"""Stage 1, auto-encoding (paper, Sec. 2.1): how poses are proposed and explored while the map is blurry.
+"""Stage 1 (paper, Sec. 2.1): how poses are proposed and explored while the map is blurry.
 
 :class:`Stage1Strategy` is what the run needs of any stage-1 method: train on a batch, and propose
 candidates (the switch, the reassignment, the watched particles and the posterior ask for them).
-:class:`MultiHeadWTA` is the paper's: a multi-head encoder proposes M poses per image, each head's in-plane
-angle (and shift) is searched on a grid, and the best (head, angle, shift) wins.
+:class:`GridEM` (the default, ``stage1 grid``) is projection matching: each image's best poses on a HEALPix ×
+in-plane grid under the current volume, the volume trained on their posterior. :class:`MultiHeadWTA`
+(``stage1 heads``) is the paper's auto-encoding: a multi-head encoder proposes M poses per image, each head's
+in-plane angle (and shift) is searched on a grid, and the best (head, angle, shift) wins.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from .batches import Batch
 from .config import ReconstructionConfig
 from .frequencies import Frequencies
 from .scorer import ImageModel, about_z, square_grid
+from .search import GridSearch
 
-__all__ = ["Candidates", "MultiHeadWTA", "Stage1Result", "Stage1Strategy"]
+__all__ = ["GRID_CANDIDATES", "Candidates", "GridEM", "MultiHeadWTA", "Stage1Result", "Stage1Strategy", "build_stage1"]
+
+# Each image's best grid poses the volume is trained on (by their posterior) and the grid strategy proposes
+GRID_CANDIDATES = 8
 
 
 class Candidates(NamedTuple):
@@ -49,10 +55,13 @@ class Stage1Strategy(Protocol):
     def reset(self, seed: int) -> None:
         """A fresh initialisation (the global torch RNG is seeded with ``seed`` by the caller)."""
 
-    def step(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, opt_volume: torch.optim.Optimizer) -> Stage1Result:
-        """One training step on ``batch`` at the band ``fr``."""
+    def step(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, opt_volume: torch.optim.Optimizer,
+             shifts: torch.Tensor | None = None) -> Stage1Result:
+        """One training step on ``batch`` at the band ``fr``; ``shifts`` `(B, 2)`: the images' current shifts
+        (None: not estimated)."""
 
-    def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies) -> Candidates:
+    def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies,
+                   shifts: torch.Tensor | None = None) -> Candidates:
         """The proposals for ``batch``'s images, scored at the band ``fr``, without training."""
 
     def state_dict(self) -> dict: ...
@@ -117,7 +126,8 @@ class MultiHeadWTA:
         k_count = self.inplane.shape[0]
         return pick // (k_count * j_count), (pick // j_count) % k_count, pick % j_count
 
-    def step(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, opt_volume: torch.optim.Optimizer) -> Stage1Result:
+    def step(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, opt_volume: torch.optim.Optimizer,
+             shifts: torch.Tensor | None = None) -> Stage1Result:
         model = self.model
         self.encoder.train()
         rot, sh = self._encode(batch.images)  # (B, M, 3, 3), (B, M, 2)
@@ -144,7 +154,8 @@ class MultiHeadWTA:
         return Stage1Result(float(loss.detach()), rot[b, head].detach().cpu(), shifts, head.cpu())
 
     @torch.no_grad()
-    def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies) -> Candidates:
+    def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies,
+                   shifts: torch.Tensor | None = None) -> Candidates:
         """Each head's pose at its best in-plane angle, its shift, and its score. With a shift search, each
         head's shift is the best of the grid at its best angle (as in training), not the head's regressed one."""
         model = self.model
@@ -184,3 +195,74 @@ class MultiHeadWTA:
     def load_state_dict(self, state: dict) -> None:
         self.encoder.load_state_dict(state["encoder"])
         self.optimizer.load_state_dict(state["opt_encoder"])
+
+
+class GridEM:
+    """Stage 1 by projection matching (the E-step of RELION's and cryoSPARC's ab-initio runs): each image's
+    ``top`` best poses on the HEALPix(``search_nside``) × ``search_inplane`` grid under the current volume
+    (:class:`~.search.GridSearch`: directions ranked at the image's current shift, then the shifts within
+    ±``shift_search`` px at those poses), and the volume trained on their posterior (the likelihood's softmax
+    over them; with hundreds of frequencies mostly the best pose's). A coarse grid: at nside 8 × 48 angles
+    (8× the poses) realistic 3KPR's stage 1 had not broken the symmetry by the switch (docs/results.md, "Stage 1
+    on the grid"): under a blurry map more candidates fit the noise better."""
+
+    def __init__(self, config: ReconstructionConfig, model: ImageModel, top: int = GRID_CANDIDATES):
+        self.config, self.model, self.top = config, model, top
+        reach = min(config.shift_search, int(config.max_shift * model.size)) if config.estimate_shifts else 0
+        self.shift_reach = reach
+        self.search = GridSearch(config.search_nside, config.search_inplane, model.device, reach, top=top)
+        self.encoder = None
+        self.last_shifts: torch.Tensor | None = None  # (N, 2) each image's shift the last time it was seen
+
+    @property
+    def searches_shifts(self) -> bool:
+        return self.shift_reach > 0
+
+    def reset(self, seed: int) -> None:
+        self.last_shifts = None
+
+    def stop_shifts(self) -> None:
+        self.search.shift_grid = None
+        self.shift_reach = 0
+
+    def _shifts(self, idx: torch.Tensor, shifts: torch.Tensor | None) -> torch.Tensor | None:
+        if self.shift_reach == 0:
+            return None
+        return torch.zeros(len(idx), 2, device=self.model.device) if shifts is None else shifts.to(self.model.device)
+
+    def step(self, batch: Batch, idx: torch.Tensor, fr: Frequencies, opt_volume: torch.optim.Optimizer,
+             shifts: torch.Tensor | None = None) -> Stage1Result:
+        model = self.model
+        found = self.search.search(model, batch, idx, fr, self._shifts(idx, shifts))
+        rot, sh = found.rotations, found.shifts  # (B, T, 3, 3), (B, T, 2)
+        loss_t = model.exact_loss(rot, sh, batch.obs[:, None], batch.ctf[:, None], fr)  # (B, T)
+        with torch.no_grad():
+            weights = torch.softmax(-(loss_t - loss_t.min(1, keepdim=True).values) * len(fr), 1)
+        loss = (weights * loss_t).sum(1).mean()
+        opt_volume.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_volume.step()
+        best = weights.argmax(1)
+        b = torch.arange(len(idx), device=model.device)
+        shifts_out = None if sh is None else sh[b, best].detach().cpu()
+        return Stage1Result(float(loss_t.detach()[b, best].mean()), rot[b, best].detach().cpu(), shifts_out,
+                            torch.zeros(len(idx), dtype=torch.long))
+
+    @torch.no_grad()
+    def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies,
+                   shifts: torch.Tensor | None = None) -> Candidates:
+        found = self.search.search(self.model, batch, idx, fr, self._shifts(idx, shifts))
+        return Candidates(found.rotations, found.shifts, found.scores)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def build_stage1(config: ReconstructionConfig, model: ImageModel, encoder_size: int) -> Stage1Strategy:
+    """The run's stage-1 strategy (``config.stage1``)."""
+    if config.stage1 == "grid":
+        return GridEM(config, model)
+    return MultiHeadWTA(config, model, encoder_size)

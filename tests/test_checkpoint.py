@@ -15,11 +15,12 @@ def _config(tiny_dataset, **kw):
     return ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), **settings)
 
 
-def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(tiny_dataset, tmp_path):
-    whole = Reconstruction(_config(tiny_dataset, epochs=4))
+@pytest.mark.parametrize("stage1", ["grid", "heads"])
+def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(tiny_dataset, tmp_path, stage1):
+    whole = Reconstruction(_config(tiny_dataset, epochs=4, stage1=stage1))
     for _ in whole:
         pass
-    first = Reconstruction(_config(tiny_dataset, epochs=3), run_dir=tmp_path)
+    first = Reconstruction(_config(tiny_dataset, epochs=3, stage1=stage1), run_dir=tmp_path)
     for _ in first:
         pass
     resumed = Reconstruction.resume(tmp_path, epochs=4)  # stage 2 by then: the pose table comes back too
@@ -99,3 +100,20 @@ def test_a_run_whose_shifts_were_dropped_at_the_switch_resumes_centred(tiny_data
     for _ in resumed:
         pass
     assert resumed.shifts is None and resumed.epoch == 3
+
+
+def test_a_checkpoint_written_before_stage_1_had_a_choice_resumes_with_its_heads(tiny_dataset, tmp_path):
+    """Runs written before the grid became stage 1's default were trained by the encoder's heads: their config
+    has no ``stage1``, and resuming or questioning them must not swap in the grid (and drop the encoder)."""
+    from napari_semiamort.run.stage1 import MultiHeadWTA
+
+    run = Reconstruction(_config(tiny_dataset, epochs=2, switch_epoch=1, restarts=1, stage1="heads"), run_dir=tmp_path)
+    for _ in run:
+        pass
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["config"]["stage1"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = Reconstruction.resume(tmp_path, cache_images=False)
+    assert resumed.config.stage1 == "heads" and isinstance(resumed.stage1, MultiHeadWTA)
+    for name, value in run.encoder.state_dict().items():
+        assert torch.equal(resumed.encoder.state_dict()[name], value)

@@ -102,18 +102,23 @@ def test_head_specialisation_counts_every_particle_once_per_winning_head(tmp_pat
     assert spec.head_error_deg is not None and spec.head_error_deg.shape == (6,)
 
 
-def test_inspect_writes_posterior_maps_and_head_specialisation_for_a_run(tmp_path, capsys):
+@pytest.mark.parametrize("stage1", ["heads", "grid"])
+def test_inspect_writes_posterior_maps_and_head_specialisation_for_a_run(tmp_path, capsys, stage1):
     from napari_semiamort.cli.main import main
 
     simulate_dataset(str(RIBOSOME), tmp_path / "sim", SimulationConfig(n_particles=150, box=32, snr=1.0, seed=5))
     run = tmp_path / "run"
     assert main(["reconstruct", str(tmp_path / "sim" / "particles.star"), "-o", str(run), "--epochs", "3",
-                 "--switch-epoch", "2", "--heads", "5", "--batch-size", "50", "--threads", "1", "--watch", "3"]) == 0
+                 "--switch-epoch", "2", "--stage1", stage1, "--heads", "5", "--batch-size", "50", "--threads", "1",
+                 "--watch", "3"]) == 0
     assert main(["inspect", str(run), "--particles", "3", "10", "--nside", "4"]) == 0
-    for name in ("posterior_000003.png", "posterior_000010.png", "head_specialization.png"):
+    for name in ("posterior_000003.png", "posterior_000010.png"):
         assert (run / "inspect" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "particle 3:" in out and "from the truth" in out
+    # head specialisation only where stage 1 had heads; the grid's 8 candidates otherwise
+    assert (run / "inspect" / "head_specialization.png").is_file() == (stage1 == "heads")
+    assert ("winning head" in out and "of 5" in out) if stage1 == "heads" else "best grid candidate" in out
     # the watched particle's path was recorded once per epoch and survives the checkpoint
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert len(state["paths"][3]) == 3 and state["winners"].max() < 5

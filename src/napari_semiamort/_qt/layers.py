@@ -68,7 +68,7 @@ class ResultLayers:
         layers[CANDIDATES].metadata["rows"] = labels
 
     def show_posterior(self, post, box: int, pixel_size: float) -> None:
-        """A sphere coloured by the log posterior, left of the volume, with the heads' candidates (labelled,
+        """A sphere coloured by the log posterior, left of the volume, with stage 1's candidates (labelled,
         the winner red), the run's pose (green), the truth (yellow) and the path (blue) as points."""
         from ..plugin.layers import posterior_sphere, sphere_mesh, to_world
 
@@ -102,7 +102,7 @@ class ResultLayers:
 
 
 def _posterior_points(post) -> tuple[np.ndarray, list[str], list[str]]:
-    """The directions of a posterior's points, their labels and colours: heads, pose, truth, path."""
+    """The directions of a posterior's points, their labels and colours: candidates, pose, truth, path."""
     m = len(post.candidates)
     dirs = [post.candidates, post.current[None]]
     labels = [str(h + 1) for h in range(m)] + ["pose"]

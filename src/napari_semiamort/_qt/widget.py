@@ -5,7 +5,7 @@ fields) gives a :class:`~napari_semiamort.run.ReconstructionConfig`; the Qt-free
 (:mod:`napari_semiamort.run.session`) runs it in a napari ``thread_worker`` (one yield per training step, so
 pause and stop act within a step) and answers with a run info, snapshots and posteriors; on the Qt main thread
 the widget only moves their arrays into layers (:mod:`.layers`): the volume (3D, scaled in Å), the watched
-particles' candidates with the winning head framed, the posterior sphere, and the curves in a plots dock.
+particles' candidates with the best framed, the posterior sphere, and the curves in a plots dock.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ Examples:
   semiamort inspect run1 --particles 0 --nside 16 --inplane 72 -o run1/inspect
 
 For each particle: a Mollweide map of the log posterior of its view direction under the run's current
-map (HEALPix grid × in-plane angles, in-plane marginalised), with each encoder head's candidate (the
-winner ringed), the run's pose, the true pose when the particles' file has one (simulated data), and the
-path the pose took over the epochs (particles the run watched). Also head_specialization.png: which head
-wins which view directions. The run is read from its last checkpoint; nothing in it changes.
+map (HEALPix grid × in-plane angles, in-plane marginalised), with stage 1's candidates (the grid's best poses,
+or with ``--stage1 heads`` each encoder head's; the best ringed), the run's pose, the true pose when the
+particles' file has one (simulated data), and the path the pose took over the epochs (particles the run
+watched). For a run with heads, also head_specialization.png: which head wins which view directions. The run
+is read from its last checkpoint; nothing in it changes.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ def main(args: argparse.Namespace) -> int:
         if post.truth is not None:
             err = np.degrees(np.arccos(np.clip(post.mode @ post.truth, -1, 1)))
             extra = f", {err:.1f}° from the truth"
-        print(f"particle {i}: mode at tilt {np.degrees(np.arccos(post.mode[2])):.1f}°, winning head "
+        which = "winning head" if run.config.stage1 == "heads" else "best grid candidate"
+        print(f"particle {i}: mode at tilt {np.degrees(np.arccos(post.mode[2])):.1f}°, {which} "
               f"{post.winner + 1} of {len(post.candidates)}{extra}: {png}")
+    if run.config.stage1 != "heads":
+        print("head specialisation: none (stage 1 ran on the grid, without an encoder's heads; --stage1 heads)")
+        return 0
     png = specialization_figure(head_specialization(run), out / "head_specialization.png")
     print(f"head specialisation: {png}")
     return 0

@@ -30,5 +30,8 @@ def load_checkpoint(run_dir: str | Path, **overrides) -> tuple[dict, Reconstruct
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    config = ReconstructionConfig.from_dict({**state["config"], **overrides})
+    saved = state["config"]
+    if "stage1" not in saved:  # written before stage 1 had a choice (and the grid became the default): heads
+        saved = {**saved, "stage1": "heads"}
+    config = ReconstructionConfig.from_dict({**saved, **overrides})
     return state, config

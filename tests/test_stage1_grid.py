@@ -56,3 +56,4 @@ def test_with_centred_particles_no_shift_is_searched(tiny_dataset):
     assert not em.searches_shifts
     cand = em.candidates(run.source.batch(idx, fr), idx, fr, None)
     assert cand.shifts is None and cand.rotations.shape == (4, em.top, 3, 3)
+

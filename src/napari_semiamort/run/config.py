@@ -80,7 +80,11 @@ class ReconstructionConfig:
     # initialisations tried for the first restart_epochs epochs; one whose poses agree with another's goes on (the
     # lowest loss of those), else the lowest loss (run/restarts.py)
     restarts: int = 3
-    restart_epochs: int = 5
+    # 8, not 5: on realistic sets stage 1 on the grid starts to break the symmetry as its band passes ~8 Fourier px
+    # (epochs 6-8 at box 64); after 5 epochs every start was still at 110-120° and the losses could not rank them,
+    # after 8 the lowest loss was the start furthest along (7PBL: 68° median against 81-100°); realistic 30S seed 1
+    # failed with 5 (33 Å) and succeeded with 8 (15.6 Å) (docs/results.md, "Stage 1 on the grid")
+    restart_epochs: int = 8
     # More initialisations, up to max_restarts, while no two agree and the lowest loss is not restart_margin below the
     # median of the others: a restart that broke the symmetry stood 12-27 % below every other in each run
     # measured at box 96-192, and a run where none had was within 3 % (docs/benchmarks.md, "Box 128")

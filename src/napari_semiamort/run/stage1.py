@@ -211,15 +211,14 @@ class GridEM:
         reach = min(config.shift_search, int(config.max_shift * model.size)) if config.estimate_shifts else 0
         self.shift_reach = reach
         self.search = GridSearch(config.search_nside, config.search_inplane, model.device, reach, top=top)
-        self.encoder = None
-        self.last_shifts: torch.Tensor | None = None  # (N, 2) each image's shift the last time it was seen
+        self.encoder = None  # no encoder: the run's ``encoder`` is None
 
     @property
     def searches_shifts(self) -> bool:
         return self.shift_reach > 0
 
     def reset(self, seed: int) -> None:
-        self.last_shifts = None
+        """Nothing to reset: a fresh start is the run's fresh volume (the grid has no state)."""
 
     def stop_shifts(self) -> None:
         self.search.shift_grid = None
@@ -246,7 +245,7 @@ class GridEM:
         b = torch.arange(len(idx), device=model.device)
         shifts_out = None if sh is None else sh[b, best].detach().cpu()
         return Stage1Result(float(loss_t.detach()[b, best].mean()), rot[b, best].detach().cpu(), shifts_out,
-                            torch.zeros(len(idx), dtype=torch.long))
+                            best.cpu())  # the winner: which of the grid's best (by its score) the posterior favours
 
     @torch.no_grad()
     def candidates(self, batch: Batch, idx: torch.Tensor, fr: Frequencies,
@@ -255,10 +254,10 @@ class GridEM:
         return Candidates(found.rotations, found.shifts, found.scores)
 
     def state_dict(self) -> dict:
-        return {}
+        return {}  # no state of its own: the volume and the poses are the run's
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        return None
 
 
 def build_stage1(config: ReconstructionConfig, model: ImageModel, encoder_size: int) -> Stage1Strategy:

@@ -100,11 +100,11 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
     notes = decide_shifts(state, stage1, model, opt_volume) if config.shifts == "auto" and searched else {}
     for idx in chunks(len(source), config, model.device):
         batch = source.batch(idx, fr)
-        rot, sh, scores = stage1.candidates(batch, idx, fr, None if state.shifts is None else state.shifts[idx])
+        prev_sh = None if state.shifts is None else state.shifts[idx].to(model.device)  # the last epoch's
+        rot, sh, scores = stage1.candidates(batch, idx, fr, prev_sh)
         _, head = winner_takes_all(scores)
         b = torch.arange(len(idx), device=model.device)
         rot, sh = rot[b, head], None if sh is None else sh[b, head]
-        prev_sh = None if sh is None else state.shifts[idx].to(model.device)
         best = model.exact_loss(rot, sh, batch.obs, batch.ctf, fr)
         if search is not None:  # the grid's best, at the image's last shift, against the heads' best
             found = search.search(model, batch, idx, fr, prev_sh)

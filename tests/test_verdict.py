@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
+from napari_semiamort.run.schedule import BAND_SNR, WIDER_BY, supported_band
 from napari_semiamort.run.verdict import (
     DOUBTFUL_BELOW,
     DOUBTFUL_BELOW_STAGE1,
@@ -124,3 +125,36 @@ def test_the_messages_name_the_verdict_the_signal_and_what_to_try():
     assert "DOUBTFUL" in doubtful and "74 %" in doubtful and "--shifts yes" in doubtful
     assert "cannot judge" in verdict_message(_record("unknown", float("nan"), None))
     assert verdict_message({"loss": 0.5}) is None and verdict_message(_record("found", 0.9, True), final=False) is None
+    # where the images carry signal beyond stage 1's band, the advice names the band they support
+    assert "--autoencode-max-freq" not in failed
+    wider = verdict_message({**_record("failed", 0.12, False), "wider_band": 0.56})
+    assert "try a wider stage-1 band (--autoencode-max-freq 0.56" in wider
+    assert "--autoencode-max-freq" not in verdict_message({**_record("found", 0.93, True), "wider_band": 0.56})
+    unknown = verdict_message({**_record("unknown", float("nan"), None), "wider_band": 0.63})
+    assert unknown.endswith("Try a wider stage-1 band (--autoencode-max-freq 0.63: the images carry signal beyond "
+                            "stage 1's band)")
+
+
+def test_the_band_the_data_support_ends_at_the_first_shell_below_the_mark():
+    def signal(snr):  # spectral SNR per shell → the signal fraction S/(S+N) the verdict measures
+        snr = np.asarray(snr, dtype=float)
+        return snr / (1 + snr)
+
+    shells = [2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.08, 0.06, 0.04, 0.2, 0.2]  # a gap at shell 8: the band ends at 7
+    assert supported_band(signal(shells)) == 7
+    assert supported_band(signal([1.0] * 4 + [BAND_SNR] * 3 + [0.0])) == 6  # the mark itself counts
+    assert supported_band(signal([1.0] * 4 + [0.01, 1.0])) == 0  # FIRST_SHELL short: nothing to widen to
+    assert supported_band(signal([1.0] * 4 + [0.5, np.nan, 0.5])) == 4  # a shell without images ends it
+
+
+def test_the_record_holds_a_wider_band_only_where_the_signal_reaches_well_beyond_stage_1s(run_at_truth):
+    run, _ = run_at_truth
+    fr = run.frequencies(1.0)
+    # the tiny set (SNR 1, box 32) carries signal to the edge: far beyond a 0.4 band (6 px), not beyond 0.9
+    supported = supported_band(explained_signal(run.model, run.source, run.state, fr, seed=0).signal)
+    assert supported >= 6 + WIDER_BY
+    narrow = judge(run.model, run.source, run.state, fr, 0, final=True, stage1_band=0.4)
+    assert narrow["wider_band"] == pytest.approx(supported / 16, abs=0.005)
+    assert judge(run.model, run.source, run.state, fr, 0, final=True, stage1_band=0.9)["wider_band"] is None
+    assert "wider_band_stage1" in judge(run.model, run.source, run.state, fr, 0, final=False, stage1_band=0.4)
+    assert "wider_band" not in judge(run.model, run.source, run.state, fr, 0, final=True)  # no band given

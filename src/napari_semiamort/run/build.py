@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..data.dataset import background_mask
@@ -10,8 +11,9 @@ from ..physics.fourier import hartley_centered
 from ..physics.likelihood import ShellNoiseModel
 from .batches import ImageSource
 from .frequencies import Frequencies
+from .schedule import measured_band_end
 
-__all__ = ["INIT_IMAGES", "initial_noise", "initial_volume"]
+__all__ = ["INIT_IMAGES", "initial_noise", "initial_volume", "measured_stage1_band", "signal_fraction"]
 
 INIT_IMAGES = 1024  # images (a seeded sample) the first noise and volume estimates are taken from
 # The images are mostly noise: the volume starts at √0.1 of their amplitude per shell (SNR ≈ 0.1).
@@ -59,3 +61,30 @@ def initial_volume(source: ImageSource, fr: Frequencies, seed: int, init_noise: 
     amp = HartleyVolume.radial_amplitude_from_images(obs, fr.shells.cpu(), size // 2 + 1, ctf)
     volume.initialize(amp * INIT_SNR**0.5, gen, init_noise)
     return volume.to(source.device)
+
+
+@torch.no_grad()
+def signal_fraction(source: ImageSource, fr: Frequencies, noise: ShellNoiseModel, seed: int,
+                    batch_size: int) -> np.ndarray:
+    """The images' signal fraction ``1 − σ²/⟨|y|²⟩`` per shell `(L/2 + 1,)` (nan where ``fr`` has none): their
+    power per shell on a seeded sample against the ``noise`` model's σ², as the verdict measures it."""
+    n_shells = source.size // 2 + 1
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(source), generator=gen)[: min(len(source), INIT_IMAGES)]
+    power = torch.zeros(n_shells, dtype=torch.float64)
+    count = torch.zeros(n_shells, dtype=torch.float64)
+    shells = fr.shells.cpu()
+    for c in idx.split(batch_size):
+        obs = source.batch(c, fr).obs.cpu().to(torch.float64)
+        power.index_add_(0, shells, (obs * obs).sum(0))
+        count.index_add_(0, shells, torch.full((len(shells),), float(len(c)), dtype=torch.float64))
+    variance = noise.variance.cpu().to(torch.float64)[:n_shells]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (1 - variance / (power / count)).numpy()
+
+
+def measured_stage1_band(source: ImageSource, fr: Frequencies, noise: ShellNoiseModel, seed: int,
+                         batch_size: int) -> float | None:
+    """Stage 1's band end from the images' spectral SNR (:func:`.schedule.measured_band_end`; None: the
+    default), measured on the frequencies ``fr`` against the first ``noise`` estimate."""
+    return measured_band_end(source.size, signal_fraction(source, fr, noise, seed, batch_size))

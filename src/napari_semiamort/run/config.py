@@ -108,7 +108,8 @@ class ReconstructionConfig:
     # ... growing linearly to this at the switch (frequency marching; None: 0.4, at most 26 Fourier pixels,
     # i.e. from box 132 up the box's width / 26 in Å: at box 192 the full 0.4 left a quarter of the particles
     # in a wrong basin; and at least 10, i.e. below box 50 the box's width / 10: at box 32 the 0.4 (6 px) left a
-    # third of the tiny set's images in wrong basins)
+    # third of the tiny set's images in wrong basins; or wider, where the images' spectral SNR supports it:
+    # schedule.measured_band_end, measured when the run starts and written here, so that a resume keeps it)
     autoencode_max_freq: float | None = None
 
     # Shifts (paper: not estimated on synthetic data; the public code never estimates them). "auto": searched in

@@ -1,11 +1,11 @@
 """The two-stage reconstruction (paper, Sec. 2) as an iterator of snapshots.
 
-:class:`Reconstruction` orchestrates the parts: the :class:`~.schedule.Schedule` says what each epoch does,
-the stage-1 strategy (:mod:`.stage1`) and stage 2's step (:mod:`.stage2`) train, the passes (:mod:`.passes`)
-run between epochs, the :class:`~.scorer.ImageModel` scores poses, :mod:`.maps` makes the maps and
-:mod:`.checkpoint` keeps the state. Stage 1, auto-encoding: poses proposed on a grid (or by the paper's
-multi-head encoder), the volume trained on the best. Stage 2, auto-decoding (from the
-switch): each image keeps its best pose and refines it, ``pose_steps`` pose steps to one volume step.
+:class:`Reconstruction` orchestrates the parts: the :class:`~.schedule.Schedule` says what each epoch does, the
+stage-1 strategy (:mod:`.stage1`) and stage 2's step (:mod:`.stage2`) train, the passes (:mod:`.passes`) run between
+epochs, the :class:`~.scorer.ImageModel` scores poses, :mod:`.maps` makes the maps and :mod:`.checkpoint` keeps the
+state. Stage 1, auto-encoding: poses proposed on a grid (or by the paper's multi-head encoder), the volume trained
+on the best. Stage 2, auto-decoding (from the switch): each image keeps its best pose and refines it, ``pose_steps``
+pose steps to one volume step.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ..models.volume import HartleyVolume
 from ..physics.likelihood import ShellNoiseModel
 from . import maps, passes, verdict
 from .batches import ImageSource
-from .build import initial_noise, initial_volume
+from .build import initial_noise, initial_volume, measured_stage1_band
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ReconstructionConfig
 from .frequencies import Frequencies, FrequencyBank
@@ -64,18 +64,19 @@ class Reconstruction:
         self.size = self.data.box
         self.source = ImageSource(self.data, self.device)
         self.bank = FrequencyBank(self.size, self.device)
-        self.schedule = Schedule(cfg, self.size, len(self.data))
         self.watch = list(cfg.watch)
         self.restarts = RestartPolicy(cfg, len(self.data))
         self.step_count = 0
         self.trial: int | None = None  # the restart being trained, while restarts run
-        self.reference_map = None
-        if cfg.reference_map:
-            self.reference_map = maps.read_reference(cfg.reference_map, self.size, self.data.pixel_size)
-        stage2 = self.bank.at(self.schedule.stage2_band)
+        self.reference_map = maps.read_reference(cfg.reference_map, self.size, self.data.pixel_size) \
+            if cfg.reference_map else None
+        stage2 = self.bank.at(cfg.max_freq)  # stage 2's band
         blank = _scan is not None  # a resumed run's noise and volume come from its checkpoint
         noise = ShellNoiseModel(stage2.shells, self.size // 2 + 1) if blank else \
             initial_noise(self.source, stage2, cfg.seed, cfg.noise_model == "white")
+        if not blank and cfg.autoencode_max_freq is None:  # stage 1's band from the images' spectral SNR
+            cfg.autoencode_max_freq = measured_stage1_band(self.source, stage2, noise, cfg.seed, cfg.batch_size)
+        self.schedule = Schedule(cfg, self.size, len(self.data))
         self.model = ImageModel(HartleyVolume(self.size), noise, self.source, cfg.loss)
         self.stage1 = build_stage1(cfg, self.model, self.schedule.encoder_size)
         self.search = GridSearch.for_run(cfg, self.device, self.stage1.shift_reach)  # the reassignment's, or None
@@ -253,7 +254,7 @@ class Reconstruction:
             metrics.update(self._flag_junk())
         if st.epoch + 1 == self.end_epoch and self.trial is None:  # the run's verdict (issue 18, item 8)
             fr = self.bank.at(self.schedule.band(st.epoch, stage, st.switched_at))
-            metrics.update(verdict.judge(self.model, self.source, st, fr, cfg.seed, final=True))
+            metrics.update(verdict.judge(self.model, self.source, st, fr, cfg.seed, True, self.schedule.stage1_end))
         st.previous_poses = st.poses.clone()
         metrics.update(truth_metrics(self.model.volume.real_space(), st.poses, self.data, self.reference_map,
                                      cfg.mask_diameter))
@@ -359,12 +360,10 @@ class Reconstruction:
             "config": self.config.to_dict(), "epoch": st.epoch, "step": self.step_count,
             **self.stage1.state_dict(),
             "volume": self.model.volume.state_dict(), "opt_volume": self.opt_volume.state_dict(),
-            "noise": self.model.noise.state_dict(),
+            "noise": self.model.noise.state_dict(), "junk": st.junk,
             "poses": st.poses, "winners": st.winners, "shifts": st.shifts, "previous_poses": st.previous_poses,
             "table": None if st.table is None else st.table.state_dict(), "switched_at": st.switched_at,
-            "history": st.history, "paths": st.paths, "trial": self.trial, "data": self.data.scan_state(),
-            "junk": st.junk,
-        }
+            "history": st.history, "paths": st.paths, "trial": self.trial, "data": self.data.scan_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = state["step"]

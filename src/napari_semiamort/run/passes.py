@@ -121,7 +121,7 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
             state.shifts[idx[take]] = sh.cpu()[take]
     state.table = pose_table(config, model.size, state.poses.to(model.device),
                              None if state.shifts is None else state.shifts.to(model.device))
-    notes.update(judge(model, source, state, fr, config.seed, final=False))  # stage 1's verdict
+    notes.update(judge(model, source, state, fr, config.seed, final=False, stage1_band=fr.fraction))  # stage 1's
     return {"stage1_epochs": state.epoch, **notes}  # the switch's record: after this many stage-1 epochs
 
 

@@ -14,11 +14,14 @@ import torch
 from .config import ReconstructionConfig
 
 __all__ = [
+    "BAND_SNR",
     "DEFAULT_BAND_END",
     "DEFAULT_BAND_START",
     "MAX_BAND_PIXELS",
+    "MAX_WIDER_BAND",
     "MIN_BAND_PIXELS",
     "SETTLED_RATIO",
+    "WIDER_BY",
     "STAGE1",
     "STAGE2",
     "AutoSwitch",
@@ -26,6 +29,9 @@ __all__ = [
     "Schedule",
     "SwitchRule",
     "switch_rule",
+    "default_band_end",
+    "measured_band_end",
+    "supported_band",
 ]
 
 STAGE1, STAGE2 = "autoencode", "autodecode"  # the paper's two stages (Sec. 2.1 and 2.2)
@@ -45,6 +51,50 @@ DEFAULT_BAND_END, MAX_BAND_PIXELS = 0.4, 26
 # third of the images in wrong basins; ending at 10 px, six seeds of six reached 1.4-3.4° median after stage 2
 # (against 2.0-7.4°; docs/results.md, "Restarts: the loss first, and stage 1's band at small boxes").
 MIN_BAND_END_PIXELS = 10
+# ... or wider, where the images carry signal well beyond it (issue 18, item 3: the band from the data's spectral
+# SNR, not a fixed share of Nyquist). At a coarse pixel the CTF leaves little of a large particle's signal within
+# 0.4 of Nyquist and much beyond: realistic 80S ribosome sets (8.31 Å/px, box 64) carry a spectral SNR ≥ 0.05
+# to 19 Fourier px, and with the fixed 13 px stage 1 never broke the symmetry (98.5 Å, true poses 16.7 Å); with
+# 18-22 px it did (24.1-25.6 Å, median pose error 116° → 8-11°; docs/results.md, "Stage 1's band from the
+# data"). The band the data support: the shells from the verdict's first (4 px) on, without a gap, whose
+# spectral SNR S/N (the images' power over the background's, less one) is at least BAND_SNR; the background's
+# estimate runs ~0.03 low at the highest shells, so lower marks are noise. Realistic sets measured 8-13 px at
+# 1.7-5.2 Å/px (5H73, 7PBL, 2CG9, 3KPR) and 17-19 px at 7-8.6 Å/px (30S, 80S, CCT); clean 3KPR and 8ZPM 13-15.
+BAND_SNR = 0.05
+FIRST_BAND_SHELL = 4
+# Widened only where the data support WIDER_BY Fourier px or more beyond the default end, and to at most
+# MAX_WIDER_BAND of Nyquist (and MAX_BAND_PIXELS): box 32's 10 px (the tiny sets) and box 128's 26 px stay.
+WIDER_BY, MAX_WIDER_BAND = 3, 0.6
+
+
+def default_band_end(size: int) -> float:
+    """Stage 1's band end at box ``size`` without measurement (fraction of Nyquist): 0.4, within
+    [MIN_BAND_END_PIXELS, MAX_BAND_PIXELS] Fourier pixels."""
+    return min(1.0, max(MIN_BAND_END_PIXELS / (size / 2), min(DEFAULT_BAND_END, MAX_BAND_PIXELS / (size / 2))))
+
+
+def supported_band(signal: np.ndarray) -> int:
+    """The last shell (Fourier px) of the run from shell 4 on, without a gap, whose spectral SNR is at least
+    :data:`BAND_SNR`, from the images' signal fraction ``signal`` = S/(S+N) per shell (0 where shell 4 falls
+    short)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = signal / (1 - signal)
+    last = 0
+    for k in range(FIRST_BAND_SHELL, len(signal)):
+        if not np.isfinite(snr[k]) or snr[k] < BAND_SNR:
+            break
+        last = k
+    return last
+
+
+def measured_band_end(size: int, signal: np.ndarray) -> float | None:
+    """Stage 1's band end (fraction of Nyquist) where the images' signal fraction per shell ``signal`` supports a
+    band :data:`WIDER_BY` Fourier px or more beyond :func:`default_band_end`: the supported band, capped at
+    :data:`MAX_WIDER_BAND` of Nyquist and :data:`MAX_BAND_PIXELS`; None where the default stands."""
+    half = size / 2
+    cap = min(int(MAX_WIDER_BAND * half), MAX_BAND_PIXELS)
+    px = min(supported_band(signal), cap)
+    return px / half if px >= round(default_band_end(size) * half) + WIDER_BY else None
 
 
 class SwitchRule(Protocol):
@@ -114,9 +164,7 @@ class Schedule:
         self.config, self.size, self.n_images = config, size, n_images
         self.switch = switch_rule(config) if switch is None else switch
         end = config.autoencode_max_freq
-        if end is None:
-            end = min(1.0, max(MIN_BAND_END_PIXELS / (size / 2), min(DEFAULT_BAND_END, MAX_BAND_PIXELS / (size / 2))))
-        self.stage1_end = end
+        self.stage1_end = default_band_end(size) if end is None else end
         band = max(MIN_BAND_PIXELS, int(np.ceil(self.stage1_end * size / 2)))
         # The encoder sees the images low-passed to the band the stage-1 loss uses (and downsampled to it):
         # finer detail cannot inform the poses it is trained on, and a smaller input is cheaper.

@@ -18,6 +18,11 @@ poses 0.85–0.88; a self-consistent wrong map (poses 100° off, realistic) 0.74
 broke the symmetry 0.08–0.24. A wrong map can explain much of the images' signal (its own poses fit it), so ``E``
 alone cannot confirm a structure: **two independent stage-1 starts that reached the same poses** (:mod:`.restarts`)
 can, and the verdict says whether they did.
+
+**What to try names the band the data support.** Stage 1's band is widened to what the images' spectral SNR
+supports (:func:`.schedule.measured_band_end`), up to 0.6 of Nyquist; where a failed or doubtful run's images
+carry signal well beyond the band stage 1 used (a band set by hand, or beyond that cap), the advice names the
+supported band as ``--autoencode-max-freq``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 
 from .batches import ImageSource
 from .frequencies import Frequencies
-from .schedule import DEFAULT_BAND_END
+from .schedule import DEFAULT_BAND_END, WIDER_BY, supported_band
 from .scorer import ImageModel
 from .state import RunState
 
@@ -129,15 +134,22 @@ def _starts_agreed(history: list[dict]) -> bool | None:
 
 
 def judge(model: ImageModel, source: ImageSource, state: RunState, fr: Frequencies, seed: int,
-          final: bool) -> dict:
+          final: bool, stage1_band: float | None = None) -> dict:
     """The verdict's record for the epoch's metrics: at the end of stage 1 (``final`` false: keys ending in
-    ``_stage1``) or of the run."""
+    ``_stage1``) or of the run. With ``stage1_band`` (the run's stage-1 band end, fraction of Nyquist), the record
+    holds ``wider_band``: the band the images' signal supports (:func:`supported_band`, fraction of Nyquist) where
+    it reaches :data:`WIDER_BY` Fourier px or more beyond stage 1's, else None."""
     explained = explained_signal(model, source, state, fr, seed,
                                  last_shell=None if final else round(STAGE1_JUDGED_TO * source.size / 2))
     low, high = explained.resolution(source.size, source.data.pixel_size) if explained.shells[1] > 0 else (0, 0)
     record = {"verdict": _level(explained, final), "explained_signal": explained.fraction,
               "explained_resolution_A": [round(low, 2), round(high, 2)], "explained_junk": explained.junk,
               "starts_agreed": _starts_agreed(state.history)}
+    if stage1_band is not None:
+        half = source.size / 2
+        supported = supported_band(explained.signal)
+        wider = supported >= round(stage1_band * half) + WIDER_BY
+        record["wider_band"] = round(supported / half, 2) if wider else None
     return record if final else {f"{k}_stage1": v for k, v in record.items()}
 
 
@@ -155,9 +167,12 @@ def verdict_message(m: dict, final: bool = True) -> str | None:
                                         "; no two independent starts reached the same poses")
     if agreed is False and level == "found":
         starts = "; not confirmed" + starts.replace(";", ":", 1)
+    wider = m.get(f"wider_band{key}")
+    band = "" if wider is None else (f"a wider stage-1 band (--autoencode-max-freq {wider:.2f}: the images carry "
+                                     "signal beyond stage 1's band); ")
     if level == "unknown":
         return (f"verdict ({what}): cannot judge: the images' signal is below {100 * MIN_SIGNAL:.0f} % of their "
-                f"power at every resolution the map is judged at{starts}")
+                f"power at every resolution the map is judged at{starts}" + (f". Try {band[:-2]}" if band else ""))
     left_out = m.get(f"explained_junk{key}", 0.0)
     text = f"the map explains {100 * e:.0f} % of the images' signal at their poses ({low:.0f}–{high:.0f} Å)"
     right = DOUBTFUL_BELOW if final else DOUBTFUL_BELOW_STAGE1
@@ -172,7 +187,7 @@ def verdict_message(m: dict, final: bool = True) -> str | None:
     line = f"verdict ({what}): {head}: {text}{starts}"
     if level == "found":  # confirmed by a second start or not
         return line
-    return (f"{line}. Check the map; try more starts (--restarts 6 --max-restarts 12), --shifts yes, a mask "
+    return (f"{line}. Check the map; try {band}more starts (--restarts 6 --max-restarts 12), --shifts yes, a mask "
             "(--mask-diameter); check the pixel size and the CTF")
 
 

@@ -84,18 +84,21 @@ def test_stage1s_band_widens_where_the_data_carry_weak_signal_well_beyond_it_and
     assert measured_band_end(64, np.full(33, np.nan)) is None  # no measurement: the default
 
 
-def test_a_run_on_a_weak_coarse_pixel_set_widens_stage1s_band_and_keeps_it_when_resumed(ribosome_images, tmp_path):
+def test_a_run_on_a_weak_coarse_pixel_set_widens_stage1s_band_and_keeps_it_when_resumed(ribosome_images, tmp_path,
+                                                                                      capsys):
     """The bundled 80S ribosome at box 64 and 8.3 Å/px (the demo's images) at half the demo's SNR: weak signal at
-    13 px that goes on beyond, so stage 1 ends further out; the band is written into the run's config, and a
-    resume keeps it. At the demo's SNR (strong at 13 px) and with a band set by hand the band is the default."""
+    13 px that goes on beyond, so stage 1 ends further out; the CLI says so, the band is written into the run's
+    config, and a resume keeps it. At the demo's SNR (strong at 13 px) and with a band set by hand the band is
+    the default."""
+    from napari_semiamort.cli.main import main
+
     data = ribosome_images(tmp_path / "weak", n_particles=400, box=64, snr=0.05, seed=3)
-    cfg = ReconstructionConfig(particles=str(data / "particles.star"), epochs=1, switch_epoch=1, restarts=1)
-    run = Reconstruction(cfg, run_dir=tmp_path / "run")
-    assert 16 / 32 <= run.config.autoencode_max_freq <= 19 / 32 and run.stage1_end == run.config.autoencode_max_freq
-    for _ in run:
-        pass
-    run.save_checkpoint()
-    assert Reconstruction.resume(tmp_path / "run", epochs=2).stage1_end == run.stage1_end
+    assert main(["reconstruct", str(data / "particles.star"), "-o", str(tmp_path / "run"), "--epochs", "1",
+                 "--switch-epoch", "1", "--restarts", "1"]) == 0
+    assert "stage 1's band: to 1" in capsys.readouterr().out  # 16-19 Fourier px
+    saved = ReconstructionConfig.load(tmp_path / "run" / "config.json").autoencode_max_freq
+    assert 16 / 32 <= saved <= 19 / 32
+    assert Reconstruction.resume(tmp_path / "run", epochs=2).stage1_end == saved
     hand = ReconstructionConfig(particles=str(data / "particles.star"), autoencode_max_freq=0.4, restarts=1)
     assert Reconstruction(hand).stage1_end == pytest.approx(0.4)
     demo = ribosome_images(tmp_path / "demo", n_particles=400, box=64, snr=0.1, seed=3)

@@ -174,8 +174,8 @@ def main(args: argparse.Namespace) -> int:
         print(_summary(describe(run, run_dir, with_handle=False)))
         if asked is None and run.config.autoencode_max_freq is not None:  # widened from the data
             px = round(run.stage1_end * run.size / 2)
-            print(f"stage 1's band: to {px} Fourier px ({run.size * run.data.pixel_size / px:.0f} Å), where the "
-                  f"images' spectral SNR reaches (at least {BAND_SNR}; the default ends at "
+            print(f"stage 1's band: to {px} Fourier px ({run.size * run.data.pixel_size / px:.0f} Å), as far as "
+                  f"the images' spectral SNR stays ≥ {BAND_SNR} (weak at the default's "
                   f"{round(default_band_end(run.size) * run.size / 2)} px)")
     write_config(run_dir, run.config.to_dict(), resumed=bool(args.resume))
     train(run, run_dir)

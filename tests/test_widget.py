@@ -228,3 +228,16 @@ def test_a_downsampled_run_shows_its_final_map_at_the_images_box_and_scale(make_
     assert layer.data.shape == (24, 24, 24) and layer.scale[0] == pytest.approx(raw_px)
     with mrcfile.open(tmp_path / "run" / "map.mrc") as m:
         assert m.data.shape == (24, 24, 24) and float(m.voxel_size.x) == pytest.approx(raw_px, abs=1e-3)
+
+
+def test_the_dock_shows_a_stage1_band_widened_from_the_data_until_the_verdict(make_napari_viewer, tiny, tmp_path):
+    from napari_semiamort.run.session import RunInfo
+
+    _, w = _widget(make_napari_viewer, tiny, tmp_path)
+    info = dict(run_dir=tmp_path, n_particles=3000, skipped=0, box=64, pixel_size=8.31, raw_box=64,
+                raw_pixel_size=8.31, map_box=64, inverted=False, device="cpu", epochs=25, epoch=0)
+    line = "stage 1's band: to 19 Fourier px (28 Å), as far as the images' spectral SNR stays ≥ 0.05"
+    w._on_yield(RunInfo(**info, stage1_band=line))
+    assert w.verdict.text() == line and "3000 particles" in w.status.text()
+    w._on_yield(RunInfo(**info))  # the default band: nothing to say
+    assert w.verdict.text() == ""

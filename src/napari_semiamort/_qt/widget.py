@@ -273,6 +273,7 @@ class ReconstructionWidget(QWidget):
             self.info = item
             self.status.setText(f"{item.n_particles} particles, box {item.box}, {item.pixel_size:.3f} Å/px "
                                 f"on {item.device}")
+            self.verdict.setText(item.stage1_band or "")  # until stage 1's verdict: a band widened from the data
         else:  # a pose posterior
             self._show_posterior(item)
 

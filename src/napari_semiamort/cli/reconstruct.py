@@ -144,7 +144,6 @@ def main(args: argparse.Namespace) -> int:
     from ..devices import set_cpu_threads
     from ..run.loop import Reconstruction
     from ..run.outputs import RUN_OUTPUTS, write_config
-    from ..run.schedule import BAND_SNR, default_band_end
     from ..run.session import describe
 
     if args.resume:
@@ -169,14 +168,8 @@ def main(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in RUN_OUTPUTS:  # --force: a previous run's results must not pass for this one's
             (run_dir / name).unlink(missing_ok=True)
-        asked = cfg.autoencode_max_freq
         run = Reconstruction(cfg, run_dir=run_dir)
         print(_summary(describe(run, run_dir, with_handle=False)))
-        if asked is None and run.config.autoencode_max_freq is not None:  # widened from the data
-            px = round(run.stage1_end * run.size / 2)
-            print(f"stage 1's band: to {px} Fourier px ({run.size * run.data.pixel_size / px:.0f} Å), as far as "
-                  f"the images' spectral SNR stays ≥ {BAND_SNR} (weak at the default's "
-                  f"{round(default_band_end(run.size) * run.size / 2)} px)")
     write_config(run_dir, run.config.to_dict(), resumed=bool(args.resume))
     train(run, run_dir)
     print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}  ChimeraX: {run_dir / 'chimerax.cxc'}")
@@ -201,4 +194,5 @@ def _summary(info) -> str:
                                 if info.raw_box != info.box else "")
     skipped = f", {info.skipped} skipped (NaN/Inf)" if info.skipped else ""
     return (f"{info.n_particles} particles{skipped}, {size}, {info.pixel_size:.3f} Å/px, "
-            f"{'inverted' if info.inverted else 'contrast as is'}, device {info.device}")
+            f"{'inverted' if info.inverted else 'contrast as is'}, device {info.device}"
+            + ("" if info.stage1_band is None else f"\n{info.stage1_band}"))

@@ -10,10 +10,11 @@ from ..models.volume import HartleyVolume
 from ..physics.fourier import hartley_centered
 from ..physics.likelihood import ShellNoiseModel
 from .batches import ImageSource
+from .config import ReconstructionConfig
 from .frequencies import Frequencies
 from .schedule import measured_band_end
 
-__all__ = ["INIT_IMAGES", "initial_noise", "initial_volume", "measured_stage1_band", "signal_fraction"]
+__all__ = ["INIT_IMAGES", "initial_noise", "initial_volume", "signal_fraction", "widen_stage1_band"]
 
 INIT_IMAGES = 1024  # images (a seeded sample) the first noise and volume estimates are taken from
 # The images are mostly noise: the volume starts at √0.1 of their amplitude per shell (SNR ≈ 0.1).
@@ -83,8 +84,15 @@ def signal_fraction(source: ImageSource, fr: Frequencies, noise: ShellNoiseModel
         return (1 - variance / (power / count)).numpy()
 
 
-def measured_stage1_band(source: ImageSource, fr: Frequencies, noise: ShellNoiseModel, seed: int,
-                         batch_size: int) -> float | None:
-    """Stage 1's band end from the images' spectral SNR (:func:`.schedule.measured_band_end`; None: the
-    default), measured on the frequencies ``fr`` against the first ``noise`` estimate."""
-    return measured_band_end(source.size, signal_fraction(source, fr, noise, seed, batch_size))
+
+def widen_stage1_band(config: ReconstructionConfig, source: ImageSource, fr: Frequencies,
+                      noise: ShellNoiseModel) -> bool:
+    """Where ``config`` leaves stage 1's band end to the run (``autoencode_max_freq`` None), set it from the
+    images' spectral SNR (:func:`.schedule.measured_band_end`), measured on the frequencies ``fr`` against the
+    first ``noise`` estimate; written into the config so that the run's config.json and a resume keep it.
+    Returns whether the band was widened."""
+    if config.autoencode_max_freq is not None:
+        return False
+    signal = signal_fraction(source, fr, noise, config.seed, config.batch_size)
+    config.autoencode_max_freq = measured_band_end(source.size, signal)
+    return config.autoencode_max_freq is not None

@@ -27,7 +27,7 @@ from ..models.volume import HartleyVolume
 from ..physics.likelihood import ShellNoiseModel
 from . import maps, passes, verdict
 from .batches import ImageSource
-from .build import initial_noise, initial_volume, measured_stage1_band
+from .build import initial_noise, initial_volume, widen_stage1_band
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ReconstructionConfig
 from .frequencies import Frequencies, FrequencyBank
@@ -74,8 +74,8 @@ class Reconstruction:
         blank = _scan is not None  # a resumed run's noise and volume come from its checkpoint
         noise = ShellNoiseModel(stage2.shells, self.size // 2 + 1) if blank else \
             initial_noise(self.source, stage2, cfg.seed, cfg.noise_model == "white")
-        if not blank and cfg.autoencode_max_freq is None:  # stage 1's band from the images' spectral SNR
-            cfg.autoencode_max_freq = measured_stage1_band(self.source, stage2, noise, cfg.seed, cfg.batch_size)
+        # stage 1's band from the images' spectral SNR, where the config leaves it to the run
+        self.band_from_data = not blank and widen_stage1_band(cfg, self.source, stage2, noise)
         self.schedule = Schedule(cfg, self.size, len(self.data))
         self.model = ImageModel(HartleyVolume(self.size), noise, self.source, cfg.loss)
         self.stage1 = build_stage1(cfg, self.model, self.schedule.encoder_size)

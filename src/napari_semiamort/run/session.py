@@ -90,6 +90,18 @@ class RunInfo:
     epochs: int
     epoch: int  # epochs already done (a resumed run)
     handle: RunHandle | None = field(default=None, compare=False, repr=False)
+    stage1_band: str | None = None  # a line on stage 1's band where the run widened it from the data
+
+
+def band_line(run) -> str | None:
+    """A line on stage 1's band where ``run`` widened it from the images' spectral SNR, else None."""
+    if not getattr(run, "band_from_data", False):
+        return None
+    from .schedule import BAND_SNR, default_band_end
+
+    px, default = round(run.stage1_end * run.size / 2), round(default_band_end(run.size) * run.size / 2)
+    return (f"stage 1's band: to {px} Fourier px ({run.size * run.data.pixel_size / px:.0f} Å), as far as the "
+            f"images' spectral SNR stays ≥ {BAND_SNR} (weak at the default's {default} px)")
 
 
 def describe(run, run_dir: str | Path | None = None, with_handle: bool = True) -> RunInfo:
@@ -100,7 +112,7 @@ def describe(run, run_dir: str | Path | None = None, with_handle: bool = True) -
         box=int(run.size), pixel_size=float(d.pixel_size), raw_box=int(d.raw_box),
         raw_pixel_size=float(d.raw_pixel_size), map_box=int(d.check_box(run.config.output_box)),
         inverted=bool(d.sign < 0), device=str(run.device), epochs=int(run.end_epoch), epoch=int(run.epoch),
-        handle=RunHandle(run) if with_handle else None,
+        handle=RunHandle(run) if with_handle else None, stage1_band=band_line(run),
     )
 
 

@@ -84,7 +84,6 @@ def signal_fraction(source: ImageSource, fr: Frequencies, noise: ShellNoiseModel
         return (1 - variance / (power / count)).numpy()
 
 
-
 def widen_stage1_band(config: ReconstructionConfig, source: ImageSource, fr: Frequencies,
                       noise: ShellNoiseModel) -> bool:
     """Where ``config`` leaves stage 1's band end to the run (``autoencode_max_freq`` None), set it from the

@@ -79,7 +79,9 @@ def test_stage1s_band_widens_where_the_data_carry_weak_signal_well_beyond_it_and
     assert measured_band_end(32, _signal_to(15, 32)) is None
     assert measured_band_end(128, _signal_to(63, 128)) is None
     weak = _signal_to(31, 64)
-    weak[10] = 0.9 * BAND_SNR / (1 + 0.9 * BAND_SNR)  # a shell below the mark ends the band there
+    weak[10] = 0.9 * BAND_SNR / (1 + 0.9 * BAND_SNR)  # one shell below the mark between two above: goes on
+    assert measured_band_end(64, weak) == pytest.approx(19 / 32)
+    weak[11] = weak[10]  # two in a row end the band there (at 9 px)
     assert measured_band_end(64, weak) is None
     assert measured_band_end(64, np.full(33, np.nan)) is None  # no measurement: the default
 

@@ -135,15 +135,17 @@ def test_the_messages_name_the_verdict_the_signal_and_what_to_try():
                             "stage 1's band)")
 
 
-def test_the_band_the_data_support_ends_at_the_first_shell_below_the_mark():
+def test_the_band_the_data_support_ends_where_two_shells_in_a_row_fall_below_the_mark():
     def signal(snr):  # spectral SNR per shell → the signal fraction S/(S+N) the verdict measures
         snr = np.asarray(snr, dtype=float)
         return snr / (1 + snr)
 
-    shells = [2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.08, 0.06, 0.04, 0.2, 0.2]  # a gap at shell 8: the band ends at 7
+    shells = [2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.08, 0.06, 0.04, 0.03, 0.2]  # two below at 8-9: the band ends at 7
     assert supported_band(signal(shells)) == 7
+    shells[9] = 0.2  # one shell below between two above (a thin particle's dip) does not end it
+    assert supported_band(signal(shells)) == 10
     assert supported_band(signal([1.0] * 4 + [BAND_SNR] * 3 + [0.0])) == 6  # the mark itself counts
-    assert supported_band(signal([1.0] * 4 + [0.01, 1.0])) == 0  # FIRST_SHELL short: nothing to widen to
+    assert supported_band(signal([1.0] * 4 + [0.01, 0.01, 1.0])) == 0  # nothing from FIRST_SHELL on
     assert supported_band(signal([1.0] * 4 + [0.5, np.nan, 0.5])) == 4  # a shell without images ends it
 
 

@@ -233,7 +233,8 @@ FIELDS: tuple[Field, ...] = (
           special="auto", **_BAND),
     Field("autoencode_max_freq", "Stage-1 band, switch", ADVANCED, "stage-1 band at the switch, as a fraction of "
           "Nyquist (auto: 0.4 within 10 and 26 Fourier pixels, or wider, to at most 0.6, where the images' "
-          "spectral SNR is ≥ 0.05 that far: large particles at coarse pixels)", "--autoencode-max-freq",
+          "spectral SNR is weak at 0.4 and ≥ 0.05 further: large particles at coarse pixels)",
+          "--autoencode-max-freq",
           special="auto", **_BAND),
     Field("global_search", "global search in the reassignment", ADVANCED, "stage 2's reassignment: each image's "
           "best poses on a coarse grid (HEALPix × in-plane) under the current map compete with the encoder's "

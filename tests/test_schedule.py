@@ -101,6 +101,9 @@ def test_a_run_on_a_weak_coarse_pixel_set_widens_stage1s_band_and_keeps_it_when_
     saved = ReconstructionConfig.load(tmp_path / "run" / "config.json").autoencode_max_freq
     assert 16 / 32 <= saved <= 19 / 32
     assert Reconstruction.resume(tmp_path / "run", epochs=2).stage1_end == saved
+    # measured over the whole band whatever stage 2's: within 0.6 of Nyquist its last shell was half sampled
+    lower = ReconstructionConfig(particles=str(data / "particles.star"), max_freq=0.6, restarts=1)
+    assert Reconstruction(lower).stage1_end == saved
     hand = ReconstructionConfig(particles=str(data / "particles.star"), autoencode_max_freq=0.4, restarts=1)
     assert Reconstruction(hand).stage1_end == pytest.approx(0.4)
     demo = ribosome_images(tmp_path / "demo", n_particles=400, box=64, snr=0.1, seed=3)

@@ -84,14 +84,15 @@ def signal_fraction(source: ImageSource, fr: Frequencies, noise: ShellNoiseModel
         return (1 - variance / (power / count)).numpy()
 
 
-def widen_stage1_band(config: ReconstructionConfig, source: ImageSource, fr: Frequencies,
-                      noise: ShellNoiseModel) -> bool:
+def widen_stage1_band(config: ReconstructionConfig, source: ImageSource, fr: Frequencies) -> bool:
     """Where ``config`` leaves stage 1's band end to the run (``autoencode_max_freq`` None), set it from the
-    images' spectral SNR (:func:`.schedule.measured_band_end`), measured on the frequencies ``fr`` against the
-    first ``noise`` estimate; written into the config so that the run's config.json and a resume keep it.
-    Returns whether the band was widened."""
+    images' spectral SNR (:func:`.schedule.measured_band_end`), measured on the frequencies ``fr`` (the whole
+    band: measured within a smaller stage-2 band, its last shell is only partly sampled and its SNR off) against a
+    per-shell noise estimate from the background; written into the config so that the run's config.json and a
+    resume keep it. Returns whether the band was widened."""
     if config.autoencode_max_freq is not None:
         return False
+    noise = initial_noise(source, fr, config.seed, white=False)
     signal = signal_fraction(source, fr, noise, config.seed, config.batch_size)
     config.autoencode_max_freq = measured_band_end(source.size, signal)
     return config.autoencode_max_freq is not None

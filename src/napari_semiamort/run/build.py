@@ -11,7 +11,7 @@ from ..physics.fourier import hartley_centered
 from ..physics.likelihood import ShellNoiseModel
 from .batches import ImageSource
 from .config import ReconstructionConfig
-from .frequencies import Frequencies
+from .frequencies import Frequencies, FrequencyBank
 from .schedule import measured_band_end
 
 __all__ = ["INIT_IMAGES", "initial_noise", "initial_volume", "signal_fraction", "widen_stage1_band"]
@@ -84,15 +84,18 @@ def signal_fraction(source: ImageSource, fr: Frequencies, noise: ShellNoiseModel
         return (1 - variance / (power / count)).numpy()
 
 
-def widen_stage1_band(config: ReconstructionConfig, source: ImageSource, fr: Frequencies) -> bool:
+def widen_stage1_band(config: ReconstructionConfig, source: ImageSource, bank: FrequencyBank,
+                      noise: ShellNoiseModel) -> bool:
     """Where ``config`` leaves stage 1's band end to the run (``autoencode_max_freq`` None), set it from the
-    images' spectral SNR (:func:`.schedule.measured_band_end`), measured on the frequencies ``fr`` (the whole
-    band: measured within a smaller stage-2 band, its last shell is only partly sampled and its SNR off) against a
-    per-shell noise estimate from the background; written into the config so that the run's config.json and a
-    resume keep it. Returns whether the band was widened."""
+    images' spectral SNR (:func:`.schedule.measured_band_end`), measured over the whole band against the run's
+    first ``noise`` estimate where that is per shell and covers it (``max_freq`` 1), else against one of its own
+    (within a smaller stage-2 band the last shell is only partly sampled and its SNR off); written into the config
+    so that the run's config.json and a resume keep it. Returns whether the band was widened."""
     if config.autoencode_max_freq is not None:
         return False
-    noise = initial_noise(source, fr, config.seed, white=False)
-    signal = signal_fraction(source, fr, noise, config.seed, config.batch_size)
+    whole = bank.at(1.0)
+    if bank.at(config.max_freq) is not whole or config.noise_model == "white":
+        noise = initial_noise(source, whole, config.seed, white=False)
+    signal = signal_fraction(source, whole, noise, config.seed, config.batch_size)
     config.autoencode_max_freq = measured_band_end(source.size, signal)
     return config.autoencode_max_freq is not None

@@ -75,7 +75,7 @@ class Reconstruction:
         noise = ShellNoiseModel(stage2.shells, self.size // 2 + 1) if blank else \
             initial_noise(self.source, stage2, cfg.seed, cfg.noise_model == "white")
         # stage 1's band from the images' spectral SNR, where the config leaves it to the run
-        self.band_from_data = not blank and widen_stage1_band(cfg, self.source, self.bank.at(1.0))
+        self.band_from_data = not blank and widen_stage1_band(cfg, self.source, self.bank, noise)
         self.schedule = Schedule(cfg, self.size, len(self.data))
         self.model = ImageModel(HartleyVolume(self.size), noise, self.source, cfg.loss)
         self.stage1 = build_stage1(cfg, self.model, self.schedule.encoder_size)

@@ -95,7 +95,7 @@ class RunInfo:
 
 def band_line(run) -> str | None:
     """A line on stage 1's band where ``run`` widened it from the images' spectral SNR, else None."""
-    if not getattr(run, "band_from_data", False):
+    if not run.band_from_data:
         return None
     from .schedule import BAND_SNR, default_band_end
 

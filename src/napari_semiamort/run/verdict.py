@@ -168,11 +168,11 @@ def verdict_message(m: dict, final: bool = True) -> str | None:
     if agreed is False and level == "found":
         starts = "; not confirmed" + starts.replace(";", ":", 1)
     wider = m.get(f"wider_band{key}")
-    band = "" if wider is None else (f"a wider stage-1 band (--autoencode-max-freq {wider:.2f}: the images carry "
-                                     "signal beyond stage 1's band); ")
+    band = None if wider is None else (f"a wider stage-1 band (--autoencode-max-freq {wider:.2f}: the images carry "
+                                       "signal beyond stage 1's band)")
     if level == "unknown":
         return (f"verdict ({what}): cannot judge: the images' signal is below {100 * MIN_SIGNAL:.0f} % of their "
-                f"power at every resolution the map is judged at{starts}" + (f". Try {band[:-2]}" if band else ""))
+                f"power at every resolution the map is judged at{starts}" + ("" if band is None else f". Try {band}"))
     left_out = m.get(f"explained_junk{key}", 0.0)
     text = f"the map explains {100 * e:.0f} % of the images' signal at their poses ({low:.0f}–{high:.0f} Å)"
     right = DOUBTFUL_BELOW if final else DOUBTFUL_BELOW_STAGE1
@@ -187,7 +187,8 @@ def verdict_message(m: dict, final: bool = True) -> str | None:
     line = f"verdict ({what}): {head}: {text}{starts}"
     if level == "found":  # confirmed by a second start or not
         return line
-    return (f"{line}. Check the map; try {band}more starts (--restarts 6 --max-restarts 12), --shifts yes, a mask "
+    first = "" if band is None else f"{band}; "
+    return (f"{line}. Check the map; try {first}more starts (--restarts 6 --max-restarts 12), --shifts yes, a mask "
             "(--mask-diameter); check the pixel size and the CTF")
 
 

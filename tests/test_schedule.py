@@ -137,6 +137,22 @@ def test_the_reassignment_runs_in_the_epochs_after_the_switch_only():
     assert Schedule(ReconstructionConfig(reassign_max_freq=0.8), 32, 100).reassign_band == 0.8
 
 
+def test_the_polish_takes_stage_2s_last_epochs_after_the_band_ramp_and_the_reassignment():
+    s = Schedule(ReconstructionConfig(), 64, 100)  # defaults: 25 epochs, the switch at 15, the ramp 5, polish 4
+    assert [e for e in range(25) if s.polishes(e, 15)] == [21, 22, 23, 24]
+    assert not any(s.polishes(e, None) for e in range(25))  # never in stage 1
+    longer = Schedule(ReconstructionConfig(polish_epochs=9), 64, 100)  # never the ramp's or the reassignment's
+    assert [e for e in range(25) if longer.polishes(e, 15)] == [20, 21, 22, 23, 24]
+    assert not any(Schedule(ReconstructionConfig(polish_epochs=0), 64, 100).polishes(e, 15) for e in range(25))
+    short = Schedule(ReconstructionConfig(epochs=6, switch_epoch=3), 32, 100)  # stage 2 all ramp: no polish
+    assert not any(short.polishes(e, 3) for e in range(6))
+    auto = Schedule(ReconstructionConfig(switch="auto", switch_min_epoch=10, switch_max_epoch=20, restarts=1), 64, 100)
+    assert auto.end(12) == 22  # the run's end moved with the switch, and the polish with it
+    assert [e for e in range(22) if auto.polishes(e, 12)] == [18, 19, 20, 21]
+    with pytest.raises(ValueError, match="polish_epochs must be at least 0"):
+        ReconstructionConfig(polish_epochs=-1).validate()
+
+
 @pytest.mark.parametrize("n, bs, steps", [(100, 32, 4), (97, 32, 3), (64, 32, 2), (1, 32, 1)])
 def test_each_epochs_batches_cover_every_image_once_and_a_lone_last_image_joins_the_batch_before(n, bs, steps):
     s = Schedule(ReconstructionConfig(batch_size=bs, seed=3), 32, n)

@@ -18,7 +18,7 @@ import torch
 from .fourier import frequency_grid_2d, ifft_centered
 from .slicing import central_slice_coordinates
 
-__all__ = ["FourierInserter"]
+__all__ = ["FourierInserter", "wiener_volume"]
 
 
 class FourierInserter:
@@ -88,3 +88,38 @@ class FourierInserter:
         lam = regularization * (self.den[covered].median() if covered.any() else torch.tensor(1.0))
         f = torch.where(covered, self.num / (self.den + lam), torch.zeros_like(self.num))
         return ifft_centered(f.reshape(self.size, self.size, self.size), 3).real
+
+
+def wiener_volume(first: FourierInserter, second: FourierInserter) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(map, fsc)``: the map `(L, L, L)` of both half sets' images, each shell regularised by the signal the
+    halves agree on, and the halves' FSC per shell `(L//2 + 1,)` it was filtered with (beyond, 0).
+
+    RELION's regularised reconstruction: ``F = Σ CTF·X / (Σ CTF² + 1/τ²)``, with ``τ²`` of a shell the whole set's
+    signal-to-noise ratio ``2·FSC / (1 − FSC)`` over the shell's mean weight. A shell the halves do not agree on
+    gets a weight ``λ`` far above its data: the map is low-passed where its poses have not found signal, so a pose
+    scored against it is not pulled towards the noise of its own image (every image's noise is in its own slice).
+    """
+    first._check_same(second)
+    size = first.size
+    c = torch.arange(size, device=first.num.device) - size // 2
+    shell = torch.sqrt((c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).float())
+    shell = shell.round().long().reshape(-1).clamp_max(size // 2 + 1)  # corners: one shell beyond Nyquist
+    n = size // 2 + 2
+
+    def per_shell(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.float64, device=values.device).index_add_(0, shell, values.double())
+
+    halves = [ins.num / (ins.den + 0.01 * (ins.den[ins.den > 0].median() if (ins.den > 0).any() else 1.0))
+              for ins in (first, second)]
+    cross = per_shell((halves[0] * halves[1].conj()).real)
+    power = per_shell(halves[0].abs() ** 2) * per_shell(halves[1].abs() ** 2)
+    fsc = (cross / power.sqrt().clamp_min(1e-30)).clamp(1e-3, 0.999)
+    fsc[-1] = 1e-3  # the corners beyond Nyquist: no shell of the halves to agree on
+    den = first.den + second.den
+    covered = den > 0
+    mean_weight = per_shell(den) / per_shell(covered.float()).clamp_min(1)
+    lam = (mean_weight / (2 * fsc / (1 - fsc))).to(den.dtype)[shell]
+    f = torch.where(covered, (first.num + second.num) / (den + lam), torch.zeros_like(first.num))
+    curve = fsc[: size // 2 + 1].float()
+    curve[curve <= 1e-3] = 0.0
+    return ifft_centered(f.reshape(size, size, size), 3).real, curve

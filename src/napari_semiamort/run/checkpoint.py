@@ -10,8 +10,10 @@ import torch
 from .. import __version__
 from ..data.atomic import atomic_path
 from .config import ReconstructionConfig
+from .passes import pose_table
+from .state import RunState
 
-__all__ = ["CHECKPOINT", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT", "load_checkpoint", "restore_state", "save_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -33,5 +35,30 @@ def load_checkpoint(run_dir: str | Path, **overrides) -> tuple[dict, Reconstruct
     saved = state["config"]
     if "stage1" not in saved:  # written before stage 1 had a choice (and the grid became the default): heads
         saved = {**saved, "stage1": "heads"}
+    if "polish_epochs" not in saved:  # written before stage 2 ended with the polish: the run as it was planned
+        saved = {**saved, "polish_epochs": 0}
     config = ReconstructionConfig.from_dict({**saved, **overrides})
     return state, config
+
+
+def restore_state(run, state: dict) -> None:
+    """Load a checkpoint's ``state`` into ``run`` (a :class:`~napari_semiamort.run.Reconstruction` built blank)."""
+    run.step_count = state["step"]
+    run.stage1.load_state_dict(state)
+    run.model.volume.load_state_dict(state["volume"])
+    run.opt_volume.load_state_dict(state["opt_volume"])
+    run.model.noise.load_state_dict(state["noise"])
+    table = None
+    if state["table"] is not None:
+        table = pose_table(run.config, run.size, state["poses"].to(run.device))
+        table.load_state_dict({k: v.to(run.device) for k, v in state["table"].items()})
+    # checkpoints before the switch rule recorded its epoch: the fixed rule's
+    switched = state.get("switched_at", run.schedule.switch.planned if table is not None else None)
+    run.state = RunState(
+        poses=state["poses"], winners=state.get("winners", torch.zeros(len(run.data), dtype=torch.long)),
+        shifts=state["shifts"], previous_poses=state["previous_poses"], table=table, switched_at=switched,
+        epoch=state["epoch"], history=list(state["history"]),
+        paths={int(k): list(v) for k, v in state.get("paths", {}).items()}, junk=state.get("junk"))
+    if state["shifts"] is None:  # not estimated, or no longer: dropped at the switch (centred particles)
+        run.stage1.stop_shifts()
+    run.restarts.resumed(run.state.history)

@@ -198,6 +198,8 @@ FIELDS: tuple[Field, ...] = (
     Field("pose_steps", "Pose steps", ADVANCED, "pose steps per volume step in stage 2", "--pose-steps", 1, 100),
     Field("shift_lr", "Shift lr (px)", ADVANCED, "the shifts' learning rate in stage 2 (pixels)", "--shift-lr",
           0, 10, 0.01, 4),
+    Field("polish_epochs", "Polish epochs", ADVANCED, "stage 2's last epochs, in which every pose is refined "
+          "against the regularised map its images make (0: none)", "--polish-epochs", 0, 10_000),
     Field("reassign_epochs", "Reassignment epochs", ADVANCED, "first stage-2 epochs in which the encoder's "
           "candidates may replace a pose", "--reassign-epochs", 0, 10_000),
     Field("reassign_steps", "Reassignment steps", ADVANCED, "pose steps refining a candidate before it competes",

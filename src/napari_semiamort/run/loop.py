@@ -25,10 +25,10 @@ from ..data.readers import open_dataset
 from ..devices import select_device
 from ..models.volume import HartleyVolume
 from ..physics.likelihood import ShellNoiseModel
-from . import maps, passes, verdict
+from . import maps, passes, polish, verdict
 from .batches import ImageSource
 from .build import initial_noise, initial_volume, widen_stage1_band
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import ReconstructionConfig
 from .frequencies import Frequencies, FrequencyBank
 from .metrics import epoch_record, truth_metrics
@@ -38,7 +38,7 @@ from .scorer import ImageModel, about_z
 from .search import GridSearch
 from .snapshot import Snapshot, WatchedParticle
 from .stage1 import Candidates, build_stage1
-from .stage2 import autodecode_step
+from .stage2 import autodecode_step, polish_step
 from .state import RunState
 from .watch import watched_particles
 
@@ -68,6 +68,7 @@ class Reconstruction:
         self.restarts = RestartPolicy(cfg, len(self.data))
         self.step_count = 0
         self.trial: int | None = None  # the restart being trained, while restarts run
+        self.reference: torch.Tensor | None = None  # a polish epoch's map (Hartley), which its pose steps score against
         self.reference_map = maps.read_reference(cfg.reference_map, self.size, self.data.pixel_size) \
             if cfg.reference_map else None
         stage2 = self.bank.at(cfg.max_freq)  # stage 2's band
@@ -195,8 +196,11 @@ class Reconstruction:
         what they did, for the epoch's metrics."""
         st, sched = self.state, self.schedule
         notes, bands = {}, (sched.stage1_end, sched.reassign_band, sched.stage2_band)
+        self.reference = None
         if stage == STAGE2 and st.table is None:
             notes = self.switch()
+        elif stage == STAGE2 and sched.polishes(st.epoch, st.switched_at):
+            notes = self._polish_reference()
         elif stage == STAGE2 and sched.reassigns(st.epoch, st.switched_at):
             notes = {"reassigned": passes.reassign(self.model, self.stage1, self.source, st,
                                                    tuple(map(self.bank.at, bands)), self.config, self.search)}
@@ -211,6 +215,17 @@ class Reconstruction:
         st.switched_at = st.epoch
         self._set_volume_lr()
         return notes
+
+    def _polish_reference(self) -> dict:
+        """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too; its record."""
+        st = self.state
+        keep = np.ones(len(self.data), bool) if st.junk is None else ~st.junk.numpy()
+        split = polish.polish_split(self.data.half, len(self.data), self.config.seed)
+        volume, record = polish.polish_reference(self.source, st.poses, st.shifts, keep, split)
+        with torch.no_grad():
+            self.model.volume.set_from_map(volume.to(self.device))
+        self.reference = self.model.volume.hartley().detach()
+        return record
 
     def _flag_junk(self) -> dict:
         """Flag the images that fit no view of the map (:mod:`.junk`), scored at stage 1's band at the switch
@@ -234,6 +249,10 @@ class Reconstruction:
         if stage == STAGE1:
             result = self.stage1.step(self.source.batch(idx, fr, images), idx, fr, self.opt_volume, self._shifts(idx))
             st.winners[idx] = result.winners
+        elif self.reference is not None:  # a polish epoch
+            steps = polish.POLISH_STEPS_PER_POSE_STEP * self.config.pose_steps
+            result = polish_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr, steps,
+                                 self.reference, st.keep(idx))
         else:
             result = autodecode_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr,
                                      self.config.pose_steps, self.opt_volume, st.keep(idx))
@@ -366,25 +385,7 @@ class Reconstruction:
             "history": st.history, "paths": st.paths, "trial": self.trial, "data": self.data.scan_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step"]
-        self.stage1.load_state_dict(state)
-        self.model.volume.load_state_dict(state["volume"])
-        self.opt_volume.load_state_dict(state["opt_volume"])
-        self.model.noise.load_state_dict(state["noise"])
-        table = None
-        if state["table"] is not None:
-            table = passes.pose_table(self.config, self.size, state["poses"].to(self.device))
-            table.load_state_dict({k: v.to(self.device) for k, v in state["table"].items()})
-        # checkpoints before the switch rule recorded its epoch: the fixed rule's
-        switched = state.get("switched_at", self.schedule.switch.planned if table is not None else None)
-        self.state = RunState(
-            poses=state["poses"], winners=state.get("winners", torch.zeros(len(self.data), dtype=torch.long)),
-            shifts=state["shifts"], previous_poses=state["previous_poses"], table=table, switched_at=switched,
-            epoch=state["epoch"], history=list(state["history"]),
-            paths={int(k): list(v) for k, v in state.get("paths", {}).items()}, junk=state.get("junk"))
-        if state["shifts"] is None:  # not estimated, or no longer: dropped at the switch (centred particles)
-            self.stage1.stop_shifts()
-        self.restarts.resumed(self.state.history)
+        restore_state(self, state)
 
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir, self.state_dict())

@@ -220,6 +220,14 @@ class Schedule:
         """Whether the stage-2 ``epoch`` (after the switch's own) lets the encoder's candidates compete."""
         return epoch - switched_at < self.config.reassign_epochs
 
+    def polishes(self, epoch: int, switched_at: int | None) -> bool:
+        """Whether the stage-2 ``epoch`` is one of the run's last ``polish_epochs`` (:mod:`.polish`); never the
+        band ramp's or the reassignment's epochs: those need the trained volume."""
+        if switched_at is None or self.config.polish_epochs <= 0:
+            return False
+        settled = switched_at + max(self.config.stage2_ramp_epochs, self.config.reassign_epochs, 1)
+        return epoch >= max(settled, self.end(switched_at) - self.config.polish_epochs)
+
     @property
     def restarts_enabled(self) -> bool:
         """Restarts run only when there are several and they end before the planned switch."""

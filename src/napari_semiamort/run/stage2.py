@@ -12,7 +12,7 @@ from .batches import Batch
 from .frequencies import Frequencies
 from .scorer import ImageModel
 
-__all__ = ["Stage2Result", "autodecode_step", "refine_poses"]
+__all__ = ["Stage2Result", "autodecode_step", "polish_step", "refine_poses"]
 
 
 class Stage2Result(NamedTuple):
@@ -55,3 +55,20 @@ def autodecode_step(model: ImageModel, table: PoseTable, batch: Batch, idx: torc
     residual = pred.detach() - batch.obs
     model.noise.accumulate(residual if keep is None else residual[keep], fr.shells)
     return Stage2Result(float(loss.detach()), rot, sh)
+
+
+def polish_step(model: ImageModel, table: PoseTable, batch: Batch, idx: torch.Tensor, fr: Frequencies, steps: int,
+                reference: torch.Tensor, keep: torch.Tensor | None = None) -> Stage2Result:
+    """A polish epoch's step (:mod:`.polish`): ``steps`` pose steps against the fixed map whose Hartley transform is
+    ``reference``; the volume is not stepped. The residuals of the images ``keep`` feed the noise model."""
+    dev_idx = idx.to(model.device)
+    refine_poses(model, table, dev_idx, batch.obs, batch.ctf, fr, steps, reference)
+    rot = table.rotations[dev_idx]
+    sh = None if table.shifts is None else table.shifts[dev_idx]
+    with torch.no_grad():
+        pred = model.predict(rot, sh, batch.ctf, fr, hartley=reference)
+        per_image = model.loss(pred, batch.obs, fr)
+        keep = torch.ones_like(per_image, dtype=torch.bool) if keep is None else keep.to(per_image.device)
+        model.noise.accumulate((pred - batch.obs)[keep], fr.shells)
+        loss = float((per_image * keep).sum() / keep.sum().clamp_min(1))
+    return Stage2Result(loss, rot, sh)

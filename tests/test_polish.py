@@ -1,0 +1,54 @@
+"""Stage 2's polish (run.polish): the last epochs refine every pose against the regularised map the images make."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_semiamort.metrics.alignment import align_poses
+from napari_semiamort.physics.so3 import exp_so3
+from napari_semiamort.run import Reconstruction, ReconstructionConfig, passes
+from napari_semiamort.run.polish import polish_split
+
+
+def _from_turned_truth(tiny_dataset, seed: int, polish_epochs: int, turn_deg: float = 4.0):
+    """One stage-2 epoch from the true poses each turned by ``turn_deg`` about a seeded random axis, with the map
+    those poses give: a polish epoch, or (``polish_epochs`` 0) stage 2's own epoch. The median errors before and
+    after, and the run."""
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1, epochs=2, switch_epoch=0,
+                               restarts=1, stage2_ramp_epochs=0, reassign_epochs=0, polish_epochs=polish_epochs,
+                               seed=seed)
+    run = Reconstruction(cfg)
+    true = run.data.reference_rotations.to(torch.float32)
+    axis = torch.randn(len(true), 3, generator=torch.Generator().manual_seed(seed))
+    run.poses = (exp_so3(axis / axis.norm(dim=1, keepdim=True) * np.deg2rad(turn_deg)).float() @ true).contiguous()
+    with torch.no_grad():
+        run.volume.set_from_map(torch.from_numpy(run.backproject(np.arange(len(true)))))
+    run.state.table = passes.pose_table(cfg, run.size, run.poses.clone(), None)
+    run.state.switched_at, run.state.epoch = 0, 1
+    before = align_poses(run.poses, true).median_error
+    for _ in run:
+        pass
+    return before, align_poses(run.poses, true).median_error, run
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_polish_epoch_brings_turned_poses_in_further_than_stage_2s_own_epoch(tiny_dataset, seed):
+    """Measured from 4.45° (seeds 0–2): a polish epoch 1.70–1.77°, stage 2's epoch 2.40–2.52° (margins halved)."""
+    before, polished, run = _from_turned_truth(tiny_dataset, seed, polish_epochs=1)
+    _, trained, _ = _from_turned_truth(tiny_dataset, seed, polish_epochs=0)
+    assert polished < 0.5 * before
+    assert polished < trained - 0.35
+    record = run.history[-1]
+    assert record["stage"] == "autodecode" and record["polish_shells_kept"] >= 8  # of 16: SNR 1 agrees far out
+    assert 2 * run.data.pixel_size - 0.01 <= record["polish_halves_fsc_0143_A"] < 3 * run.data.pixel_size
+    # the decoder shows the polish's map: the snapshots, the verdict and the final metrics see what the poses saw
+    assert run.reference is not None
+
+
+def test_the_polish_weighs_the_particles_own_halves_or_a_seeded_split():
+    given = np.array([1, 2, 2, 1, 1])
+    assert polish_split(given, 5, 0) is given
+    split = polish_split(None, 1001, 3)
+    assert set(np.unique(split)) == {1, 2} and abs(int((split == 2).sum()) - 500) == 0
+    np.testing.assert_array_equal(split, polish_split(None, 1001, 3))
+    assert not np.array_equal(split, polish_split(None, 1001, 4))

@@ -117,3 +117,28 @@ def test_a_checkpoint_written_before_stage_1_had_a_choice_resumes_with_its_heads
     assert resumed.config.stage1 == "heads" and isinstance(resumed.stage1, MultiHeadWTA)
     for name, value in run.encoder.state_dict().items():
         assert torch.equal(resumed.encoder.state_dict()[name], value)
+
+
+def test_a_run_stopped_in_its_polish_resumes_exactly_and_an_older_run_resumes_without_one(tiny_dataset, tmp_path):
+    """The polish's map is rebuilt at each epoch's start from the checkpointed poses: a run stopped between polish
+    epochs continues as the uninterrupted one. A checkpoint written before the polish existed (no
+    ``polish_epochs`` in its config) resumes as it was planned: without one."""
+    settings = {"epochs": 6, "stage2_ramp_epochs": 0, "polish_epochs": 2, "restarts": 1}
+    whole = Reconstruction(_config(tiny_dataset, **settings))
+    for _ in whole:
+        pass
+    assert "polish_shells_kept" in whole.history[4] and "polish_shells_kept" not in whole.history[3]
+    first = Reconstruction(_config(tiny_dataset, **settings), run_dir=tmp_path / "run")
+    for _ in first:
+        if first.epoch == 5:  # stopped after the first polish epoch
+            break
+    resumed = Reconstruction.resume(tmp_path / "run")
+    assert resumed.epoch == 5
+    for _ in resumed:
+        pass
+    assert torch.equal(resumed.poses, whole.poses)
+    assert [m["loss"] for m in resumed.history] == [m["loss"] for m in whole.history]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    del state["config"]["polish_epochs"]
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    assert Reconstruction.resume(tmp_path / "run", cache_images=False).config.polish_epochs == 0

@@ -61,7 +61,8 @@ class ReconstructionConfig:
     reassign_max_freq: float | None = None
     volume_lr_final_fraction: float = 0.1  # the stage-2 volume step decays linearly to this fraction
     # stage 2's last epochs in which every pose is refined against the regularised map its images make (run.polish),
-    # the volume not stepped; only epochs after the band ramp and the reassignment (realistic 30S: 3.9° → 2.8°)
+    # the volume not stepped (pose_steps each); only epochs after the band ramp and the reassignment. Realistic 30S:
+    # 3 epochs 4.07° → 2.82° median, 5 epochs 2.68° (docs/results.md, "Stage 2's polish")
     polish_epochs: int = 4
     shift_lr: float = 0.05  # pixels
 

@@ -217,7 +217,8 @@ class Reconstruction:
         return notes
 
     def _polish_reference(self) -> dict:
-        """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too; its record."""
+        """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too (the snapshots
+        and the verdict show it); returns its record for the epoch's metrics."""
         st = self.state
         keep = np.ones(len(self.data), bool) if st.junk is None else ~st.junk.numpy()
         split = polish.polish_split(self.data.half, len(self.data), self.config.seed)
@@ -250,9 +251,8 @@ class Reconstruction:
             result = self.stage1.step(self.source.batch(idx, fr, images), idx, fr, self.opt_volume, self._shifts(idx))
             st.winners[idx] = result.winners
         elif self.reference is not None:  # a polish epoch
-            steps = polish.POLISH_STEPS_PER_POSE_STEP * self.config.pose_steps
-            result = polish_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr, steps,
-                                 self.reference, st.keep(idx))
+            result = polish_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr,
+                                 self.config.pose_steps, self.reference, st.keep(idx))
         else:
             result = autodecode_step(self.model, st.table, self.source.batch(idx, fr, images), idx, fr,
                                      self.config.pose_steps, self.opt_volume, st.keep(idx))

@@ -22,8 +22,6 @@ from .maps import insert
 
 __all__ = ["polish_reference", "polish_split"]
 
-POLISH_STEPS_PER_POSE_STEP = 2  # a polish epoch's pose steps per image: 2 × pose_steps (10 and 30 gave the same)
-
 
 def polish_split(half: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """`(N,)` 1 or 2: the half sets whose agreement weighs the polish's map: the particles' own halves (given, or

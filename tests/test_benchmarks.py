@@ -210,3 +210,22 @@ def test_cryodrgn_stopped_then_resumed_scores_every_epoch_once(bench, tmp_path, 
     again = bench.run_cryodrgn(str(exe), data, out, data / "truth.mrc", 32, pixel, 0.6 * 32 * pixel, False, 4,
                                previous=second, resume=True)
     assert again["wall_s"] == second["wall_s"] and [p["seconds"] for p in again["curve"]] == seconds
+
+
+def test_the_pose_floors_truth_map_is_scaled_shell_by_shell_onto_the_images_map():
+    """benchmarks/molecules.py's floor scores poses against the truth at the images' own scale per shell (their
+    B-factor and contrast): a map that is the truth with each shell scaled (and noise added) gives those scales
+    back."""
+    spec = importlib.util.spec_from_file_location("bench_molecules", ROOT / "benchmarks" / "molecules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(3)
+    truth = rng.standard_normal((24, 24, 24))
+    f = np.fft.fftfreq(24) * 24
+    shell = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2).round().astype(int)
+    scale = np.exp(-0.02 * np.arange(shell.max() + 1) ** 2) * 3.0  # a B-factor-like fall and a contrast
+    data = np.fft.ifftn(np.fft.fftn(truth) * scale[shell]).real + 0.01 * rng.standard_normal(truth.shape)
+    fitted = module.scaled_to_images(truth, data)
+    ratio = np.abs(np.fft.fftn(fitted)) / np.maximum(np.abs(np.fft.fftn(truth)), 1e-12)
+    for k in (0, 3, 6, 9):
+        np.testing.assert_allclose(np.median(ratio[shell == k]), scale[k], rtol=0.02, atol=2e-3)

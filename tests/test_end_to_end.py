@@ -105,14 +105,16 @@ def test_snapshots_carry_volume_and_watched_candidates(tiny_dataset):
         # the paper's stage 1: heads alone propose the poses, full band, no restarts or reassignment
         {"stage1": "heads", "inplane_search": 0, "heads": 7, "spread_heads": False, "autoencode_min_freq": 1.0,
          "autoencode_max_freq": 1.0, "reassign_epochs": 0, "global_search": False, "stage2_ramp_epochs": 0},
-        # issue 18's additions off: no global search, no stage-2 band ramp, no junk flags
-        {"global_search": False, "stage2_ramp_epochs": 0, "flag_junk": False},
+        # issue 18's additions off: no global search, no stage-2 band ramp, no junk flags, no polish
+        {"global_search": False, "stage2_ramp_epochs": 0, "flag_junk": False, "polish_epochs": 0},
+        # stage 2's last epoch a polish epoch, with shifts refined against its map
+        {"shifts": "yes", "stage2_ramp_epochs": 0, "polish_epochs": 1},
         # stage 1 by the multi-head encoder with this project's additions (the default before session 7)
         {"stage1": "heads"},
         {"stage1": "heads", "shifts": "yes", "shift_search": 0},
     ],
     ids=["shifts", "regressed-shifts", "centred", "l1-white", "residual-noise-vgg16", "paper-stage1", "no-issue18",
-         "heads", "heads-regressed-shifts"],
+         "polish-shifts", "heads", "heads-regressed-shifts"],
 )
 def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_dataset, tmp_path, options):
     from napari_semiamort.data.star import read_star_columns
@@ -124,6 +126,7 @@ def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_datase
     ends = [s for s in run if s.epoch_end]
     assert [s.stage for s in ends] == ["autoencode", "autodecode", "autodecode"]
     assert all(np.isfinite(s.loss) for s in ends) and np.isfinite(run.volume_map()).all()
+    assert ("polish_shells_kept" in run.history[-1]) == run.schedule.polishes(2, 1)
     write_outputs(run, tmp_path)
     cols = read_star_columns(tmp_path / "poses.star")
     origins = np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1)

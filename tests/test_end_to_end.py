@@ -127,6 +127,7 @@ def test_every_documented_option_runs_both_stages_and_writes_outputs(tiny_datase
     assert [s.stage for s in ends] == ["autoencode", "autodecode", "autodecode"]
     assert all(np.isfinite(s.loss) for s in ends) and np.isfinite(run.volume_map()).all()
     assert ("polish_shells_kept" in run.history[-1]) == run.schedule.polishes(2, 1)
+    assert ("polish_moved" in run.history[-1]) == (run.schedule.polishes(2, 1) and run.table.shifts is not None)
     write_outputs(run, tmp_path)
     cols = read_star_columns(tmp_path / "poses.star")
     origins = np.stack([cols["rlnOriginXAngst"], cols["rlnOriginYAngst"]], -1)

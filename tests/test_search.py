@@ -79,3 +79,32 @@ def test_grid_for_band_is_finer_for_a_wider_band():
     coarse, fine = grid_for_band(4), grid_for_band(16)
     assert coarse[0] <= fine[0] and coarse[1] < fine[1]
     assert fine[1] % 4 == 0
+
+
+def test_the_joint_search_finds_view_and_shift_whatever_the_current_shift(tiny_dataset):
+    """The polish's search (:class:`JointShiftSearch`) scores every grid pose at every shift of its grid: images
+    made at grid poses and shifts up to 4 px are found exactly from current shifts at least 4 px off; centred
+    particles (no shifts) get the plain grid search."""
+    from napari_semiamort.run.search import JointShiftSearch
+
+    run = _run(tiny_dataset)
+    model, fr = run.model, run.frequencies(0.5)
+    joint = JointShiftSearch(2, 4, model.device, max_shift=4, step=2.0, top=3)
+    assert joint.shift_grid.shape == (25, 2) and float(joint.shift_grid.abs().max()) == 4.0
+    gen = torch.Generator().manual_seed(5)
+    d = torch.randint(len(joint.directions), (6,), generator=gen)
+    k = torch.randint(4, (6,), generator=gen)
+    truth = joint.inplane[k] @ joint.directions[d]
+    shifts = 2 * torch.randint(-2, 3, (6, 2), generator=gen).float()
+    current = -shifts.sign() * 2 + torch.where(shifts == 0, 4.0, 0.0) - shifts  # 4–6 px away, every image
+    assert float((current - shifts).norm(dim=1).min()) >= 4
+    idx = torch.arange(6)
+    batch = run.source.batch(idx, fr, _images_at(run, truth, shifts))
+    found = joint.search(model, batch, idx, fr, current)
+    torch.testing.assert_close(found.rotations[:, 0], truth, atol=1e-4, rtol=0)
+    torch.testing.assert_close(found.shifts[:, 0], shifts)
+    assert torch.all(found.scores[:, 0] <= found.scores[:, 1])
+    centred = run.source.batch(idx, fr, _images_at(run, truth, None))
+    plain = joint.search(model, centred, idx, fr, None)
+    assert plain.shifts is None
+    torch.testing.assert_close(plain.rotations[:, 0], truth, atol=1e-4, rtol=0)

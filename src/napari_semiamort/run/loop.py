@@ -84,8 +84,7 @@ class Reconstruction:
         self._initialise(cfg.seed, blank)
 
     def _initialise(self, seed: int, blank: bool = False) -> None:
-        """Fresh encoder, volume, optimisers and poses from ``seed`` (``blank``: a volume of zeros, to be
-        loaded from a checkpoint)."""
+        """Fresh encoder, volume, optimisers and poses from ``seed`` (``blank``: zeros, for a checkpoint's)."""
         cfg = self.config
         torch.manual_seed(seed)
         self.stage1.reset(seed)
@@ -225,6 +224,9 @@ class Reconstruction:
         volume, record = polish.polish_reference(self.source, st.poses, st.shifts, keep, split)
         with torch.no_grad():
             self.model.volume.set_from_map(volume.to(self.device))
+        if not self.schedule.polishes(st.epoch - 1, st.switched_at):  # the first: views searched with the shifts
+            bands = (self.bank.at(self.schedule.stage1_end), self.bank.at(self.config.max_freq))
+            record.update(polish.search_views_and_shifts(self.model, self.stage1, self.source, st, bands, self.config))
         self.reference = self.model.volume.hartley().detach()
         return record
 
@@ -320,8 +322,7 @@ class Reconstruction:
         proposals = candidates if stage == STAGE1 else refined
         return watched_particles(self.watch, self.model, self.source, self.bank.at(1.0), proposals)
 
-    def volume_map(self) -> np.ndarray:
-        """The decoder's volume `(L, L, L)` in real space."""
+    def volume_map(self) -> np.ndarray:  # the decoder's volume `(L, L, L)` in real space
         return self.model.volume.real_space().cpu().numpy()
 
     # ---------------------------------------------------------------- questions about particles
@@ -386,7 +387,6 @@ class Reconstruction:
 
     def load_state_dict(self, state: dict) -> None:
         restore_state(self, state)
-
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir, self.state_dict())
 

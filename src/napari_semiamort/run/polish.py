@@ -17,10 +17,13 @@ import torch
 
 from ..metrics.fsc import resolution_at
 from ..physics.backproject import wiener_volume
+from . import passes
 from .batches import ImageSource
+from .frequencies import Frequencies
 from .maps import insert
+from .search import JointShiftSearch
 
-__all__ = ["polish_reference", "polish_split"]
+__all__ = ["polish_reference", "polish_split", "search_views_and_shifts"]
 
 
 def polish_split(half: np.ndarray | None, n: int, seed: int) -> np.ndarray:
@@ -46,3 +49,20 @@ def polish_reference(source: ImageSource, poses: torch.Tensor, shifts: torch.Ten
     size, pixel = source.size, source.data.pixel_size
     return volume, {"polish_halves_fsc_0143_A": round(float(resolution_at(curve, size, pixel, 0.143)), 2),
                     "polish_shells_kept": int(np.count_nonzero(curve > 0.143))}
+
+
+SHIFT_REACH, SHIFT_STEP = 4, 2  # the joint search's shifts: ±4 px, 2 px apart (25; the pose refinement does the rest)
+
+
+def search_views_and_shifts(model, stage1, source: ImageSource, state, bands: tuple[Frequencies, Frequencies],
+                            config) -> dict:
+    """At the polish's first epoch, under its map (set into ``model``'s volume): each image's current pose
+    competes with its best poses on stage 1's grid searched jointly with the shift (:class:`.JointShiftSearch`;
+    proposed at ``bands[0]``, stage 1's band, refined there, compared at ``bands[1]``, stage 2's), as the
+    reassignment lets candidates compete. Only when shifts are estimated; returns the record."""
+    if state.table is None or state.table.shifts is None:
+        return {}
+    search = JointShiftSearch(config.search_nside, config.search_inplane, model.device, SHIFT_REACH,
+                              SHIFT_STEP, top=config.reassign_candidates)
+    moved = passes.reassign(model, stage1, source, state, (bands[0], bands[0], bands[1]), config, search)
+    return {"polish_moved": moved}

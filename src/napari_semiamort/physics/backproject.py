@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .fourier import frequency_grid_2d, ifft_centered
+from .fourier import frequency_grid_2d, ifft_centered, radial_frequency_index_3d
 from .slicing import central_slice_coordinates
 
 __all__ = ["FourierInserter", "wiener_volume"]
@@ -82,12 +82,16 @@ class FourierInserter:
         self.count += other.count
         return self
 
-    def volume(self, regularization: float = 0.01) -> torch.Tensor:
-        """The real-space map `(L, L, L)` ``[z, y, x]``, origin at ``L // 2``."""
+    def transform(self, regularization: float = 0.01) -> torch.Tensor:
+        """The map's centred Fourier transform, flat `(L³,)`: ``Σ CTF·F / (Σ CTF² + λ)`` where anything was
+        inserted, ``λ`` ``regularization`` × the median weight there."""
         covered = self.den > 0
         lam = regularization * (self.den[covered].median() if covered.any() else torch.tensor(1.0))
-        f = torch.where(covered, self.num / (self.den + lam), torch.zeros_like(self.num))
-        return ifft_centered(f.reshape(self.size, self.size, self.size), 3).real
+        return torch.where(covered, self.num / (self.den + lam), torch.zeros_like(self.num))
+
+    def volume(self, regularization: float = 0.01) -> torch.Tensor:
+        """The real-space map `(L, L, L)` ``[z, y, x]``, origin at ``L // 2``."""
+        return ifft_centered(self.transform(regularization).reshape(self.size, self.size, self.size), 3).real
 
 
 def wiener_volume(first: FourierInserter, second: FourierInserter) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,16 +105,14 @@ def wiener_volume(first: FourierInserter, second: FourierInserter) -> tuple[torc
     """
     first._check_same(second)
     size = first.size
-    c = torch.arange(size, device=first.num.device) - size // 2
-    shell = torch.sqrt((c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).float())
-    shell = shell.round().long().reshape(-1).clamp_max(size // 2 + 1)  # corners: one shell beyond Nyquist
+    # corners beyond Nyquist: one shell of their own
+    shell = radial_frequency_index_3d(size, first.num.device).reshape(-1).clamp_max(size // 2 + 1)
     n = size // 2 + 2
 
     def per_shell(values: torch.Tensor) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.float64, device=values.device).index_add_(0, shell, values.double())
 
-    halves = [ins.num / (ins.den + 0.01 * (ins.den[ins.den > 0].median() if (ins.den > 0).any() else 1.0))
-              for ins in (first, second)]
+    halves = [first.transform(), second.transform()]
     cross = per_shell((halves[0] * halves[1].conj()).real)
     power = per_shell(halves[0].abs() ** 2) * per_shell(halves[1].abs() ** 2)
     fsc = (cross / power.sqrt().clamp_min(1e-30)).clamp(1e-3, 0.999)

@@ -219,9 +219,8 @@ class Reconstruction:
         """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too (the snapshots
         and the verdict show it); returns its record for the epoch's metrics."""
         st = self.state
-        keep = np.ones(len(self.data), bool) if st.junk is None else ~st.junk.numpy()
         split = polish.polish_split(self.data.half, len(self.data), self.config.seed)
-        volume, record = polish.polish_reference(self.source, st.poses, st.shifts, keep, split)
+        volume, record = polish.polish_reference(self.source, st.poses, st.shifts, st.kept(), split)
         with torch.no_grad():
             self.model.volume.set_from_map(volume.to(self.device))
         if not self.schedule.polishes(st.epoch - 1, st.switched_at):  # the first: views searched with the shifts
@@ -322,7 +321,8 @@ class Reconstruction:
         proposals = candidates if stage == STAGE1 else refined
         return watched_particles(self.watch, self.model, self.source, self.bank.at(1.0), proposals)
 
-    def volume_map(self) -> np.ndarray:  # the decoder's volume `(L, L, L)` in real space
+    def volume_map(self) -> np.ndarray:
+        """The decoder's volume `(L, L, L)` in real space."""
         return self.model.volume.real_space().cpu().numpy()
 
     # ---------------------------------------------------------------- questions about particles
@@ -358,8 +358,7 @@ class Reconstruction:
         (default :meth:`output_data`). This, not the decoder's volume, is the run's map: the decoder's
         outermost shell is untrained, and this is made from the images at their own box."""
         data = self.output_data() if data is None else data
-        keep = None if self.state.junk is None else ~self.state.junk.numpy()
-        return maps.final_maps(self.source, self.poses, self.shifts, data, self.config.halves, keep)
+        return maps.final_maps(self.source, self.poses, self.shifts, data, self.config.halves, self.state.kept())
 
     def output_data(self) -> ParticleDataset:
         """The particles at the box of the run's maps (``output_box``; default the images' own box)."""
@@ -387,6 +386,7 @@ class Reconstruction:
 
     def load_state_dict(self, state: dict) -> None:
         restore_state(self, state)
+
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir, self.state_dict())
 

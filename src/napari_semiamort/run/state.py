@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..models.poses import PoseTable
@@ -32,6 +33,10 @@ class RunState:
         if self.junk is None or not bool(self.junk.any()):
             return None
         return ~self.junk[idx]
+
+    def kept(self) -> np.ndarray:
+        """`(N,)` bool: the images the maps are made from (all but those flagged as junk)."""
+        return np.ones(len(self.poses), bool) if self.junk is None else ~self.junk.numpy()
 
     @classmethod
     def fresh(cls, n: int, estimate_shifts: bool) -> RunState:

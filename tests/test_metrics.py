@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from napari_semiamort.metrics.alignment import align_poses, align_translation, rotate_map
@@ -218,3 +219,24 @@ def test_the_point_group_of_a_model_is_found_from_its_chains_in_the_frame_of_its
         a, right, left = vol.slice(fr.grid, r), vol.slice(fr.grid, r @ s), vol.slice(fr.grid, s @ r)
     same = float((right - a).norm() / a.norm())
     assert same < 0.15 and float((left - a).norm() / a.norm()) > 5 * same  # measured 0.088 and 1.3 (interpolation)
+
+
+def test_particle_sphere_holds_a_ball_in_noise_and_the_solvent_mask_spares_it():
+    from napari_semiamort.metrics.density import particle_sphere, solvent_mask
+
+    g = torch.arange(48, dtype=torch.float64) - 24
+    z, y, x = torch.meshgrid(g, g, g, indexing="ij")
+    r = ((x - 3) ** 2 + (y + 2) ** 2 + (z - 1) ** 2).sqrt()
+    ball = (1 + torch.cos(torch.pi * ((r - 8) / 2).clamp(0, 1))) / 2  # radius 8–10 voxels, soft edge
+    noisy = ball + 0.3 * torch.randn(48, 48, 48, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    centre, radius = particle_sphere(noisy)
+    assert torch.allclose(centre, torch.tensor([3.0, -2.0, 1.0], dtype=torch.float64), atol=0.3)
+    assert 8 <= radius <= 11.5  # 10.5–10.7 over noise seeds 0–3 (the low-pass widens the edge)
+    mask, inner = solvent_mask(noisy.float())  # margin and edge 4 voxels
+    assert mask.dtype == torch.float32 and inner == pytest.approx(radius + 4)
+    assert float(mask[r <= 10].min()) == 1.0 and float(mask[r >= inner + 4 + 1].max()) < 1e-6
+    assert 0 < float(mask[(r > inner) & (r < inner + 4)].mean()) < 1
+    # the user's radius instead of the fitted one; inverted contrast the same; a particle filling the box: none
+    assert solvent_mask(noisy, radius=12.0)[1] == 16.0
+    assert torch.allclose(particle_sphere(-noisy)[0], centre)
+    assert solvent_mask(noisy, radius=20.0) is None

@@ -219,8 +219,8 @@ class Reconstruction:
         """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too (the snapshots
         and the verdict show it); returns its record for the epoch's metrics."""
         st = self.state
-        split = polish.polish_split(self.data.half, len(self.data), self.config.seed)
-        volume, record = polish.polish_reference(self.source, st.poses, st.shifts, st.kept(), split)
+        volume, record = polish.polish_reference(self.source, st.poses, st.shifts, st.kept(), polish.polish_split(
+            self.data.half, len(self.data), self.config.seed), self.config.mask_diameter)
         with torch.no_grad():
             self.model.volume.set_from_map(volume.to(self.device))
         if not self.schedule.polishes(st.epoch - 1, st.switched_at):  # the first: views searched with the shifts

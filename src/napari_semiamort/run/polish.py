@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..metrics.density import solvent_mask
 from ..metrics.fsc import resolution_at
 from ..physics.backproject import wiener_volume
 from . import passes
@@ -42,17 +43,28 @@ def polish_split(half: np.ndarray | None, n: int, seed: int) -> np.ndarray:
 
 @torch.no_grad()
 def polish_reference(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, keep: np.ndarray,
-                     split: np.ndarray) -> tuple[torch.Tensor, dict]:
-    """The regularised map `(L, L, L)` of the images ``keep`` `(N,)` bool at ``poses`` (and ``shifts``), and a
-    record for the epoch's metrics: the half sets' FSC at 0.143 (Å; the halves share stage 1's start, so this
-    reads optimistic) and the shells the map keeps."""
+                     split: np.ndarray, diameter: float | None = None) -> tuple[torch.Tensor, dict]:
+    """The regularised map `(L, L, L)` of the images ``keep`` `(N,)` bool at ``poses`` (and ``shifts``), its
+    solvent masked (:func:`~..metrics.density.solvent_mask`: a soft sphere about the particle, its radius fitted
+    to the map or ``diameter`` Å), and a record for the epoch's metrics: the half sets' FSC at 0.143 (Å; the
+    halves share stage 1's start, so this reads optimistic), the shells the map keeps, the mask's radius (Å).
+
+    The mask, as RELION's references carry one: a pose fitted to an unmasked map fits its image's noise to the
+    map's noise in the solvent, which the other images' poses built there. On realistic 3KPR the final map's FSC
+    with the truth was 13.8 Å over the box but 11.1 Å within a sphere about the particle (the true poses' 10.9 and
+    10.4 Å); with the polish's maps masked, 12.3 Å and 10.8 Å, the median pose error 3.9° → 3.1°."""
     first = insert(source, poses, shifts, np.flatnonzero((split == 1) & keep))
     second = insert(source, poses, shifts, np.flatnonzero((split == 2) & keep))
     volume, curve = wiener_volume(first, second)
     curve = curve.cpu().numpy()
     size, pixel = source.size, source.data.pixel_size
-    return volume, {"polish_halves_fsc_0143_A": round(float(resolution_at(curve, size, pixel, 0.143)), 2),
-                    "polish_shells_kept": int(np.count_nonzero(curve > 0.143))}
+    record = {"polish_halves_fsc_0143_A": round(float(resolution_at(curve, size, pixel, 0.143)), 2),
+              "polish_shells_kept": int(np.count_nonzero(curve > 0.143))}
+    mask = solvent_mask(volume, None if diameter is None else diameter / 2 / pixel)
+    if mask is not None:
+        volume = volume * mask[0]
+        record["polish_mask_radius_A"] = round(mask[1] * pixel, 1)
+    return volume, record
 
 
 SHIFT_REACH, SHIFT_STEP = 4, 2  # the joint search's shifts: ±4 px, 2 px apart (25; the pose refinement does the rest)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .fsc import soft_sphere_mask
+
 __all__ = ["density_centre", "otsu_level", "particle_sphere", "solvent_mask"]
 
 
@@ -95,8 +97,4 @@ def solvent_mask(volume: torch.Tensor, radius: float | None = None,
     inner = (fitted if radius is None else radius) + margin
     if inner + edge + float(centre.abs().max()) > size / 2:
         return None
-    g = torch.arange(size, dtype=torch.float64) - size // 2
-    z, y, x = torch.meshgrid(g, g, g, indexing="ij")
-    r = ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2).sqrt()
-    t = ((r - inner) / max(edge, 1e-6)).clamp(0, 1)
-    return (0.5 * (1 + torch.cos(torch.pi * t))).to(volume.dtype).to(volume.device), inner
+    return soft_sphere_mask(size, inner, edge, centre).to(volume.dtype).to(volume.device), inner

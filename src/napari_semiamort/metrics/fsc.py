@@ -28,11 +28,12 @@ def fsc(map1: torch.Tensor, map2: torch.Tensor) -> np.ndarray:
     return (num / torch.sqrt(p1 * p2).clamp_min(1e-30)).numpy()
 
 
-def soft_sphere_mask(size: int, radius: float, edge: float = 5.0) -> torch.Tensor:
-    """`(L, L, L)` mask about the box centre: 1 within ``radius`` voxels, a raised cosine to 0 over ``edge``
-    voxels (RELION's default soft edge is 5 pixels)."""
+def soft_sphere_mask(size: int, radius: float, edge: float = 5.0, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """`(L, L, L)` mask about the box centre (or ``centre`` `(3,)`, (x, y, z) voxels from it): 1 within ``radius``
+    voxels, a raised cosine to 0 over ``edge`` voxels (RELION's default soft edge is 5 pixels)."""
     k = torch.arange(size, dtype=torch.float64) - size // 2
-    r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    x, y, z = (k, k, k) if centre is None else (k - float(c) for c in centre)
+    r = torch.sqrt(z[:, None, None] ** 2 + y[None, :, None] ** 2 + x[None, None, :] ** 2)
     t = ((r - radius) / max(edge, 1e-6)).clamp(0, 1)
     return 0.5 * (1 + torch.cos(torch.pi * t))
 

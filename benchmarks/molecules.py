@@ -132,6 +132,15 @@ def true_pose_ceiling(sim: Path, good: np.ndarray, truth: np.ndarray, pixel: flo
     return score_against_truth(torch.from_numpy(best), torch.from_numpy(truth), pixel).resolution_05
 
 
+def run_config(sim: Path, seed: int, extra: list[str]) -> ReconstructionConfig:
+    """The configuration `semiamort reconstruct SIM/particles.star --seed SEED EXTRA…` runs with."""
+    from napari_semiamort.cli.reconstruct import add_args, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    return config_from_args(parser.parse_args([str(sim / "particles.star"), "--seed", str(seed), *extra]))
+
+
 def pose_floor_at_truth(sim: Path, good: np.ndarray, truth: np.ndarray, seed: int, extra: list[str],
                         symmetry: torch.Tensor | None = None, epochs: int = 10) -> dict:
     """The pose error the images themselves allow: each image's pose (and shift) refined from the truth against the
@@ -148,14 +157,11 @@ def pose_floor_at_truth(sim: Path, good: np.ndarray, truth: np.ndarray, seed: in
     give) reads lower, 0.67° on realistic 30S: every image's noise is in its own slice of that map and holds the
     pose where it started (the grid's optima under that map lie 0.50° from the truth; under a map of the other half
     set's images, 2.29°; docs/results.md, "Stage 2's polish")."""
-    from napari_semiamort.cli.reconstruct import add_args, config_from_args
     from napari_semiamort.metrics.alignment import align_poses
     from napari_semiamort.run import passes
     from napari_semiamort.run.stage2 import refine_poses
 
-    parser = argparse.ArgumentParser()
-    add_args(parser)
-    cfg = config_from_args(parser.parse_args([str(sim / "particles.star"), "--seed", str(seed), *extra]))
+    cfg = run_config(sim, seed, extra)
     cfg.restarts = 1
     run = Reconstruction(cfg)
     true = run.data.reference_rotations.to(torch.float32)
@@ -199,14 +205,11 @@ def pose_floor(sim: Path, good: np.ndarray, seed: int, extra: list[str], symmetr
     ``turn_deg``: start from the true poses each turned by that angle about a random axis (seeded), with the map
     those poses give: on realistic 30S, 4° settled at 2.7° median where the exact start held 0.67°
     (docs/results.md, "The realistic panel with today's defaults")."""
-    from napari_semiamort.cli.reconstruct import add_args, config_from_args
     from napari_semiamort.metrics.alignment import align_poses
     from napari_semiamort.physics.so3 import exp_so3
     from napari_semiamort.run import passes
 
-    parser = argparse.ArgumentParser()
-    add_args(parser)
-    cfg = config_from_args(parser.parse_args([str(sim / "particles.star"), "--seed", str(seed), *extra]))
+    cfg = run_config(sim, seed, extra)
     cfg.epochs, cfg.switch_epoch, cfg.restarts, cfg.reassign_epochs = epochs, 0, 1, 0
     run = Reconstruction(cfg)
     run.poses = run.data.reference_rotations.to(torch.float32).clone()

@@ -64,6 +64,10 @@ class ReconstructionConfig:
     # the volume not stepped (pose_steps each); only epochs after the band ramp and the reassignment. Realistic 30S:
     # 3 epochs 4.07° → 2.82° median, 5 epochs 2.68° (docs/results.md, "Stage 2's polish")
     polish_epochs: int = 4
+    # at each polish epoch, where the map matches itself under a rotation with at least this correlation (its
+    # whitened detail; asymmetric molecules' maps 0.36–0.46, (pseudo-)symmetric ones' 0.65–0.92), each pose competes
+    # with its mates under that symmetry (run/polish.relax_to_mates; 0: never)
+    relax_symmetry: float = 0.6
     shift_lr: float = 0.05  # pixels
 
     # Schedule (paper: 20 epochs, switch after 7, on 50,000 images; see docs for the CPU-scale choice)
@@ -181,6 +185,7 @@ class ReconstructionConfig:
              "output_box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
             (self.polish_epochs >= 0, "polish_epochs must be at least 0"),
+            (0 <= self.relax_symmetry <= 1, "relax_symmetry must lie in [0, 1] (0: off)"),
             (self.shift_search >= 0, "shift_search must be 0 (off) or a positive number of pixels"),
             (self.shift_step >= 1, "shift_step must be at least 1 pixel"),
             (0 < self.max_freq <= 1 and (self.autoencode_max_freq is None or 0 < self.autoencode_max_freq <= 1)

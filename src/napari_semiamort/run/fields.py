@@ -201,6 +201,9 @@ FIELDS: tuple[Field, ...] = (
           0, 10, 0.01, 4),
     Field("polish_epochs", "Polish epochs", ADVANCED, "stage 2's last epochs, in which every pose is refined "
           "against the regularised map its images make (0: none)", "--polish-epochs", 0, 10_000),
+    Field("relax_symmetry", "Symmetry relaxation", ADVANCED, "at each polish epoch, where the map matches itself "
+          "under a rotation with this correlation, each pose competes with its mates under that rotation (0: off)",
+          "--relax-symmetry", 0, 1, 0.05, 2, special="off"),
     Field("reassign_epochs", "Reassignment epochs", ADVANCED, "first stage-2 epochs in which the encoder's "
           "candidates may replace a pose", "--reassign-epochs", 0, 10_000),
     Field("reassign_steps", "Reassignment steps", ADVANCED, "pose steps refining a candidate before it competes",

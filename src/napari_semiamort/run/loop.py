@@ -221,11 +221,11 @@ class Reconstruction:
         st = self.state
         volume, record = polish.polish_reference(self.source, st.poses, st.shifts, st.kept(), polish.polish_split(
             self.data.half, len(self.data), self.config.seed), self.config.mask_diameter)
-        with torch.no_grad():
-            self.model.volume.set_from_map(volume.to(self.device))
+        self.model.volume.set_from_map(volume.to(self.device))  # (no gradient: set_from_map is no_grad)
+        bands = (self.bank.at(self.schedule.stage1_end), self.bank.at(self.config.max_freq))
         if not self.schedule.polishes(st.epoch - 1, st.switched_at):  # the first: views searched with the shifts
-            bands = (self.bank.at(self.schedule.stage1_end), self.bank.at(self.config.max_freq))
             record.update(polish.search_views_and_shifts(self.model, self.stage1, self.source, st, bands, self.config))
+        record.update(polish.relax_to_mates(self.model, self.source, st, bands[1], self.config, self.history))
         self.reference = self.model.volume.hartley().detach()
         return record
 

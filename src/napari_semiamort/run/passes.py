@@ -10,7 +10,7 @@ from ..metrics.density import density_centre
 from ..models.poses import PoseTable
 from ..physics.likelihood import winner_takes_all
 from . import junk
-from .batches import ImageSource
+from .batches import Batch, ImageSource
 from .config import ReconstructionConfig
 from .frequencies import Frequencies
 from .junk import JunkFlags
@@ -21,8 +21,8 @@ from .stage2 import refine_poses
 from .state import RunState
 from .verdict import judge
 
-__all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "common_translation", "decide_shifts", "flag_junk",
-           "pose_table", "projected", "reassign", "recentre", "switch_to_autodecode"]
+__all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "common_translation", "compete", "decide_shifts",
+           "flag_junk", "pose_table", "projected", "reassign", "recentre", "switch_to_autodecode"]
 
 # Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
 RECENTRE_MIN_PX = 0.25
@@ -180,16 +180,28 @@ def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, s
         cand = pose_table(config, model.size, rot.flatten(0, 1), None if sh is None else sh.flatten(0, 1))
     second = source.batch(idx, fr2, reuse=first)
     refine = first if fr_refine is fr1 else second if fr_refine is fr2 else source.batch(idx, fr_refine, reuse=first)
+    return compete(model, state, idx, cand, (refine, fr_refine), (second, fr2), config.reassign_steps, hartley)
+
+
+def compete(model: ImageModel, state: RunState, idx: torch.Tensor, cand: PoseTable, refine: tuple[Batch, Frequencies],
+            judge_at: tuple[Batch, Frequencies], steps: int, hartley: torch.Tensor) -> int:
+    """Each image of ``idx`` `(B,)` has ``k`` candidates, rows ``i·k … i·k + k − 1`` of ``cand``: they are refined
+    ``steps`` pose steps against ``refine``'s (batch, band), then the best at ``judge_at``'s replaces the image's
+    pose in ``state.table`` (restarting its optimiser state) where it explains the image better. Returns how many
+    moved."""
+    (batch_r, fr_r), (batch_j, fr_j) = refine, judge_at
+    k = len(cand.rotations) // len(idx)
+    dev_idx = idx.to(model.device)
     rows = torch.arange(len(idx) * k, device=model.device)
-    refine_poses(model, cand, rows, refine.obs.repeat_interleave(k, 0), refine.ctf.repeat_interleave(k, 0),
-                 fr_refine, config.reassign_steps, hartley)
+    refine_poses(model, cand, rows, batch_r.obs.repeat_interleave(k, 0), batch_r.ctf.repeat_interleave(k, 0),
+                 fr_r, steps, hartley)
     with torch.no_grad():
-        obs_k, ctf_k = second.obs.repeat_interleave(k, 0), second.ctf.repeat_interleave(k, 0)
-        new, pick = model.exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr2).reshape(-1, k).min(1)
+        obs_k, ctf_k = batch_j.obs.repeat_interleave(k, 0), batch_j.ctf.repeat_interleave(k, 0)
+        new, pick = model.exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr_j).reshape(-1, k).min(1)
         pick = torch.arange(len(idx), device=model.device) * k + pick
         table = state.table
         cur_sh = None if table.shifts is None else table.shifts[dev_idx]
-        take = new < model.exact_loss(table.rotations[dev_idx], cur_sh, second.obs, second.ctf, fr2)
+        take = new < model.exact_loss(table.rotations[dev_idx], cur_sh, batch_j.obs, batch_j.ctf, fr_j)
         if bool(take.any()):
             table.reset(dev_idx[take], cand.rotations[pick][take],
                         None if cand.shifts is None else cand.shifts[pick][take])

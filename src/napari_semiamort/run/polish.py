@@ -11,7 +11,8 @@ lies 1.5° from the truth on those images: no method's median goes much below th
 ``polish_epochs`` (4) stage-2 epochs, ``pose_steps`` pose steps per image each (5 did better than 10 or 15).
 
 At the first polish epoch, with shifts estimated, each image's view is also searched jointly with its shift
-(:func:`search_views_and_shifts`): the images stage 2 holds in wrong views are held there by wrong shifts.
+(:func:`search_views_and_shifts`): the images stage 2 holds in wrong views are held there by wrong shifts. At every
+polish epoch, where the map is (pseudo-)symmetric, each pose competes with its mates (:func:`relax_to_mates`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from ..metrics.density import solvent_mask
 from ..metrics.fsc import resolution_at
+from ..metrics.symmetry import mate_poses, mates, pseudo_symmetry
 from ..physics.backproject import wiener_volume
 from . import passes
 from .batches import ImageSource
@@ -28,7 +30,7 @@ from .frequencies import Frequencies
 from .maps import insert
 from .search import JointShiftSearch
 
-__all__ = ["polish_reference", "polish_split", "search_views_and_shifts"]
+__all__ = ["polish_reference", "polish_split", "relax_to_mates", "search_views_and_shifts"]
 
 
 def polish_split(half: np.ndarray | None, n: int, seed: int) -> np.ndarray:
@@ -82,3 +84,52 @@ def search_views_and_shifts(model, stage1, source: ImageSource, state, bands: tu
                               SHIFT_STEP, top=config.reassign_candidates)
     moved = passes.reassign(model, stage1, source, state, (bands[0], bands[0], bands[1]), config, search)
     return {"polish_moved": moved}
+
+
+MATE_REACH = 0.1  # with shifts: how far (of the box) the symmetry's axis may pass from the box centre
+MATE_CHUNK = 12  # mates scored at once per image (memory: batch × this × the band's pixels)
+SKIP_BELOW = 0.05  # a map this far below the relaxation's threshold is not searched again in the run's later epochs
+
+
+def relax_to_mates(model, source: ImageSource, state, fr: Frequencies, config, history: list[dict] = ()) -> dict:
+    """Symmetry relaxation under the polish's map (set into ``model``'s volume): where the map matches itself under
+    a rotation (:func:`~..metrics.symmetry.pseudo_symmetry`, correlation ≥ ``config.relax_symmetry``), each image's
+    best mate ``(R S, s + (R S t)_xy)`` at the band ``fr`` is refined ``config.reassign_steps`` pose steps and takes
+    the image's place where it explains the image better (:func:`.passes.compete`). Returns the record: the best
+    element found (order, correlation), and where relaxed, the group's size and how many images moved.
+
+    Realistic 7PBL, from a finished run's poses (35 % of the good images > 20° off, median 5.52°; the map's
+    60° self-correlation 0.80): one round moved 368 images, four rounds left 22 % > 20° off, median 4.39°, the
+    polish map's FSC = 0.5 with the truth 10.2 → 9.2 Å. Once an earlier polish epoch of the run (``history``, its
+    epochs' records) found the map short of the threshold by :data:`SKIP_BELOW`, the search is not repeated: the
+    polish maps' symmetry hardly moves between epochs (3KPR: 0.536, 0.534, 0.534, 0.535), and it costs ~2 s."""
+    if not config.relax_symmetry or state.table is None:
+        return {}
+    if any(h.get("symmetry_correlation", 1.0) < config.relax_symmetry - SKIP_BELOW for h in history):
+        return {}
+    table = state.table
+    reach = MATE_REACH * source.size if table.shifts is not None else 0.0
+    elements, best = pseudo_symmetry(model.volume.real_space(), config.relax_symmetry, reach)
+    top = elements[0] if elements else best
+    record = {"symmetry_order": top.order, "symmetry_correlation": round(top.correlation, 3)}
+    if not elements:
+        return record
+    ops, trans = mates(elements)
+    hartley = model.volume.hartley().detach()
+    moved = 0
+    for idx in passes.chunks(len(source), config, model.device):
+        batch, dev = source.batch(idx, fr), idx.to(model.device)
+        with torch.no_grad():
+            rot, sh = mate_poses(table.rotations[dev], None if table.shifts is None else table.shifts[dev], ops, trans)
+            losses = []
+            for g in range(0, rot.shape[1], MATE_CHUNK):
+                r, k = rot[:, g : g + MATE_CHUNK], min(MATE_CHUNK, rot.shape[1] - g)
+                s = None if sh is None else sh[:, g : g + MATE_CHUNK].flatten(0, 1)
+                losses.append(model.exact_loss(r.flatten(0, 1), s, batch.obs.repeat_interleave(k, 0),
+                                               batch.ctf.repeat_interleave(k, 0), fr).reshape(len(idx), k))
+            pick = torch.cat(losses, 1).argmin(1)
+            rows = torch.arange(len(idx), device=model.device)
+            cand = passes.pose_table(config, model.size, rot[rows, pick], None if sh is None else sh[rows, pick])
+        moved += passes.compete(model, state, idx, cand, (batch, fr), (batch, fr), config.reassign_steps, hartley)
+    state.sync_from_table()
+    return {**record, "symmetry_group": len(ops) + 1, "symmetry_moved": moved}

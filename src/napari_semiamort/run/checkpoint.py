@@ -37,6 +37,8 @@ def load_checkpoint(run_dir: str | Path, **overrides) -> tuple[dict, Reconstruct
         saved = {**saved, "stage1": "heads"}
     if "polish_epochs" not in saved:  # written before stage 2 ended with the polish: the run as it was planned
         saved = {**saved, "polish_epochs": 0}
+    if "relax_symmetry" not in saved:  # written before the polish relaxed poses to their symmetry mates: without
+        saved = {**saved, "relax_symmetry": 0.0}
     config = ReconstructionConfig.from_dict({**saved, **overrides})
     return state, config
 

@@ -22,9 +22,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..physics.healpix import healpix_directions
+from ..physics.slicing import sample_volume
+from ..physics.so3 import exp_so3
 
 __all__ = ["SymmetryElement", "axis_rotation", "mate_poses", "mates", "pseudo_symmetry", "self_rotation"]
 
@@ -47,11 +48,7 @@ class SymmetryElement(NamedTuple):
 def axis_rotation(axis, angle: float) -> torch.Tensor:
     """The rotation `(3, 3)` float64 by ``angle`` (radians) about ``axis`` (x, y, z), right-handed."""
     a = torch.as_tensor(np.asarray(axis, np.float64))
-    a = a / a.norm()
-    k = torch.zeros(3, 3, dtype=torch.float64)
-    k[0, 1], k[0, 2], k[1, 2] = -a[2], a[1], -a[0]
-    k = k - k.T
-    return torch.eye(3, dtype=torch.float64) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+    return exp_so3(a / a.norm() * angle)
 
 
 def _detail(volume: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -74,12 +71,9 @@ def _detail(volume: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 def _moved(v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``W(u) = V(A u)`` of a map ``[z, y, x]``, ``u`` in voxels about ``L // 2`` (trilinear; zero outside)."""
-    size = v.shape[-1]
-    g = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.arange(v.shape[-1], dtype=torch.float64) - v.shape[-1] // 2
     z, y, x = torch.meshgrid(g, g, g, indexing="ij")
-    p = torch.stack([x, y, z], -1) @ a.T + size // 2
-    grid = ((p + 0.5) * 2 / size - 1).to(torch.float32)  # align_corners=False: voxel i at (2i + 1) / L − 1
-    return F.grid_sample(v[None, None].float(), grid[None], align_corners=False)[0, 0].double()
+    return sample_volume(v[None], torch.stack([x, y, z], -1) @ a.T)[0]
 
 
 def _correlation(v: torch.Tensor, s: torch.Tensor, reach: float) -> tuple[float, torch.Tensor]:

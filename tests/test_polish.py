@@ -65,12 +65,13 @@ def test_the_polish_map_is_masked_about_the_particle_or_the_users_diameter(tiny_
     run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1, restarts=1))
     true, n, px = run.data.reference_rotations.to(torch.float32), len(run.data), run.data.pixel_size
     keep, split = np.ones(n, bool), polish_split(None, n, 0)
-    whole, record = polish_reference(run.source, true, None, keep, split)
+    whole, record, _ = polish_reference(run.source, true, None, keep, split)
     assert "polish_mask_radius_A" not in record
-    masked, record = polish_reference(run.source, true, None, keep, split, diameter=12 * px)
+    masked, record, halves = polish_reference(run.source, true, None, keep, split, diameter=12 * px)
     assert record["polish_mask_radius_A"] == pytest.approx(10 * px, abs=0.1)  # 6 voxels + the 4-voxel margin
     g = torch.arange(32, dtype=torch.float64) - 16
     z, y, x = torch.meshgrid(g, g, g, indexing="ij")
     r = (x**2 + y**2 + z**2).sqrt()  # the particle sits within a voxel of the box centre
     assert float(masked[r > 15.5].abs().max()) == 0.0
+    assert max(float(h[r > 15.5].abs().max()) for h in halves) == 0.0  # the halves' maps masked alike
     torch.testing.assert_close(masked[r < 8.5], whole[r < 8.5])

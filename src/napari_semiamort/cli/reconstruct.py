@@ -83,7 +83,8 @@ def format_metrics(m: dict) -> str:
         parts.append(f"junk {100 * m['junk_fraction']:4.1f}%")
     if "symmetry_moved" in m:  # the polish's symmetry relaxation (run.polish.relax_to_mates)
         parts.append(f"pseudo-symmetry {m['symmetry_group']} mates ({m['symmetry_order']}-fold, "
-                     f"{m['symmetry_correlation']:.2f}): {m['symmetry_moved']} moved")
+                     f"{m['symmetry_correlation']:.2f}): {m['symmetry_moved']} moved"
+                     + (f" in {m['symmetry_rounds']} rounds" if m.get("symmetry_rounds", 1) > 1 else ""))
     if "pose_error_mean_deg" in m:
         parts.append(f"pose error mean {m['pose_error_mean_deg']:6.2f}° median {m['pose_error_median_deg']:6.2f}°")
     if "fsc_0.5_angstrom" in m:

@@ -218,14 +218,14 @@ class Reconstruction:
     def _polish_reference(self) -> dict:
         """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too (the snapshots
         and the verdict show it); returns its record for the epoch's metrics."""
-        st = self.state
-        volume, record = polish.polish_reference(self.source, st.poses, st.shifts, st.kept(), polish.polish_split(
-            self.data.half, len(self.data), self.config.seed), self.config.mask_diameter)
-        self.model.volume.set_from_map(volume.to(self.device))  # (no gradient: set_from_map is no_grad)
-        bands = (self.bank.at(self.schedule.stage1_end), self.bank.at(self.config.max_freq))
+        st, split = self.state, polish.polish_split(self.data.half, len(self.data), self.config.seed)
+        maps = (rebuild := polish.rebuilder(self.source, st, split, self.config.mask_diameter))()
+        self.model.volume.set_from_map(maps.volume.to(self.device))  # (no gradient: set_from_map is no_grad)
+        bands, record = (self.bank.at(self.schedule.stage1_end), self.bank.at(self.config.max_freq)), maps.record
         if not self.schedule.polishes(st.epoch - 1, st.switched_at):  # the first: views searched with the shifts
             record.update(polish.search_views_and_shifts(self.model, self.stage1, self.source, st, bands, self.config))
-        record.update(polish.relax_to_mates(self.model, self.source, st, bands[1], self.config, self.history))
+        record.update(polish.relax_to_mates(self.model, self.source, st, bands[1], self.config, maps, split,
+                                            self.history, rebuild))
         self.reference = self.model.volume.hartley().detach()
         return record
 

@@ -108,6 +108,7 @@ def search_views_and_shifts(model, stage1, source: ImageSource, state, bands: tu
 MATE_REACH = 0.1  # with shifts: how far (of the box) the symmetry's axis may pass from the box centre
 MATE_CHUNK = 12  # mates scored at once per image (memory: batch × this × the band's pixels)
 MATE_TOP = 3  # the mates (best unrefined) refined to compete with the current pose
+RELAX_STEPS = 5  # pose steps refining each candidate before they compete
 RELAX_ROUNDS, RELAX_SETTLED = 3, 0.05  # rounds per polish epoch, while more than this fraction of images moves
 SKIP_BELOW = 0.05  # a map this far below the relaxation's threshold is not searched again in the run's later epochs
 
@@ -117,16 +118,19 @@ def relax_to_mates(model, source: ImageSource, state, fr: Frequencies, config, m
     """Symmetry relaxation under the polish's maps: where the map matches itself under a rotation
     (:func:`~..metrics.symmetry.pseudo_symmetry` of ``maps.volume``, correlation ≥ ``config.relax_symmetry``),
     each image's pose and its :data:`MATE_TOP` best mates ``(R S, s + (R S t)_xy)`` are refined
-    ``config.reassign_steps`` pose steps at the band ``fr`` against the map of the *other* half set (``split``
-    `(N,)` 1 or 2), and the best takes the image's place. Leaves ``maps.volume`` in ``model``. Returns the record:
-    the best element found (order, correlation), and where relaxed, the group's size and how many images moved.
+    :data:`RELAX_STEPS` pose steps at the band ``fr`` against the map of the *other* half set (``split``
+    `(N,)` 1 or 2), and the best takes the image's place. With ``rebuild`` (the polish's maps of the poses as they
+    are), up to :data:`RELAX_ROUNDS` rounds, the maps rebuilt between them, while more than :data:`RELAX_SETTLED` of
+    the images move. Leaves the last whole map in ``model``. Returns the record: the best element found (order,
+    correlation), and where relaxed, the group's size, how many images moved over the rounds, and the rounds.
 
     Judged by the other half's map, not the whole set's: under the whole set's map each image's own noise is in
     its own slice, so its current pose outscores its mates whatever they are. Realistic 7PBL seed 1 (a finished
     run, 56 % of the good images > 20° off, held at the ring's mates): against the whole map no image moved in
     eight rounds, and its right mate scored worse for all 1,095 images one mate would fix; against the other
-    half's map, all candidates refined, three rounds moved 508, 410, 399 images and took the map's FSC = 0.5 with
-    the truth from 14.6 to 10.4 Å (docs/results.md, "Pseudo-symmetry"). Once an earlier polish epoch of the run
+    half's map, all candidates refined 10 steps, nine rounds moved 508, 410, 399, 367, … 162 images and took the
+    map's FSC = 0.5 with the truth from 14.6 to 9.7 Å (docs/results.md, "Pseudo-symmetry: judged by the other
+    half's map"). Once an earlier polish epoch of the run
     (``history``, its epochs' records) found the map short of the threshold by :data:`SKIP_BELOW`, the search is
     not repeated: the polish maps' symmetry hardly moves between epochs (3KPR: 0.536, 0.534, 0.534, 0.535), and
     it costs ~2 s."""
@@ -186,8 +190,8 @@ def _relax_chunk(model, source: ImageSource, state, idx: torch.Tensor, group: tu
         cand_s = None if sh is None else torch.cat([cur_s[:, None], sh[rows, top]], 1).flatten(0, 1)
         cand = passes.pose_table(config, model.size, cand_r, cand_s)
     obs_k, ctf_k = batch.obs.repeat_interleave(k, 0), batch.ctf.repeat_interleave(k, 0)
-    refine_poses(model, cand, torch.arange(len(idx) * k, device=model.device), obs_k, ctf_k, fr,
-                 config.reassign_steps, hartley)
+    refine_poses(model, cand, torch.arange(len(idx) * k, device=model.device), obs_k, ctf_k, fr, RELAX_STEPS,
+                 hartley)
     with torch.no_grad():
         pick = model.exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr).reshape(-1, k).argmin(1)
         take = pick > 0

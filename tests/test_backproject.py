@@ -70,7 +70,7 @@ def test_the_regularised_map_keeps_the_shells_the_halves_agree_on_and_drops_the_
     the plain one over the whole box (3× here), keeps the shells the halves agree on as the plain map has them, and
     removes the shells that hold only noise, which the plain map keeps at full strength. A λ without the FSC, or
     inverted, fails one of these. (Between, where the halves half agree, the shrinkage may cost a little.)"""
-    from napari_semiamort.physics.backproject import wiener_volume
+    from napari_semiamort.physics.backproject import wiener_maps
 
     f, rot, ctf = projections
     gen = torch.Generator().manual_seed(11)
@@ -82,7 +82,7 @@ def test_the_regularised_map_keeps_the_shells_the_halves_agree_on_and_drops_the_
         ins.insert(noisy[part], rot[part], ctf[part])
         halves.append(ins)
     plain = (halves[0] + halves[1]).volume()
-    regularised, curve = wiener_volume(*halves)
+    regularised, curve, _ = wiener_maps(*halves)
     assert curve.shape == (17,) and curve[1:4].min() > 0.9 and curve[14:].max() < 0.2
     truth = torch.as_tensor(igg_map, dtype=torch.float32)
     k = torch.arange(32) - 16
@@ -104,10 +104,10 @@ def test_the_regularised_map_keeps_the_shells_the_halves_agree_on_and_drops_the_
 
 
 def test_each_half_map_holds_its_own_images_only_regularised_as_a_half(projections, igg_map):
-    """The half maps (:func:`wiener_halves`): each is built from its own half's images alone (new noise in half 2's
+    """The half maps (:func:`wiener_maps`): each is built from its own half's images alone (new noise in half 2's
     images moves half 1's map only through the shared regularisation: a fifteenth of what it moves half 2's in the
     shells they agree on), and each is nearer the truth than its plain reconstruction."""
-    from napari_semiamort.physics.backproject import wiener_halves
+    from napari_semiamort.physics.backproject import wiener_maps
     from napari_semiamort.physics.fourier import fft_centered
 
     f, rot, ctf = projections
@@ -128,14 +128,14 @@ def test_each_half_map_holds_its_own_images_only_regularised_as_a_half(projectio
         return out
 
     first, second = inserters(noisy)
-    half1, half2 = wiener_halves(first, second)
+    half1, half2 = wiener_maps(first, second).halves
     truth = torch.as_tensor(igg_map, dtype=torch.float64)
     for h, ins in ((half1, first), (half2, second)):
         assert float((h.double() - truth).norm()) < 0.6 * float((ins.volume().double() - truth).norm())
     # half 2's noise drawn again: half 1's map moves only through the regularisation, half 2's with its noise
     other = noisy.clone()
     other[750:] = f[750:] + noise()[750:]
-    again1, again2 = wiener_halves(*inserters(other))
+    again1, again2 = wiener_maps(*inserters(other)).halves
     k = torch.arange(32) - 16
     shell = torch.sqrt((k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2).float()).round()
 

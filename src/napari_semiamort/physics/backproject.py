@@ -13,12 +13,14 @@ Inserters add: the half maps' sums together are the whole data set's, so the map
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .fourier import frequency_grid_2d, ifft_centered, radial_frequency_index_3d
 from .slicing import central_slice_coordinates
 
-__all__ = ["FourierInserter", "wiener_halves", "wiener_volume"]
+__all__ = ["FourierInserter", "WienerMaps", "wiener_maps"]
 
 
 class FourierInserter:
@@ -94,33 +96,41 @@ class FourierInserter:
         return ifft_centered(self.transform(regularization).reshape(self.size, self.size, self.size), 3).real
 
 
-def wiener_volume(first: FourierInserter, second: FourierInserter) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(map, fsc)``: the map `(L, L, L)` of both half sets' images, each shell regularised by the signal the
-    halves agree on, and the halves' FSC per shell `(L//2 + 1,)` it was filtered with (beyond, 0).
+class WienerMaps(NamedTuple):
+    """:func:`wiener_maps`' maps: the whole set's, the FSC it was filtered with, and each half set's."""
+
+    volume: torch.Tensor  # (L, L, L)
+    fsc: torch.Tensor  # (L//2 + 1,): the halves' FSC per shell (≤ 0.001: 0)
+    halves: tuple[torch.Tensor, torch.Tensor]  # (L, L, L) each: the half sets 1 and 2
+
+
+def wiener_maps(first: FourierInserter, second: FourierInserter) -> WienerMaps:
+    """The map `(L, L, L)` of both half sets' images, each shell regularised by the signal the halves agree on,
+    the halves' FSC per shell `(L//2 + 1,)` it was filtered with (beyond, 0), and each half's own map so
+    regularised; the halves' agreement is measured once for all three.
 
     RELION's regularised reconstruction: ``F = Σ CTF·X / (Σ CTF² + 1/τ²)``, with ``τ²`` of a shell the whole set's
     signal-to-noise ratio ``2·FSC / (1 − FSC)`` over the shell's mean weight. A shell the halves do not agree on
     gets a weight ``λ`` far above its data: the map is low-passed where its poses have not found signal, so a pose
     scored against it is not pulled towards the noise of its own image (every image's noise is in its own slice).
+
+    Each half's map is regularised alike with a half's signal-to-noise ratio ``FSC / (1 − FSC)``. An image
+    compared with the *other* half's map meets no trace of its own noise: under a map that holds an image's noise
+    in its own slice, the image's current pose scores better than any pose the map was not built with (realistic
+    7PBL: every image held at a wrong mate of the pseudo-six-fold scored worse at its right mate under the whole
+    set's map, docs/results.md).
     """
     size = first.size
     shell, fsc, per_shell = _half_agreement(first, second)
-    f = _regularised(first.num + second.num, first.den + second.den, 2 * fsc / (1 - fsc), shell, per_shell)
+
+    def real(num, den, snr):
+        return ifft_centered(_regularised(num, den, snr, shell, per_shell).reshape(size, size, size), 3).real
+
+    volume = real(first.num + second.num, first.den + second.den, 2 * fsc / (1 - fsc))
+    halves = tuple(real(h.num, h.den, fsc / (1 - fsc)) for h in (first, second))
     curve = fsc[: size // 2 + 1].float()
     curve[curve <= 1e-3] = 0.0
-    return ifft_centered(f.reshape(size, size, size), 3).real, curve
-
-
-def wiener_halves(first: FourierInserter, second: FourierInserter) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two half sets' maps `(L, L, L)`, each regularised as :func:`wiener_volume` regularises the whole set's,
-    with a half's own signal-to-noise ratio ``FSC / (1 − FSC)``. An image compared with the *other* half's map
-    meets no trace of its own noise: under a map that holds an image's noise in its own slice, the image's current
-    pose scores better than any pose the map was not built with (realistic 7PBL: every image held at a wrong mate
-    of the pseudo-six-fold scored worse at its right mate under the whole set's map, docs/results.md)."""
-    shell, fsc, per_shell = _half_agreement(first, second)
-    size = first.size
-    return tuple(ifft_centered(_regularised(h.num, h.den, fsc / (1 - fsc), shell, per_shell)
-                               .reshape(size, size, size), 3).real for h in (first, second))
+    return WienerMaps(volume, curve, halves)
 
 
 def _half_agreement(first: FourierInserter, second: FourierInserter):

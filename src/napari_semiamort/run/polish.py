@@ -3,7 +3,7 @@
 Stage 2's decoder volume is trained on the poses it is refining, and each image's own noise is in the slice it is
 scored against: from the true poses turned 4°, stage 2 settled at 2.6–2.7° median on realistic 30S, and a whole
 run's 25 stage-2 epochs still left 3.9°. Scored instead against the map reconstructed directly from the current
-poses with each shell weighted by the signal the half sets agree on (:func:`~..physics.backproject.wiener_volume`,
+poses with each shell weighted by the signal the half sets agree on (:func:`~..physics.backproject.wiener_maps`,
 RELION's regularised map), the poses come in further each epoch as the map sharpens: 3.9° → 3.2, 3.0, 2.8 (FSC
 against the truth 15.8 → 14.7 Å, true poses' 14.2 Å) in three epochs of ten pose steps each, against a map rebuilt
 at each epoch's start (``docs/results.md``, "Stage 2's polish"). The per-image optimum under the noise-free map
@@ -26,7 +26,7 @@ import torch
 from ..metrics.density import solvent_mask
 from ..metrics.fsc import resolution_at
 from ..metrics.symmetry import mate_poses, mates, pseudo_symmetry
-from ..physics.backproject import wiener_halves, wiener_volume
+from ..physics.backproject import wiener_maps
 from . import passes
 from .batches import ImageSource
 from .frequencies import Frequencies
@@ -48,7 +48,7 @@ def polish_split(half: np.ndarray | None, n: int, seed: int) -> np.ndarray:
 
 
 class PolishMaps(NamedTuple):
-    """A polish epoch's maps, masked alike: the whole set's, and each half set's (:func:`.wiener_halves`)."""
+    """A polish epoch's maps, masked alike: the whole set's, and each half set's (:func:`.wiener_maps`)."""
 
     volume: torch.Tensor  # (L, L, L)
     record: dict  # for the epoch's metrics
@@ -70,8 +70,7 @@ def polish_reference(source: ImageSource, poses: torch.Tensor, shifts: torch.Ten
     10.4 Å); with the polish's maps masked, 12.3 Å and 10.8 Å, the median pose error 3.9° → 3.1°."""
     first = insert(source, poses, shifts, np.flatnonzero((split == 1) & keep))
     second = insert(source, poses, shifts, np.flatnonzero((split == 2) & keep))
-    volume, curve = wiener_volume(first, second)
-    halves = wiener_halves(first, second)
+    volume, curve, halves = wiener_maps(first, second)
     curve = curve.cpu().numpy()
     size, pixel = source.size, source.data.pixel_size
     record = {"polish_halves_fsc_0143_A": round(float(resolution_at(curve, size, pixel, 0.143)), 2),

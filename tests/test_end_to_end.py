@@ -281,8 +281,12 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
     m, voxel = read_map(out["map"])
     assert m.shape == (32, 32, 32) and voxel == pytest.approx(full.data.pixel_size, rel=1e-4)
     assert read_map(out["half2"])[0].shape == (32, 32, 32)
+    # the map within the user's sphere (100 Å), and the mask, beside it; the halves' FSC also within it
+    mask, _ = read_map(out["mask"])
+    assert mask.max() == 1 and mask.min() == 0 and np.count_nonzero(mask == 1) < mask.size / 4
+    np.testing.assert_allclose(read_map(out["map_masked"])[0], m * mask, atol=1e-6 * np.abs(m).max())
     rows = (tmp_path / "run" / "fsc.csv").read_text().splitlines()
-    assert rows[0].endswith("fsc_halves,fsc_reference") and len(rows) == 1 + 17
+    assert rows[0].endswith("fsc_halves,fsc_halves_masked,fsc_reference") and len(rows) == 1 + 17
     assert float(rows[-1].split(",")[2]) == pytest.approx(2 * full.data.pixel_size, rel=1e-3)  # full Nyquist
 
     # output_box keeps the maps at the run's box

@@ -11,7 +11,8 @@ Examples:
 Inputs: a RELION STAR (3.0 to 5), a cryoSPARC .cs (its passthrough file is found when beside it), or an
 MRC stack (.mrcs, .mrc, .mrcs.gz) with an optional cryoDRGN ctf.pkl. The run folder receives config.json,
 metrics.jsonl (one line per epoch), checkpoint.pt (each epoch), map.mrc (and half1.mrc / half2.mrc with
---halves), poses.star (RELION 3.1; poses.cs too for a .cs input), fsc.csv / fsc.png and chimerax.cxc.
+--halves), map_masked.mrc and mask.mrc (the map within a soft sphere about the particle), poses.star (RELION
+3.1; poses.cs too for a .cs input), fsc.csv / fsc.png and chimerax.cxc.
 Ctrl-C stops cleanly: the last checkpoint and the current map and poses are written.
 """
 

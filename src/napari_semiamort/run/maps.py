@@ -8,11 +8,12 @@ import torch
 
 from ..data.dataset import ParticleDataset
 from ..data.mrc import read_map
+from ..metrics.density import solvent_mask
 from ..physics.backproject import FourierInserter
 from ..physics.fourier import fft_centered, frequency_grid_2d, resample_map
 from .batches import ImageSource
 
-__all__ = ["backproject", "final_maps", "insert", "read_reference"]
+__all__ = ["backproject", "final_maps", "insert", "masked", "read_reference"]
 
 
 @torch.no_grad()
@@ -63,6 +64,19 @@ def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | 
     first.add_(second)  # the whole set's sums, without a third grid (1.6 GB each at box 512)
     del second
     return first.volume().cpu().numpy(), half1, half2
+
+
+def masked(volume: np.ndarray, pixel_size: float, diameter: float | None = None) -> tuple[np.ndarray, float] | None:
+    """The soft spherical solvent mask `(L, L, L)` in [0, 1] the polish's maps carry
+    (:func:`~..metrics.density.solvent_mask`: about the particle ``volume`` shows, its radius fitted to it or
+    ``diameter`` Å), and its inner radius in Å; None where the map shows no particle or the sphere does not fit
+    the box. The final map times this mask is what the polish refined its last poses against: the solvent's
+    noise gone (realistic 3KPR: FSC = 0.5 with the truth 12.26 Å unmasked, 10.88 Å masked)."""
+    found = solvent_mask(torch.from_numpy(np.ascontiguousarray(volume)),
+                         None if not diameter else diameter / 2 / pixel_size)
+    if found is None:
+        return None
+    return found[0].numpy().astype(np.float32), found[1] * pixel_size
 
 
 def read_reference(path: str, box: int, pixel_size: float) -> torch.Tensor:

@@ -20,12 +20,14 @@ from ..data.star import write_star
 from ..metrics.density import otsu_level
 from ..metrics.fsc import fsc, resolution_at
 from ..metrics.truth import score_against_truth
+from .maps import masked
 
 __all__ = ["RUN_OUTPUTS", "chimerax_script", "otsu_level", "write_config", "write_fsc", "write_outputs"]
 
 # Every file a run writes in its folder (a new run with --force clears them first).
-RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "map.mrc", "half1.mrc", "half2.mrc", "fsc.csv",
-               "fsc.png", "poses.star", "poses_kept.star", "poses.cs", "chimerax.cxc", "ctf.pkl", "pose.pkl")
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "map.mrc", "map_masked.mrc", "mask.mrc", "half1.mrc",
+               "half2.mrc", "fsc.csv", "fsc.png", "poses.star", "poses_kept.star", "poses.cs", "chimerax.cxc",
+               "ctf.pkl", "pose.pkl")
 
 
 def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Path:
@@ -58,9 +60,9 @@ def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_siz
     freq = np.arange(size // 2 + 1) / (size * pixel_size)
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.add_subplot()
-    labels = {"halves": "half maps", "reference": "vs reference map"}
+    labels = {"halves": "half maps", "halves_masked": "half maps, masked", "reference": "vs reference map"}
     for name, c in curves.items():
-        thr = 0.143 if name == "halves" else 0.5
+        thr = 0.143 if name.startswith("halves") else 0.5
         r = resolution_at(c, size, pixel_size, thr)
         ax.plot(freq, c, label=f"{labels.get(name, name)}: {r:.1f} Å at {thr}")
     for thr in (0.143, 0.5):
@@ -140,11 +142,18 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     maps_data = run.output_data()
     whole, *halves = run.final_maps(maps_data)
     out["map"] = write_mrc(run_dir / "map.mrc", whole, maps_data.pixel_size)
+    mask = masked(whole, maps_data.pixel_size, run.config.mask_diameter)
+    if mask is not None:  # the map as the polish saw it, and the mask, for ChimeraX or relion_postprocess
+        out["map_masked"] = write_mrc(run_dir / "map_masked.mrc", whole * mask[0], maps_data.pixel_size)
+        out["mask"] = write_mrc(run_dir / "mask.mrc", mask[0], maps_data.pixel_size)
     curves = {}
     if halves[0] is not None:
         for k, m in enumerate(halves, start=1):
             out[f"half{k}"] = write_mrc(run_dir / f"half{k}.mrc", m, maps_data.pixel_size)
         curves["halves"] = fsc(torch.from_numpy(halves[0]), torch.from_numpy(halves[1]))
+        if mask is not None:  # within the sphere (no phase-randomised correction: the soft sphere is wide)
+            h1, h2 = (torch.from_numpy(h * mask[0]) for h in halves)
+            curves["halves_masked"] = fsc(h1, h2)
     reference = run.reference_at(maps_data.box)
     if reference is not None and data.reference_rotations is not None:
         curves["reference"] = score_against_truth(torch.from_numpy(whole), reference, maps_data.pixel_size,

@@ -285,6 +285,7 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
     mask, _ = read_map(out["mask"])
     assert mask.max() == 1 and mask.min() == 0 and np.count_nonzero(mask == 1) < mask.size / 4
     np.testing.assert_allclose(read_map(out["map_masked"])[0], m * mask, atol=1e-6 * np.abs(m).max())
+    assert "map_masked.mrc" in out["chimerax"].read_text()  # opened hidden beside the map
     rows = (tmp_path / "run" / "fsc.csv").read_text().splitlines()
     assert rows[0].endswith("fsc_halves,fsc_halves_masked,fsc_reference") and len(rows) == 1 + 17
     assert float(rows[-1].split(",")[2]) == pytest.approx(2 * full.data.pixel_size, rel=1e-3)  # full Nyquist

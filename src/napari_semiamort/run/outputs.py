@@ -85,14 +85,15 @@ def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_siz
 
 
 def chimerax_script(run_dir: Path, force: bool = False) -> Path:
-    """``RUN_DIR/chimerax.cxc``: opens ``map.mrc`` (and ``half1.mrc``/``half2.mrc`` when present, hidden)
-    with the voxel size from the header and a surface level from :func:`otsu_level`."""
+    """``RUN_DIR/chimerax.cxc``: opens ``map.mrc`` (and ``map_masked.mrc``, ``half1.mrc``/``half2.mrc`` when
+    present, hidden) with the voxel size from the header and a surface level from :func:`otsu_level`."""
     run_dir = Path(run_dir)
     main = run_dir / "map.mrc"
     if not main.is_file():
         raise FileNotFoundError(f"{main}: no map in this run folder (has the run written its outputs?)")
     lines = [f"# ChimeraX script written by napari-semiamort {__version__}", f"# run folder: {run_dir.resolve()}"]
-    maps = [main] + [run_dir / f"half{k}.mrc" for k in (1, 2) if (run_dir / f"half{k}.mrc").is_file()]
+    maps = [main] + [run_dir / name for name in ("map_masked.mrc", "half1.mrc", "half2.mrc")
+                     if (run_dir / name).is_file()]
     for model, path in enumerate(maps, start=1):
         data, voxel = read_map(path)
         level = otsu_level(data)

@@ -56,6 +56,24 @@ def test_rotate_map_undoes_a_known_rotation(igg_map):
     assert np.corrcoef(turned.numpy().ravel(), igg_map.numpy().ravel())[0, 1] < 0.9
 
 
+def test_rotate_map_is_exact_for_turns_that_keep_the_grid(igg_map):
+    """The identity and turns by 90° or 180° about the axes sample the padded transform on its grid points: the
+    map comes back as it is (turned voxel for voxel), not with its edges amplified by the compensation for an
+    interpolation that does not happen (before: worst voxel off by 7.6 % of the peak for the identity, 8.5 % for
+    the quarter turn; now 0 and 3.1 %, the Nyquist plane's share)."""
+    v = igg_map.float()
+    peak = float(v.abs().max())
+    assert float((rotate_map(v, torch.eye(3)) - v).abs().max()) < 1e-4 * peak
+    quarter = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # T (x, y, z) = (−y, x, z)
+    c = 16
+    k = torch.arange(32) - c
+    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
+    inside = -y < c  # V(u) = V_in(T u): the voxel (x, y, z) holds V_in's (−y, x, z), where that is in the box
+    expect = torch.zeros_like(v)
+    expect[inside] = v[(z + c)[inside], (x + c)[inside], (-y + c)[inside]]
+    assert float((rotate_map(v, quarter) - expect).abs().max()) < 0.05 * peak
+
+
 def test_resolution_of_a_curve_that_starts_below_the_threshold_is_the_lowest_shell():
     curve = np.array([-1.0, -0.99, -0.9, 0.2, 0.1])
     assert resolution_at(curve, 8, 2.0, 0.5) == 16.0  # the box length: no resolution at all

@@ -107,6 +107,11 @@ def rotate_map(volume: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
     pad = 2 * size
     x = (torch.arange(size, dtype=torch.float64) - size // 2) / pad
     s2 = (torch.sinc(x) ** 2).to(torch.float32)
+    if bool(((transform.abs() - transform.abs().round()).abs() < 1e-6).all()):
+        # a signed permutation (the identity, a turn by 90° or 180° about an axis): every T k falls on the padded
+        # grid, nothing is interpolated, and the interpolation's sinc² compensation would only amplify the box's
+        # edges (the identity read a true-pose map at 11.8 Å against the truth instead of 10.8 Å)
+        s2 = torch.ones_like(s2)
     padded = torch.zeros(pad, pad, pad, dtype=torch.float32)
     lo = pad // 2 - size // 2
     padded[lo : lo + size, lo : lo + size, lo : lo + size] = (

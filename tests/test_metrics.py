@@ -284,3 +284,12 @@ def test_the_final_maps_mask_keeps_the_particle_and_removes_the_solvents_noise()
     assert error(noisy * mask) < 0.5 * error(noisy)  # 0.36–0.37 over noise seeds 0–3 (the mask: 21 % of the box)
     assert masked(noisy.astype(np.float32), 2.5, diameter=40.0)[1] == pytest.approx(20.0 + 4 * 2.5)
     assert masked(noisy.astype(np.float32), 2.5, diameter=100.0) is None  # 20 + 4 + 4 voxels: past the edge
+    # a map over MASK_BOX (128): fitted on the map Fourier-cropped to 128, interpolated back; the same sphere
+    g = torch.arange(160, dtype=torch.float64) - 80
+    z, y, x = torch.meshgrid(g, g, g, indexing="ij")
+    r = ((x - 10) ** 2 + y**2 + (z + 5) ** 2).sqrt()
+    big = ((1 + torch.cos(torch.pi * ((r - 25) / 5).clamp(0, 1))) / 2).to(torch.float32).numpy()
+    mask, inner = masked(big, 1.0)
+    assert mask.shape == (160, 160, 160) and 0 <= mask.min() and mask.max() <= 1
+    assert 30 + 5 <= inner <= 34 + 5  # Å: the 99 % radius of a ball of 25–30 voxels + 4 voxels at 1.25 Å
+    assert (mask[r.numpy() <= 30] > 0.999).all() and mask[r.numpy() > inner + 5 + 2].max() < 1e-3

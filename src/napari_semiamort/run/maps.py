@@ -66,17 +66,29 @@ def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | 
     return first.volume().cpu().numpy(), half1, half2
 
 
+MASK_BOX = 128  # the largest box the final map's mask is fitted at (a box-400 map is Fourier-cropped to it first)
+
+
 def masked(volume: np.ndarray, pixel_size: float, diameter: float | None = None) -> tuple[np.ndarray, float] | None:
     """The soft spherical solvent mask `(L, L, L)` in [0, 1] the polish's maps carry
     (:func:`~..metrics.density.solvent_mask`: about the particle ``volume`` shows, its radius fitted to it or
     ``diameter`` Å), and its inner radius in Å; None where the map shows no particle or the sphere does not fit
     the box. The final map times this mask is what the polish refined its last poses against: the solvent's
-    noise gone (realistic 3KPR: FSC = 0.5 with the truth 12.26 Å unmasked, 10.88 Å masked)."""
-    found = solvent_mask(torch.from_numpy(np.ascontiguousarray(volume)),
-                         None if not diameter else diameter / 2 / pixel_size)
+    noise gone (realistic 3KPR: FSC = 0.5 with the truth 12.26 Å unmasked, 10.88 Å masked).
+
+    Fitted at box :data:`MASK_BOX` at most (the margin and edge in that box's voxels, as the polish's are at the
+    run's box) and interpolated to the map's: the fit's float64 transforms and sort at box 400 would need GBs."""
+    size = volume.shape[-1]
+    work = min(size, MASK_BOX)
+    v = resample_map(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)), work)
+    scale = size / work  # the map's voxels per work voxel
+    found = solvent_mask(v, None if not diameter else diameter / 2 / (pixel_size * scale))
     if found is None:
         return None
-    return found[0].numpy().astype(np.float32), found[1] * pixel_size
+    mask, inner = found
+    if work < size:
+        mask = torch.nn.functional.interpolate(mask[None, None], size=(size,) * 3, mode="trilinear")[0, 0]
+    return mask.clamp(0, 1).numpy().astype(np.float32), inner * scale * pixel_size
 
 
 def read_reference(path: str, box: int, pixel_size: float) -> torch.Tensor:

@@ -289,6 +289,13 @@ def test_maps_are_made_at_the_images_box_when_the_poses_were_inferred_downsample
     rows = (tmp_path / "run" / "fsc.csv").read_text().splitlines()
     assert rows[0].endswith("fsc_halves,fsc_halves_masked,fsc_reference") and len(rows) == 1 + 17
     assert float(rows[-1].split(",")[2]) == pytest.approx(2 * full.data.pixel_size, rel=1e-3)  # full Nyquist
+    # written again where no sphere fits (here: a 1,000 Å mask in a 530 Å box): the earlier mask must not stay
+    import dataclasses
+
+    small.config = dataclasses.replace(small.config, mask_diameter=1000.0)
+    again = write_outputs(small, tmp_path / "run")
+    assert "mask" not in again and not (tmp_path / "run" / "map_masked.mrc").exists()
+    assert not (tmp_path / "run" / "mask.mrc").exists() and "map_masked" not in again["chimerax"].read_text()
 
     # output_box keeps the maps at the run's box
     assert known_poses(16, output_box=16).final_maps()[0].shape == (16, 16, 16)

@@ -147,6 +147,9 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     if mask is not None:  # the map as the polish saw it, and the mask, for ChimeraX or relion_postprocess
         out["map_masked"] = write_mrc(run_dir / "map_masked.mrc", whole * mask[0], maps_data.pixel_size)
         out["mask"] = write_mrc(run_dir / "mask.mrc", mask[0], maps_data.pixel_size)
+    else:  # none fits this map: an earlier write's (before a resume) must not pass for this map's
+        for name in ("map_masked.mrc", "mask.mrc"):
+            (run_dir / name).unlink(missing_ok=True)
     curves = {}
     if halves[0] is not None:
         for k, m in enumerate(halves, start=1):

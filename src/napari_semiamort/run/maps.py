@@ -73,8 +73,8 @@ def masked(volume: np.ndarray, pixel_size: float, diameter: float | None = None)
     """The soft spherical solvent mask `(L, L, L)` in [0, 1] the polish's maps carry
     (:func:`~..metrics.density.solvent_mask`: about the particle ``volume`` shows, its radius fitted to it or
     ``diameter`` Å), and its inner radius in Å; None where the map shows no particle or the sphere does not fit
-    the box. The final map times this mask is what the polish refined its last poses against: the solvent's
-    noise gone (realistic 3KPR: FSC = 0.5 with the truth 12.26 Å unmasked, 10.88 Å masked).
+    the box. The final map times this mask has the solvent's noise gone, as the polish's maps had (fitted the same
+    way to this map; realistic 3KPR: FSC = 0.5 with the truth 12.26 Å unmasked, 10.88 Å masked).
 
     Fitted at box :data:`MASK_BOX` at most (the margin and edge in that box's voxels, as the polish's are at the
     run's box) and interpolated to the map's: the fit's float64 transforms and sort at box 400 would need GBs."""

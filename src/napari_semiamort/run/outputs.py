@@ -143,10 +143,11 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     maps_data = run.output_data()
     whole, *halves = run.final_maps(maps_data)
     out["map"] = write_mrc(run_dir / "map.mrc", whole, maps_data.pixel_size)
-    mask = masked(whole, maps_data.pixel_size, run.config.mask_diameter)
-    if mask is not None:  # the map as the polish saw it, and the mask, for ChimeraX or relion_postprocess
-        out["map_masked"] = write_mrc(run_dir / "map_masked.mrc", whole * mask[0], maps_data.pixel_size)
-        out["mask"] = write_mrc(run_dir / "mask.mrc", mask[0], maps_data.pixel_size)
+    found = masked(whole, maps_data.pixel_size, run.config.mask_diameter)
+    mask = None if found is None else found[0]
+    if mask is not None:  # the map within the polish's kind of mask, and the mask, for ChimeraX or relion_postprocess
+        out["map_masked"] = write_mrc(run_dir / "map_masked.mrc", whole * mask, maps_data.pixel_size)
+        out["mask"] = write_mrc(run_dir / "mask.mrc", mask, maps_data.pixel_size)
     else:  # none fits this map: an earlier write's (before a resume) must not pass for this map's
         for name in ("map_masked.mrc", "mask.mrc"):
             (run_dir / name).unlink(missing_ok=True)
@@ -156,7 +157,7 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
             out[f"half{k}"] = write_mrc(run_dir / f"half{k}.mrc", m, maps_data.pixel_size)
         curves["halves"] = fsc(torch.from_numpy(halves[0]), torch.from_numpy(halves[1]))
         if mask is not None:  # within the sphere (no phase-randomised correction: the soft sphere is wide)
-            h1, h2 = (torch.from_numpy(h * mask[0]) for h in halves)
+            h1, h2 = (torch.from_numpy(h * mask) for h in halves)
             curves["halves_masked"] = fsc(h1, h2)
     reference = run.reference_at(maps_data.box)
     if reference is not None and data.reference_rotations is not None:

@@ -68,3 +68,20 @@ def test_the_outputs_mark_junk_and_leave_it_out_of_the_map(tiny_dataset, tmp_pat
     assert not np.allclose(whole, without)  # the flagged images are not in the map
     by_hand = run.backproject(np.arange(100, n))
     np.testing.assert_allclose(without, by_hand, rtol=1e-5, atol=1e-6 * np.abs(by_hand).max())
+
+
+def test_the_junk_score_is_the_share_of_the_prediction_an_image_holds(tiny_dataset):
+    """The fitted amplitude: 1 for the prediction itself, its scale for a scaled copy, 0 for an image that holds
+    none of it (whatever the CTF lets through: unlike the matched filter, it does not grow with the signal)."""
+    run = _run(tiny_dataset)
+    idx = torch.arange(6)
+    fr = run.frequencies(1.0)
+    batch = run.source.batch(idx, fr)
+    poses = run.data.reference_rotations[idx]
+    pred = run.model.predict(poses, None, batch.ctf, fr)
+    scale = torch.tensor([1.0, 0.5, 2.0, 0.0, 1.0, 0.25])[:, None]
+    got = run.model.amplitude(poses, None, pred * scale, batch.ctf, fr)
+    torch.testing.assert_close(got, scale[:, 0], rtol=1e-4, atol=1e-6)
+    # the same amplitude whatever the prediction's strength (a weaker CTF, a fainter map)
+    faint = run.model.amplitude(poses, None, 0.1 * pred * scale, 0.1 * batch.ctf, fr)
+    torch.testing.assert_close(faint, scale[:, 0], rtol=1e-4, atol=1e-6)

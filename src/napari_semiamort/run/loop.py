@@ -230,11 +230,11 @@ class Reconstruction:
         return record
 
     def _flag_junk(self) -> dict:
-        """Flag the images that fit no view of the map (:mod:`.junk`), scored at stage 1's band at the switch
-        (the band the map is sure of from the first stage-2 epoch on)."""
-        flags = passes.flag_junk(self.model, self.source, self.state, self.bank.at(self.schedule.stage1_end),
-                                 self.config)
-        return flags.record()
+        """Flag the images that fit no view of the map (:mod:`.junk`), scored at the band the epoch trained: the
+        finer the map, the less another molecule's images share with it."""
+        st = self.state
+        fr = self.bank.at(self.schedule.band(st.epoch, STAGE2, st.switched_at))
+        return passes.flag_junk(self.model, self.source, st, fr, self.config).record()
 
     def _set_volume_lr(self) -> None:
         for group in self.opt_volume.param_groups:

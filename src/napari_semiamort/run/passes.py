@@ -128,13 +128,13 @@ def switch_to_autodecode(model: ImageModel, stage1: Stage1Strategy, source: Imag
 @torch.no_grad()
 def flag_junk(model: ImageModel, source: ImageSource, state: RunState, fr: Frequencies,
               config: ReconstructionConfig) -> JunkFlags:
-    """Each image's detection score at its current pose, scored at the band ``fr``, and the images flagged as
+    """Each image's fitted amplitude at its current pose, scored at the band ``fr``, and the images flagged as
     junk from them (:func:`.junk.flag_junk`); recorded in ``state.junk``."""
     scores = []
     for idx in chunks(len(source), config, model.device):
         batch = source.batch(idx, fr)
         sh = None if state.shifts is None else state.shifts[idx].to(model.device)
-        scores.append(model.detection(state.poses[idx].to(model.device), sh, batch.obs, batch.ctf, fr).cpu())
+        scores.append(model.amplitude(state.poses[idx].to(model.device), sh, batch.obs, batch.ctf, fr).cpu())
     flags = junk.flag_junk(torch.cat(scores).numpy())
     state.junk = torch.from_numpy(flags.flagged)
     return flags

@@ -72,12 +72,14 @@ class ImageModel:
         interpolates the image)."""
         return self.loss(self.predict(rotations, shifts, ctf, fr), obs, fr)
 
-    def detection(self, rotations: torch.Tensor, shifts: torch.Tensor | None, obs: torch.Tensor, ctf: torch.Tensor,
+    def amplitude(self, rotations: torch.Tensor, shifts: torch.Tensor | None, obs: torch.Tensor, ctf: torch.Tensor,
                   fr: Frequencies) -> torch.Tensor:
-        """Each image's detection score `(B,)`: the matched filter ``Σ w·p·y / √(Σ w·p²)`` of its prediction
-        ``p`` at one pose per image against ``obs``, in units of the noise's standard deviation (:mod:`.junk`)."""
+        """Each image's fitted amplitude `(B,)` of its prediction ``p`` at one pose per image: the least-squares
+        scale ``Σ w·p·y / Σ w·p²`` that best fits ``p`` to ``obs`` under the noise model's weights ``w``. A
+        particle holds the map's projection at about its scale (~1); empty ice holds none of it (~0); another
+        molecule only the part of it their low-resolution shapes share (:mod:`.junk`)."""
         pred, w = self.predict(rotations, shifts, ctf, fr), self.inv_var(fr)
-        return (w * pred * obs).sum(-1) / (w * pred * pred).sum(-1).clamp_min(1e-30).sqrt()
+        return (w * pred * obs).sum(-1) / (w * pred * pred).sum(-1).clamp_min(1e-30)
 
     def inplane_scores(self, slices: torch.Tensor, batch: Batch, idx: torch.Tensor, fr: Frequencies,
                        inplane: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:

@@ -82,7 +82,7 @@ def explained_signal(model: ImageModel, source: ImageSource, state: RunState, fr
                      seed: int, batch: int = 256, last_shell: int | None = None) -> ExplainedSignal:
     """:class:`ExplainedSignal` of the run's current volume at the images' current poses and shifts, at the
     frequencies ``fr``, on a seeded sample of the images not flagged as junk (at the switch none are yet). Not
-    flagged by the sample's own detection scores: images at wrong poses score low as junk does, and leaving them
+    flagged by the sample's own junk scores: images at wrong poses score low as junk does, and leaving them
     out lifted the share of failed runs' blobs from 0.13-0.24 to 0.27-0.54 (realistic 3KPR at the switch, 9 %
     flagged: 0.76 either way). ``last_shell``: judge no shell beyond it (Fourier pixels)."""
     n, size = len(source), source.size

@@ -16,6 +16,7 @@ from napari_semiamort.run.schedule import (
     FixedEpochSwitch,
     Schedule,
     default_band_end,
+    grid_spacing_deg,
     measured_band_end,
 )
 
@@ -258,6 +259,22 @@ def test_the_auto_rule_switches_once_the_poses_stop_settling_between_its_earlies
     # judged on three epochs at the final band: while the band grew the poses moved with it
     assert not rule.switches(10, _stage1([12, 11.5, 11.8], [0.35, 0.4, 0.4]))
     assert AutoSwitch(10, 5).latest == 10  # the latest is never before the earliest
+
+
+def test_the_auto_rule_switches_at_the_bands_end_when_the_images_keep_their_grid_cells():
+    """A clean set: at the band's end the poses only jitter within the grid's cells; lingering at the final band
+    drifted the map and hurt stage 2 (docs/benchmarks.md), so the switch comes at once."""
+    rule = AutoSwitch(earliest=10, latest=20, settled_deg=7.5)
+    assert rule.switches(10, _stage1([9.0, 5.0]))  # under half the grid's 15°: switch at the band's end
+    assert not rule.switches(10, _stage1([40, 30, 24, 20, 17]))  # still hopping: wait, as before
+    assert not rule.switches(9, _stage1([5.0, 5.0]))  # never before the earliest epoch
+    # the test is on the last epoch at the final band only: a settled epoch while the band still grew is not one
+    assert not rule.switches(10, _stage1([5.0, 9.0], [0.35, 0.4]))
+    assert not rule.switches(10, _stage1([5.0, 9.0], [0.4, 0.4]))
+    s = Schedule(ReconstructionConfig(switch="auto", search_nside=4, search_inplane=24), 64, 100)
+    assert s.switch.settled_deg == pytest.approx(0.5 * 15.0)
+    assert grid_spacing_deg(4, 24) == pytest.approx(15.0) and grid_spacing_deg(8, 24) == pytest.approx(15.0)
+    assert grid_spacing_deg(8, 96) == pytest.approx(7.33, abs=0.01)  # the directions' spacing, nside 8
 
 
 def test_the_auto_rule_moves_the_runs_end_so_stage_2_keeps_its_length():

@@ -57,3 +57,23 @@ def test_with_centred_particles_no_shift_is_searched(tiny_dataset):
     cand = em.candidates(run.source.batch(idx, fr), idx, fr, None)
     assert cand.shifts is None and cand.rotations.shape == (4, em.top, 3, 3)
 
+
+
+def test_a_stage_1_step_moves_no_coefficient_beyond_its_band(tiny_dataset):
+    """The voxels just beyond the band are reached by the slice's interpolation with small weights; left to Adam
+    they random-walk (the shell beyond the band grew to 400x its trend over four epochs at one band). A step at
+    the band moves the volume within it and leaves every coefficient beyond it as it was, in both strategies."""
+    from napari_semiamort.physics.fourier import radial_frequency_index_3d
+
+    for kw in ({}, {"stage1": "heads", "heads": 2}):
+        run = _run(tiny_dataset, **kw)
+        fr = run.frequencies(0.5)
+        band = int(fr.shells.max())
+        idx = torch.arange(16)
+        before = [p.detach().clone() for p in (run.volume.mantissa, run.volume.exponent)]
+        for _ in range(3):
+            run.stage1.step(run.source.batch(idx, fr), idx, fr, run.opt_volume, None)
+        shells = radial_frequency_index_3d(run.size)
+        for old, new in zip(before, (run.volume.mantissa, run.volume.exponent), strict=True):
+            assert torch.equal(new.detach()[shells > band], old[shells > band])
+            assert not torch.equal(new.detach()[shells <= band], old[shells <= band])

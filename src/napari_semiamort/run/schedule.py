@@ -146,9 +146,9 @@ SETTLED_RATIO = 0.9
 # ... or at once, when the band reaches its end, if the last epoch's mean pose change is under this fraction of the
 # search grid's spacing: most images kept their grid cell, and only the grid's jitter moves them. Stage 1 at its
 # final band gains nothing then (clean 3KPR, 1IGY, 8ZPM: median error flat at 8.4-11° from the band's end on)
-# and loses: the auto runs that went on three epochs there drifted 1.0-1.7 px and their first reassignment sent
-# a tenth of the images astray (mean error 8.2° -> 13.5°, 6.2° at the end against 2.9° for the fixed 15;
-# 1IGY with the band's end and the switch both at 13: 2.67°; docs/benchmarks.md, "The automatic switch").
+# and lost, before stage 1 stepped only within its band (models.volume.keep_gradient_within): the shell just beyond
+# the band random-walked, the map drifted 1.0-1.7 px and the first reassignment sent a tenth of the images
+# astray (1IGY mean 6.2° at the end against 2.9° for the fixed 15; docs/benchmarks.md, "The automatic switch").
 SETTLED_GRID_FRACTION = 0.5
 
 

@@ -58,7 +58,6 @@ def test_with_centred_particles_no_shift_is_searched(tiny_dataset):
     assert cand.shifts is None and cand.rotations.shape == (4, em.top, 3, 3)
 
 
-
 def test_a_stage_1_step_moves_no_coefficient_beyond_its_band(tiny_dataset):
     """The voxels just beyond the band are reached by the slice's interpolation with small weights; left to Adam
     they random-walk (the shell beyond the band grew to 400x its trend over four epochs at one band). A step at

@@ -86,9 +86,10 @@ class HartleyVolume(nn.Module):
         spectrum's trend gives it (1IGY at box 64: shell 14 at 10^5.2 where shell 12 holds 10^2.9), the real-space
         map's centre drifted by 1.7 px, and stage 2's first judgement at the full band sent images to wrong
         views (docs/benchmarks.md, "The automatic switch"). Stage 1 trains within its band only."""
-        if getattr(self, "_shells", None) is None or self._shells.device != self.mantissa.device:
-            self._shells = radial_frequency_index_3d(self.size).to(self.mantissa.device)
-        outside = self._shells > shell
+        key = (shell, self.mantissa.device)
+        if getattr(self, "_outside", (None, None))[0] != key:  # the band changes every few epochs, not every step
+            self._outside = (key, radial_frequency_index_3d(self.size, self.mantissa.device) > shell)
+        outside = self._outside[1]
         for p in (self.mantissa, self.exponent):
             if p.grad is not None:
                 p.grad[outside] = 0

@@ -33,7 +33,7 @@ import torch
 
 from napari_semiamort.cli.main import main as cli
 from napari_semiamort.data.mrc import read_map
-from napari_semiamort.metrics.truth import score_against_truth
+from napari_semiamort.metrics.truth import TruthScore, score_against_truth
 from napari_semiamort.run import Reconstruction, ReconstructionConfig
 from napari_semiamort.sim.atoms import chain_symmetry
 
@@ -77,12 +77,14 @@ def structure(name: str) -> Path:
 
 
 def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], condition: str = "clean",
-            seed: int = 0, floor_turn: float = 0.0) -> dict:
+            seed: int = 0, floor_turn: float = 0.0, figures: Path | None = None) -> dict:
     sim, run_dir = work / "sim", work / "run"
     t0 = time.perf_counter()
-    cli(["simulate", str(model), "-o", str(sim), "--n", str(n), "--box", str(box), "--seed", str(seed),
-         *CONDITIONS[condition]])
-    cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), *extra])
+    if not (sim / "particles.star").is_file():  # a kept set (--keep) is reused
+        cli(["simulate", str(model), "-o", str(sim), "--n", str(n), "--box", str(box), "--seed", str(seed),
+             *CONDITIONS[condition]])
+    force = ["--force"] if run_dir.exists() else []  # a kept case's earlier run goes
+    cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), *force, *extra])
     seconds = time.perf_counter() - t0
     run = Reconstruction.resume(run_dir, cache_images=False)  # the final state, for poses and the map
     # pose errors modulo the model's point group (its chains): a C2 complex's poses are otherwise 180° off for
@@ -98,7 +100,8 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
                             run.data.reference_rotations[good], symmetry=symmetry)
     decoder = score_against_truth(torch.from_numpy(run.volume_map()), torch.from_numpy(truth), pixel,
                                   run.poses[good], run.data.reference_rotations[good], symmetry=symmetry)
-    ceiling = true_pose_ceiling(sim, good.numpy(), truth, pixel)
+    ceiling_score = true_pose_score(sim, good.numpy(), truth, pixel)
+    ceiling = ceiling_score.resolution_05
     floor = pose_floor_at_truth(sim, good.numpy(), truth, seed, extra, symmetry)
     floor.update({f"pose_floor_stage2_{k[len('pose_floor_'):]}": v
                   for k, v in pose_floor(sim, good.numpy(), seed, extra, symmetry).items()})
@@ -107,8 +110,9 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
         floor.update({f"pose_floor_turned_{k[len('pose_floor_'):]}": v for k, v in turned.items()},
                      pose_floor_turn_deg=floor_turn)
     nyquist = 2 * pixel
-    return {**floor,
-        "molecule": model.name, "condition": condition, "seed": seed, "pixel_size": pixel, "seconds": seconds,
+    row = {**floor,
+        "molecule": model.name, "code": revision(), "condition": condition, "seed": seed, "pixel_size": pixel,
+        "seconds": seconds,
         "fsc_0.5": s.resolution_05, "fsc_0.143": s.resolution_0143, "fsc_0.5_over_nyquist": s.resolution_05 / nyquist,
         "fsc_0.5_decoder": decoder.resolution_05, "fsc_0.5_true_poses": ceiling,
         "pose_error_mean": s.poses.mean_error, "pose_error_median": s.poses.median_error,
@@ -119,17 +123,43 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
                             and (condition != "clean" or s.resolution_05 <= 1.5 * nyquist)),
         "pose_success": bool(s.poses.median_error <= 2 * floor["pose_floor_median"]),
     }
+    if figures is not None:
+        from panel_figure import case_figure  # (benchmarks/ is on the path when this runs as a script)
+
+        name = f"{model.name.split('.')[0]}_{condition}_{seed}.png"
+        row["figure"] = str(case_figure(figures / name, row, truth, ceiling_score.aligned.numpy(), s.aligned.numpy(),
+                                        s.curve, ceiling_score.curve, s.poses.errors_deg))
+    return row
+
+
+def revision() -> str:
+    """The code the rows come from: the checkout's commit, with "+changes" when its tracked files differ from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
 
 
 def true_pose_ceiling(sim: Path, good: np.ndarray, truth: np.ndarray, pixel: float) -> float:
     """FSC = 0.5 (Å) against the truth of the map the true poses and shifts give from the same images (junk
     left out): what a perfect pose inference would deliver."""
+    return true_pose_score(sim, good, truth, pixel).resolution_05
+
+
+def true_pose_score(sim: Path, good: np.ndarray, truth: np.ndarray, pixel: float) -> TruthScore:
+    """The true poses' map (:func:`true_pose_ceiling`) scored against the truth: its curve and aligned map too."""
     run = Reconstruction(ReconstructionConfig(particles=str(sim / "particles.star"), restarts=1))
     run.poses = run.data.reference_rotations.to(torch.float32).clone()
     if run.data.reference_shifts is not None and float(run.data.reference_shifts.abs().max()) > 0:
         run.shifts = run.data.reference_shifts.clone()
     best = run.backproject(good, data=run.output_data())
-    return score_against_truth(torch.from_numpy(best), torch.from_numpy(truth), pixel).resolution_05
+    return score_against_truth(torch.from_numpy(best), torch.from_numpy(truth), pixel)
 
 
 def run_config(sim: Path, seed: int, extra: list[str]) -> ReconstructionConfig:
@@ -244,6 +274,10 @@ def main() -> None:
     p.add_argument("--conditions", nargs="+", choices=sorted(CONDITIONS), default=["clean"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", help="write the rows as JSON here")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="write each case's figure here (MOLECULE_CONDITION_SEED.png; benchmarks/panel_figure.py)")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep each case's simulated set and run under DIR/MOLECULE_CONDITION_SEED (default: deleted)")
     p.add_argument("--floor-turn", type=float, default=0.0, metavar="DEG",
                    help="also the pose floor from the true poses turned by DEG degrees each (0: not)")
     args = p.parse_args(argv)
@@ -251,9 +285,14 @@ def main() -> None:
     molecules = PANEL if args.panel else args.molecules
     cases = [(name, c, s) for name in molecules for c in args.conditions for s in args.seeds]
     for name, condition, seed in cases:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run_one(structure(name), Path(tmp), args.n, args.box, extra, condition, seed,
-                                args.floor_turn))
+        if args.keep is not None:
+            work = args.keep / f"{name.split('.')[0]}_{condition}_{seed}"
+            rows.append(run_one(structure(name), work, args.n, args.box, extra, condition, seed, args.floor_turn,
+                                args.figures))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(run_one(structure(name), Path(tmp), args.n, args.box, extra, condition, seed,
+                                    args.floor_turn, args.figures))
         r = rows[-1]
         print(f"| {r['molecule']} | {condition} | {seed} | {r['pixel_size']:.2f} | {r['seconds'] / 60:.1f} min | "
               f"{r['fsc_0.5']:.2f} Å (true poses {r['fsc_0.5_true_poses']:.2f} Å; "

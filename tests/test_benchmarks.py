@@ -229,3 +229,45 @@ def test_the_pose_floors_truth_map_is_scaled_shell_by_shell_onto_the_images_map(
     ratio = np.abs(np.fft.fftn(fitted)) / np.maximum(np.abs(np.fft.fftn(truth)), 1e-12)
     for k in (0, 3, 6, 9):
         np.testing.assert_allclose(np.median(ratio[shell == k]), scale[k], rtol=0.02, atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def panel_figure():
+    spec = importlib.util.spec_from_file_location("bench_panel_figure", ROOT / "benchmarks" / "panel_figure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_panel_figures_projections_run_along_z_and_along_x(panel_figure):
+    """Maps are (z, y, x): a blob off the centre in x lies off-centre in both views' columns (along z: the image
+    is (y, x)) or not at all (along x: the image is (z, y)), one off in z only in the second view's rows."""
+    volume = np.zeros((16, 16, 16))
+    volume[8, 8, 12] = 1.0  # x = 12
+    volume[3, 8, 8] = 2.0  # z = 3
+    p = panel_figure.projections(volume)
+    assert p["z"].shape == p["x"].shape == (16, 16)
+    assert p["z"][8, 12] == 1.0 and p["z"][8, 8] == 2.0  # along z: (y, x); the z-offset blob lands on the centre
+    assert p["x"][8, 8] == 1.0 and p["x"][3, 8] == 2.0  # along x: (z, y)
+    assert p["z"].sum() == p["x"].sum() == 3.0
+    with pytest.raises(ValueError, match="three axes"):
+        panel_figure.projections(np.zeros((16, 16)))
+
+
+def test_the_panel_figure_is_written_whole_for_a_case(panel_figure, tmp_path):
+    """A case's figure: a PNG of the size asked, written under its final name only once complete."""
+    import matplotlib.image
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((16, 16, 16))
+    curve = np.linspace(1.0, 0.0, 9)
+    row = {"molecule": "m.cif", "condition": "realistic", "seed": 1, "pixel_size": 3.0, "fsc_0.5": 12.0,
+           "fsc_0.5_true_poses": 10.0, "pose_floor_median": 1.5, "map_success": True, "pose_success": False,
+           "seconds": 90.0}
+    errors = np.abs(rng.standard_normal(300)) * 5
+    out = panel_figure.case_figure(tmp_path / "figs" / "m_realistic_1.png", row, truth, truth, truth, curve, curve,
+                                   errors)
+    assert out == tmp_path / "figs" / "m_realistic_1.png" and not list(out.parent.glob("*.part"))
+    image = matplotlib.image.imread(out)
+    assert image.shape[:2] == (368, 880)  # 11 × 4.6 inches at 80 dpi
+    assert image[..., :3].std() > 0.05  # drawn, not blank

@@ -9,7 +9,6 @@ from napari_semiamort.run import Reconstruction, ReconstructionConfig
 from napari_semiamort.run.schedule import (
     BAND_SNR,
     EDGE_SNR,
-    SETTLED_RATIO,
     STAGE1,
     STAGE2,
     AutoSwitch,
@@ -134,8 +133,8 @@ def test_the_volume_step_is_stage_1s_then_decays_linearly_from_the_switch():
 def test_the_reassignment_runs_in_the_epochs_after_the_switch_only():
     s = Schedule(ReconstructionConfig(epochs=10, switch_epoch=4, reassign_epochs=3), 32, 100)
     assert [s.reassigns(e, 4) for e in range(5, 10)] == [True, True, False, False, False]
-    assert s.reassign_band == s.stage1_end
-    assert Schedule(ReconstructionConfig(reassign_max_freq=0.8), 32, 100).reassign_band == 0.8
+    assert s.reassign_band(None) == s.stage1_end
+    assert Schedule(ReconstructionConfig(reassign_max_freq=0.8), 32, 100).reassign_band(None) == 0.8
 
 
 def test_the_polish_takes_stage_2s_last_epochs_after_the_band_ramp_and_the_reassignment():
@@ -244,49 +243,48 @@ def _stage1(changes, bands=None):
     return [{"stage": STAGE1, "pose_change_deg": c, "band_fraction": b} for c, b in zip(changes, bands, strict=True)]
 
 
-def test_the_auto_rule_switches_once_the_poses_stop_settling_between_its_earliest_and_latest_epochs():
-    rule = AutoSwitch(earliest=10, latest=20)
-    settled = _stage1([40, 20, 12, 11.5, 11.8])
-    assert not rule.switches(9, settled)  # the band has not reached its end
-    assert rule.switches(10, settled)  # 11.8 is no 10 % below min(12, 11.5)
-    settling = _stage1([40, 30, 24, 20, 17])  # each epoch still > 10 % below the ones before
-    assert not rule.switches(12, settling)
-    assert rule.switches(20, settling)  # the latest epoch ends stage 1 whatever the signals say
-    edge = _stage1([50, 20, 20 * SETTLED_RATIO])  # exactly the ratio: settled
-    assert rule.switches(10, edge) and not rule.switches(10, _stage1([50, 20, 20 * SETTLED_RATIO - 0.01]))
-    # too short a history (a resumed run's, or the restarts' rows of another stage) does not switch
-    assert not rule.switches(10, _stage1([12, 12])) and not rule.switches(10, [{"stage": STAGE2}] * 3)
-    # judged on three epochs at the final band: while the band grew the poses moved with it
-    assert not rule.switches(10, _stage1([12, 11.5, 11.8], [0.35, 0.4, 0.4]))
-    assert AutoSwitch(10, 5).latest == 10  # the latest is never before the earliest
-
-
-def test_the_auto_rule_switches_at_the_bands_end_when_the_images_keep_their_grid_cells():
-    """A clean set: at the band's end the poses only jitter within the grid's cells; lingering at the final band
-    drifted the map and hurt stage 2 (docs/benchmarks.md), so the switch comes at once."""
-    rule = AutoSwitch(earliest=10, latest=20, settled_deg=7.5)
-    assert rule.switches(10, _stage1([9.0, 5.0]))  # under half the grid's 15°: switch at the band's end
-    assert not rule.switches(10, _stage1([40, 30, 24, 20, 17]))  # still hopping: wait, as before
-    assert not rule.switches(9, _stage1([5.0, 5.0]))  # never before the earliest epoch
-    # the test is on the last epoch at the final band only: a settled epoch while the band still grew is not one
-    assert not rule.switches(10, _stage1([5.0, 9.0], [0.35, 0.4]))
-    assert not rule.switches(10, _stage1([5.0, 9.0], [0.4, 0.4]))
+def test_the_auto_rule_switches_once_the_images_keep_their_grid_cells_and_at_the_bands_end_at_the_latest():
+    rule = AutoSwitch(earliest=10, planned=15, settled_deg=7.5)
+    assert not rule.switches(9, _stage1([9.0, 5.0]))  # never before the earliest epoch
+    assert rule.switches(10, _stage1([9.0, 5.0]))  # under half the grid's 15°: the images keep their cells
+    assert not rule.switches(10, _stage1([5.0, 7.5]))  # judged on the last epoch: still moving
+    still_hopping = _stage1([40, 30, 24, 20, 17])  # a realistic set: the symmetry breaks late
+    assert not rule.switches(14, still_hopping) and rule.switches(15, still_hopping)  # the fixed schedule's end
+    # a restart's rows (another start's poses) and stage 2's do not count; nor does an empty history (resumed)
+    assert not rule.switches(10, [{"stage": STAGE1, "pose_change_deg": 1.0, "restart": 2}])
+    assert not rule.switches(10, [{"stage": STAGE2, "pose_change_deg": 1.0}]) and not rule.switches(10, [])
+    assert AutoSwitch(earliest=20, planned=15, settled_deg=7.5).earliest == 15  # never after the band's end
     s = Schedule(ReconstructionConfig(switch="auto", search_nside=4, search_inplane=24), 64, 100)
-    assert s.switch.settled_deg == pytest.approx(0.5 * 15.0)
+    assert s.switch.settled_deg == pytest.approx(0.5 * 15.0) and s.switch.planned == 15 and s.switch.earliest == 10
     assert grid_spacing_deg(4, 24) == pytest.approx(15.0) and grid_spacing_deg(8, 24) == pytest.approx(15.0)
     assert grid_spacing_deg(8, 96) == pytest.approx(7.33, abs=0.01)  # the directions' spacing, nside 8
+
+
+def test_an_early_switch_starts_stage_2_from_the_band_it_reached():
+    """Switched before the band's end, stage 2's ramp, the reassignment and the polish start from stage 1's last
+    band, not from the end it never reached (its shells untrained); at or after the end, from the end."""
+    s = Schedule(ReconstructionConfig(switch="auto", switch_min_epoch=10, switch_epoch=15, stage2_ramp_epochs=3),
+                 64, 100)
+    early = s.stage1_band(9)  # the last stage-1 epoch's band of a switch at 10
+    assert early < s.stage1_end
+    assert s.switch_band(10) == early == s.reassign_band(10) == s.stage2_band_at(10, 10)
+    assert early < s.stage2_band_at(11, 10) < s.stage2_band_at(12, 10) < s.stage2_band_at(13, 10) == s.stage2_band
+    assert s.switch_band(15) == s.switch_band(None) == s.stage1_end == s.reassign_band(15)
+    fixed = Schedule(ReconstructionConfig(switch_epoch=15), 64, 100)
+    assert fixed.switch_band(15) == fixed.stage1_end  # stage 2 starts from it, in whole Fourier pixels
+    assert fixed.stage2_band_at(15, 15) == round(fixed.stage1_end * 32) / 32
 
 
 def test_the_auto_rule_moves_the_runs_end_so_stage_2_keeps_its_length():
     cfg = ReconstructionConfig(epochs=25, switch_epoch=15, switch="auto", switch_min_epoch=10, switch_max_epoch=20,
                                batch_size=10, stage2_batch_size=25, restarts=1)
     s = Schedule(cfg, 64, 100)
-    assert isinstance(s.switch, AutoSwitch) and s.switch.planned == 10
-    # the band reaches its end (whole Fourier pixels) by the earliest switch, and stays there
-    assert s.stage1_band(8) < s.stage1_band(9) == s.stage1_band(19) == round(s.stage1_end * 32) / 32
-    assert s.end(None) == 20 and s.end(13) == 23  # 10 stage-2 epochs after the switch, wherever it falls
-    assert s.total_steps(1) == 10 * 10 + 10 * 4 and s.total_steps(1, 13) == 13 * 10 + 10 * 4
-    assert s.volume_lr(22, 13) == pytest.approx(cfg.volume_lr_autodecode * (1 - 0.9 * 9 / 10))
+    assert isinstance(s.switch, AutoSwitch) and s.switch.planned == 15 and s.switch.earliest == 10
+    # the band grows as under the fixed rule, to its end (whole Fourier pixels) by the planned switch
+    assert s.stage1_band(9) < s.stage1_band(13) < s.stage1_band(14) == round(s.stage1_end * 32) / 32
+    assert s.end(None) == 25 and s.end(12) == 22  # 10 stage-2 epochs after the switch, wherever it falls
+    assert s.total_steps(1) == 15 * 10 + 10 * 4 and s.total_steps(1, 12) == 12 * 10 + 10 * 4
+    assert s.volume_lr(21, 12) == pytest.approx(cfg.volume_lr_autodecode * (1 - 0.9 * 9 / 10))
     fixed = Schedule(ReconstructionConfig(epochs=25, switch_epoch=15), 32, 100)
     assert fixed.end(None) == fixed.end(12) == 25  # the fixed rule's run ends at epochs
     with pytest.raises(ValueError, match="switch must be"):
@@ -296,8 +294,8 @@ def test_the_auto_rule_moves_the_runs_end_so_stage_2_keeps_its_length():
 
 
 def test_a_run_with_the_auto_switch_trains_stage_2_for_its_length_after_the_switch(tiny_dataset, tmp_path):
-    """Switched by the rule (here at its latest epoch: 3 stage-1 epochs leave no plateau to judge), then stage 2's
-    length; the progress ends at 1 and the log names the switch."""
+    """Switched by the rule (here at the band's end: 2 stage-1 epochs), then stage 2's length; the progress ends
+    at 1 and the log names the switch."""
     from napari_semiamort.cli.reconstruct import format_metrics
 
     cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), epochs=4, switch_epoch=2,
@@ -305,9 +303,9 @@ def test_a_run_with_the_auto_switch_trains_stage_2_for_its_length_after_the_swit
                                restarts=1, reassign_epochs=0, batch_size=250)
     run = Reconstruction(cfg, run_dir=tmp_path)
     snaps = list(run)
-    assert [m["stage"] for m in run.history] == [STAGE1] * 3 + [STAGE2] * 2  # switched at 3, then 2 epochs
-    assert run.state.switched_at == 3 and snaps[-1].epochs == 5
+    assert [m["stage"] for m in run.history] == [STAGE1] * 2 + [STAGE2] * 2  # switched at 2, then 2 epochs
+    assert run.state.switched_at == 2 and snaps[-1].epochs == 4
     assert snaps[-1].progress == 1.0 and run.step_count == run.total_steps
-    assert "switched after 3 stage-1 epochs" in format_metrics(run.history[3])
+    assert "switched after 2 stage-1 epochs" in format_metrics(run.history[2])
     resumed = Reconstruction.resume(tmp_path, epochs=5)  # more epochs: a longer stage 2 after the same switch
-    assert [s for s in resumed][-1].progress == 1.0 and resumed.epoch == 6
+    assert [s for s in resumed][-1].progress == 1.0 and resumed.epoch == 5

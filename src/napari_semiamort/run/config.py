@@ -73,9 +73,10 @@ class ReconstructionConfig:
     # Schedule (paper: 20 epochs, switch after 7, on 50,000 images; see docs for the CPU-scale choice)
     epochs: int = 25
     switch_epoch: int = 15
-    # "fixed": switch at switch_epoch (the paper's rule). "auto" (issue 18, item 7): the stage-1 band grows to its
-    # end by switch_min_epoch, then stage 1 goes on until its poses have settled (schedule.AutoSwitch), at most to
-    # switch_max_epoch; stage 2 then runs epochs − switch_epoch epochs (its length under the fixed rule)
+    # "fixed": switch at switch_epoch (the paper's rule). "auto" (issue 18, item 7): the stage-1 band grows as under
+    # the fixed rule to its end at switch_epoch (kept within [switch_min_epoch, switch_max_epoch]), the switch there
+    # at the latest; from switch_min_epoch on, as soon as the images keep their grid cells (schedule.AutoSwitch);
+    # stage 2 then runs epochs − switch_epoch epochs (its length under the fixed rule) from the band reached
     switch: str = "fixed"
     switch_min_epoch: int = 10
     switch_max_epoch: int = 20

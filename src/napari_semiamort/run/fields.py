@@ -149,12 +149,14 @@ FIELDS: tuple[Field, ...] = (
     Field("switch_epoch", "Switch epoch", TRAINING, "epochs of stage 1 (auto-encoding) before the switch to "
           "stage 2 (auto-decoding)", "--switch-epoch", 0, 10_000),
     Field("switch", "Switch", TRAINING, "when stage 1 hands over to stage 2: fixed, at the switch epoch; auto, "
-          "once stage 1's poses have settled (between the earliest and latest switch epochs), stage 2 then "
-          "running epochs − switch epoch epochs", "--switch", choices=("fixed", "auto")),
-    Field("switch_min_epoch", "Earliest switch", TRAINING, "auto switch: stage 1's band reaches its end by this "
-          "epoch, the earliest switch", "--switch-min-epoch", 0, 10_000, enabled_by="switch",
+          "at the switch epoch at the latest, from the earliest switch epoch on as soon as the images keep their "
+          "grid cells (pose change under half the grid's spacing), stage 2 then running epochs − switch epoch "
+          "epochs", "--switch", choices=("fixed", "auto")),
+    Field("switch_min_epoch", "Earliest switch", TRAINING, "auto switch: the earliest switch (stage 1's band still "
+          "growing to its end at the switch epoch)", "--switch-min-epoch", 0, 10_000, enabled_by="switch",
           enabled_value="auto"),
-    Field("switch_max_epoch", "Latest switch", TRAINING, "auto switch: the latest switch", "--switch-max-epoch",
+    Field("switch_max_epoch", "Latest switch", TRAINING, "auto switch: the latest switch (the switch epoch "
+          "above it is cut to it)", "--switch-max-epoch",
           0, 10_000, enabled_by="switch", enabled_value="auto"),
     Field("epochs", "Epochs", TRAINING, "epochs in all (auto switch: the switch epoch plus epochs − switch "
           "epoch)", "--epochs", 1, 10_000),

@@ -102,7 +102,7 @@ class Reconstruction:
     paths = property(lambda self: self.state.paths)
     winners = property(lambda self: self.state.winners)
     table = property(lambda self: self.state.table)
-    stage1_end = property(lambda self: self.schedule.stage1_end)
+    stage1_end = property(lambda self: self.schedule.switch_band(self.state.switched_at))  # its band at the switch
     encoder_size = property(lambda self: self.schedule.encoder_size)
     end_epoch = property(lambda self: self.schedule.end(self.state.switched_at))  # the auto switch moves it
     # the run's steps, the restarts included (those added so far, when no two agreed and none stood out)
@@ -194,7 +194,7 @@ class Reconstruction:
         """The switch at stage 2's first epoch, the reassignment in its next ones; the volume's step. Returns
         what they did, for the epoch's metrics."""
         st, sched = self.state, self.schedule
-        notes, bands = {}, (sched.stage1_end, sched.reassign_band, sched.stage2_band)
+        notes, bands = {}, (self.stage1_end, sched.reassign_band(st.switched_at), sched.stage2_band)
         self.reference = None
         if stage == STAGE2 and st.table is None:
             notes = self.switch()
@@ -210,7 +210,7 @@ class Reconstruction:
         """Switch to stage 2 now (:func:`passes.switch_to_autodecode`); returns its record for the metrics."""
         st = self.state
         notes = passes.switch_to_autodecode(self.model, self.stage1, self.source, st, self.bank.at(
-            self.schedule.stage1_end), self.config, self.search, self.opt_volume)
+            self.schedule.switch_band(st.epoch)), self.config, self.search, self.opt_volume)
         st.switched_at = st.epoch
         self._set_volume_lr()
         return notes
@@ -221,7 +221,7 @@ class Reconstruction:
         st, split = self.state, polish.polish_split(self.data.half, len(self.data), self.config.seed)
         maps = (rebuild := polish.rebuilder(self.source, st, split, self.config.mask_diameter))()
         self.model.volume.set_from_map(maps.volume.to(self.device))  # (no gradient: set_from_map is no_grad)
-        bands, record = (self.bank.at(self.schedule.stage1_end), self.bank.at(self.config.max_freq)), maps.record
+        bands, record = (self.bank.at(self.stage1_end), self.bank.at(self.config.max_freq)), maps.record
         if not self.schedule.polishes(st.epoch - 1, st.switched_at):  # the first: views searched with the shifts
             record.update(polish.search_views_and_shifts(self.model, self.stage1, self.source, st, bands, self.config))
         record.update(polish.relax_to_mates(self.model, self.source, st, bands[1], self.config, maps, split,
@@ -274,7 +274,7 @@ class Reconstruction:
             metrics.update(self._flag_junk())
         if st.epoch + 1 == self.end_epoch and self.trial is None:  # the run's verdict (issue 18, item 8)
             fr = self.bank.at(self.schedule.band(st.epoch, stage, st.switched_at))
-            metrics.update(verdict.judge(self.model, self.source, st, fr, cfg.seed, True, self.schedule.stage1_end))
+            metrics.update(verdict.judge(self.model, self.source, st, fr, cfg.seed, True, self.stage1_end))
         st.previous_poses = st.poses.clone()
         metrics.update(truth_metrics(self.model.volume.real_space(), st.poses, self.data, self.reference_map,
                                      cfg.mask_diameter))

@@ -21,7 +21,7 @@ __all__ = [
     "MAX_BAND_PIXELS",
     "MAX_WIDER_BAND",
     "MIN_BAND_PIXELS",
-    "SETTLED_RATIO",
+    "SETTLED_GRID_FRACTION",
     "STAGE1",
     "STAGE2",
     "WIDER_BY",
@@ -31,6 +31,7 @@ __all__ = [
     "SwitchRule",
     "switch_rule",
     "default_band_end",
+    "grid_spacing_deg",
     "measured_band_end",
     "spectral_snr",
     "supported_band",
@@ -140,15 +141,12 @@ class FixedEpochSwitch:
         return epoch >= self.planned
 
 
-# The automatic switch: stage 1's poses have settled when an epoch's mean pose change is no lower than this
-# fraction of the lowest of the two epochs' before it (they stopped settling by more than the epoch-to-epoch noise).
-SETTLED_RATIO = 0.9
-# ... or at once, when the band reaches its end, if the last epoch's mean pose change is under this fraction of the
-# search grid's spacing: most images kept their grid cell, and only the grid's jitter moves them. Stage 1 at its
-# final band gains nothing then (clean 3KPR, 1IGY, 8ZPM: median error flat at 8.4-11° from the band's end on)
-# and lost, before stage 1 stepped only within its band (models.volume.keep_gradient_within): the shell just beyond
-# the band random-walked, the map drifted 1.0-1.7 px and the first reassignment sent a tenth of the images
-# astray (1IGY mean 6.2° at the end against 2.9° for the fixed 15; docs/benchmarks.md, "The automatic switch").
+# The automatic switch comes early, before the band's end, once an epoch's mean pose change is under this fraction
+# of the search grid's spacing: most images keep their grid cell and only the grid's jitter moves them (clean 3KPR,
+# 1IGY, 8ZPM: 2.8-5.4° from epoch 10 on, median error flat at 8.4-11° from there); stage 1 gains nothing more then.
+# Where images still hop between views (realistic sets: 16.5° at epoch 13 on realistic 3KPR) it runs the fixed
+# schedule. Measured with stage 1 stepping only within its band (models.volume.keep_gradient_within); before that
+# an early switch met a map drifted 0.7-0.8 px and lost a tail of images (docs/benchmarks.md, "The automatic switch").
 SETTLED_GRID_FRACTION = 0.5
 
 
@@ -160,31 +158,24 @@ def grid_spacing_deg(nside: int, inplane: int) -> float:
 
 class AutoSwitch:
     """Switch once stage 1's poses have settled (issue 18, item 7; the paper's future work): the stage-1 band
-    grows to its end over ``earliest`` epochs (``planned``); at the band's end it switches at once if the last
-    epoch's mean pose change is under ``settled_deg`` (most images keep their grid cell: a clean set), else
-    stage 1 goes on at that band while the mean pose change, over three epochs at that band, still falls (by more
-    than 1 − :data:`SETTLED_RATIO` on the lower of the two epochs before), and switches at ``latest`` at the
-    latest. Where the symmetry breaks late (realistic sets: images still hop between views) it waits."""
+    grows to its end over ``planned`` epochs, as under the fixed rule, and the run switches there at the latest;
+    from ``earliest`` on it switches as soon as an epoch's mean pose change is under ``settled_deg`` (most images
+    keep their grid cell: clean sets), at the band reached then, which stage 2 starts from. Where the symmetry
+    breaks late (realistic sets: images still hop between views) it runs the fixed schedule."""
 
     moves_end = True  # stage 2 runs its length after wherever the switch falls
 
-    def __init__(self, earliest: int, latest: int, settled_deg: float = 0.0):
-        self.planned, self.latest, self.settled_deg = earliest, max(earliest, latest), settled_deg
+    def __init__(self, earliest: int, planned: int, settled_deg: float):
+        self.planned, self.earliest, self.settled_deg = planned, min(earliest, planned), settled_deg
 
     def switches(self, epoch: int, history: list[dict]) -> bool:
-        if epoch >= self.latest:
+        if epoch >= self.planned:
             return True
-        if epoch < self.planned:
+        if epoch < self.earliest or not history:
             return False
-        # judged at the final band only: while it grows, the poses move with it
-        rows = [m for m in history[-3:] if m.get("stage") == STAGE1 and "pose_change_deg" in m
-                and m.get("band_fraction") == history[-1].get("band_fraction")]
-        if rows and rows[-1]["pose_change_deg"] < self.settled_deg:
-            return True
-        if len(rows) < 3:  # the band still grew within the last three epochs (or no history to judge): go on
-            return False
-        changes = [m["pose_change_deg"] for m in rows]
-        return changes[-1] >= SETTLED_RATIO * min(changes[:-1])
+        last = history[-1]
+        return (last.get("stage") == STAGE1 and last.get("restart") is None
+                and last.get("pose_change_deg", float("inf")) < self.settled_deg)
 
 
 def switch_rule(config: ReconstructionConfig) -> SwitchRule:
@@ -192,7 +183,8 @@ def switch_rule(config: ReconstructionConfig) -> SwitchRule:
     and ``switch_max_epoch``."""
     if config.switch == "auto":
         settled = SETTLED_GRID_FRACTION * grid_spacing_deg(config.search_nside, config.search_inplane)
-        return AutoSwitch(config.switch_min_epoch, config.switch_max_epoch, settled)
+        planned = min(max(config.switch_epoch, config.switch_min_epoch), config.switch_max_epoch)
+        return AutoSwitch(config.switch_min_epoch, planned, settled)
     return FixedEpochSwitch(config.switch_epoch)
 
 
@@ -280,14 +272,21 @@ class Schedule:
         if ramp <= 0 or epoch - switched_at >= ramp:
             return self.stage2_band
         t = (epoch - switched_at) / ramp
-        band = self.stage1_end + t * max(0.0, self.stage2_band - self.stage1_end)
+        start = self.switch_band(switched_at)
+        band = start + t * max(0.0, self.stage2_band - start)
         return min(1.0, max(MIN_BAND_PIXELS, round(band * self.size / 2)) / (self.size / 2))
 
-    @property
-    def reassign_band(self) -> float:
+    def switch_band(self, switched_at: int | None) -> float:
+        """Stage 1's band at the switch at ``switched_at`` (its last epoch's): the band's end, or below it where
+        the automatic rule switched early; stage 2's ramp, the reassignment and the polish start from it."""
+        if switched_at is None or switched_at >= self.switch.planned:
+            return self.stage1_end
+        return self.stage1_band(max(0, switched_at - 1))
+
+    def reassign_band(self, switched_at: int | None) -> float:
         """The band the reassignment's candidates are refined in (default: stage 1's at the switch)."""
         band = self.config.reassign_max_freq
-        return self.stage1_end if band is None else band
+        return self.switch_band(switched_at) if band is None else band
 
     # ---------------------------------------------------------------- learning rate
     def volume_lr(self, epoch: int, switched_at: int | None) -> float:

@@ -5,6 +5,8 @@
   python benchmarks/molecules.py --out results.json
   python benchmarks/molecules.py --conditions clean realistic --seeds 0 1 2     # issue 18's panel conditions
   python benchmarks/molecules.py --panel --conditions clean realistic --seeds 0 1 2   # the whole panel (hours)
+  python benchmarks/molecules.py --molecules 3KPR_TCR_HLA.cif.gz --figures docs/images/panel --keep work
+  python benchmarks/panel_table.py benchmarks/results/panel_*.json --summary        # every row on record
 
 For each atomic model in ../shared/data/structures: simulate (box, n, SNR 0.1, CTF, centred), reconstruct
 with the default configuration, then align to the truth and report wall time, FSC = 0.5 / 0.143 of map.mrc against
@@ -16,7 +18,10 @@ go after --, e.g. `-- --epochs 40 --switch-epoch 25`.
 Conditions: ``clean`` (SNR 0.1, white noise, uniform defocus, centred: the table so far) and ``realistic``
 (`semiamort simulate --realistic` at SNR 0.05 with EMPIAR-10028's CTF table from ../shared: falling noise,
 B-factor, scale spread, 10 % empty-ice junk, ±3 px shifts); junk images are left out of the pose errors.
-Each (molecule, condition) runs once per ``--seeds`` value (the simulation's and the run's seed).
+Each (molecule, condition) runs once per ``--seeds`` value (the simulation's and the run's seed). ``--figures DIR``
+writes each case's figure (benchmarks/panel_figure.py: projections of the truth, the true poses' map and the run's,
+the FSC curves, the pose errors' histogram); ``--keep DIR`` keeps each case's set and run (a kept set is reused);
+each row names the commit it ran (``code``).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def case_figure(path: str | Path, row: dict, truth: np.ndarray, ceiling_map: np.
     path = Path(path)
     size, pixel = truth.shape[-1], float(row["pixel_size"])
     fig = Figure(figsize=(11, 4.6), dpi=80)
-    grid = fig.add_gridspec(2, 5, width_ratios=[1, 1, 1, 1.7, 0.05], wspace=0.25, hspace=0.35)
+    grid = fig.add_gridspec(2, 5, width_ratios=[1, 1, 1, 0.25, 1.7], wspace=0.05, hspace=0.35)
     maps = {"truth": truth, "true poses' map": ceiling_map, "this run's map.mrc": run_map}
     for col, (label, volume) in enumerate(maps.items()):
         for r, (axis, image) in enumerate(projections(volume).items()):
@@ -59,7 +59,7 @@ def case_figure(path: str | Path, row: dict, truth: np.ndarray, ceiling_map: np.
                 ax.set_title(label, fontsize=9)
             if col == 0:
                 ax.set_ylabel(f"along {axis}", fontsize=9)
-    ax = fig.add_subplot(grid[0, 3])
+    ax = fig.add_subplot(grid[0, 4])
     shells = np.arange(len(run_curve)) / (size * pixel)  # 1/Å
     ax.plot(shells[1:], run_curve[1:], label=f"run {row['fsc_0.5']:.1f} Å", color="C0")
     ax.plot(shells[1:], ceiling_curve[1:], label=f"true poses {row['fsc_0.5_true_poses']:.1f} Å", color="C2", ls="--")
@@ -70,13 +70,13 @@ def case_figure(path: str | Path, row: dict, truth: np.ndarray, ceiling_map: np.
     ax.set_ylabel("FSC against the truth", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="lower left")
-    ax = fig.add_subplot(grid[1, 3])
+    ax = fig.add_subplot(grid[1, 4])
     errors = np.clip(np.asarray(errors_deg, dtype=np.float64), 0.05, 180.0)
     ax.hist(errors, bins=np.logspace(np.log10(0.05), np.log10(180.0), 40), color="C0")
     ax.set_xscale("log")
     median, floor = float(np.median(errors_deg)), float(row["pose_floor_median"])
     ax.axvline(median, color="C0", lw=1.0, label=f"median {median:.2f}°")
-    ax.axvline(2 * floor, color="C3", lw=0.8, ls=":", label=f"2 × floor ({floor:.2f}°)")
+    ax.axvline(2 * floor, color="C3", lw=0.8, ls=":", label=f"2 × floor {floor:.2f}°")
     ax.set_xlabel("pose error of the good particles (°)", fontsize=8)
     ax.set_ylabel("images", fontsize=8)
     ax.tick_params(labelsize=7)

@@ -18,12 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RIBOSOME = files("napari_semiamort") / "resources" / "ribosome_6zu5_64.mrc.gz"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+def _script(name: str, file: str):
+    """A benchmark script (benchmarks/FILE) loaded as the module NAME."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _script("bench_run", "run.py")
 
 
 @pytest.fixture()
@@ -216,9 +221,7 @@ def test_the_pose_floors_truth_map_is_scaled_shell_by_shell_onto_the_images_map(
     """benchmarks/molecules.py's floor scores poses against the truth at the images' own scale per shell (their
     B-factor and contrast): a map that is the truth with each shell scaled (and noise added) gives those scales
     back."""
-    spec = importlib.util.spec_from_file_location("bench_molecules", ROOT / "benchmarks" / "molecules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("bench_molecules", "molecules.py")
     rng = np.random.default_rng(3)
     truth = rng.standard_normal((24, 24, 24))
     f = np.fft.fftfreq(24) * 24
@@ -233,10 +236,7 @@ def test_the_pose_floors_truth_map_is_scaled_shell_by_shell_onto_the_images_map(
 
 @pytest.fixture(scope="module")
 def panel_figure():
-    spec = importlib.util.spec_from_file_location("bench_panel_figure", ROOT / "benchmarks" / "panel_figure.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("bench_panel_figure", "panel_figure.py")
 
 
 def test_the_panel_figures_projections_run_along_z_and_along_x(panel_figure):
@@ -271,3 +271,37 @@ def test_the_panel_figure_is_written_whole_for_a_case(panel_figure, tmp_path):
     image = matplotlib.image.imread(out)
     assert image.shape[:2] == (368, 880)  # 11 × 4.6 inches at 80 dpi
     assert image[..., :3].std() > 0.05  # drawn, not blank
+
+
+def _panel_row(molecule, seed, ok, condition="realistic"):
+    return {"molecule": molecule, "condition": condition, "seed": seed, "fsc_0.5": 12.0 if ok else 20.0,
+            "fsc_0.5_true_poses": 10.0, "pose_error_mean": 5.0, "pose_error_median": 2.0, "pose_floor_median": 1.5,
+            "map_success": ok, "pose_success": True, "seconds": 120.0}
+
+
+def test_the_panel_table_keeps_each_cases_newest_row_and_counts_the_seeds_that_succeeded(tmp_path):
+    """benchmarks/panel_table.py: a later file's row replaces an earlier one's for the same case, rows under a
+    study's "rows" / "panel_rows" count, and the summary counts each molecule's successful seeds."""
+    import json
+
+    table = _script("bench_panel_table", "panel_table.py")
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps([_panel_row("a.cif", 0, False), _panel_row("a.cif", 1, True),
+                               _panel_row("b.pdb", 0, True, "clean")]))
+    new.write_text(json.dumps({"about": "a study", "runs": [{"x": 1}],
+                               "rows": [_panel_row("a.cif", 0, True)], "panel_rows": [_panel_row("a.cif", 2, False)]}))
+    rows = table.load_rows([old, new])
+    assert len(rows) == 4 and rows[("a.cif", "realistic", 0)]["file"] == "new.json"
+    assert table.load_rows([new, old])[("a.cif", "realistic", 0)]["file"] == "old.json"  # the order given decides
+    summary = table.summary(rows)
+    assert "| a.cif | realistic | 2 of 3 |" in summary and "| b.pdb | clean | 1 of 1 |" in summary
+    text = table.table(rows)
+    assert text.count("**success**") == 3 and "| a.cif | realistic | 2 | 20.00 Å (10.00 Å) | 2.00 |" in text
+    assert "map fails" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"molecule": "a.cif"}]))
+    with pytest.raises(SystemExit, match="bad.json: row 0 lacks condition"):
+        table.load_rows([bad])
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="bad.json: not a JSON file"):
+        table.load_rows([bad])

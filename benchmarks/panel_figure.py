@@ -6,7 +6,8 @@ truth's frame, hand and origin. Right, above: the FSC against the truth of the r
 the 0.5 line and the criterion's limit (1.25 × the ceiling's resolution); below: the good particles' pose errors
 (modulo the molecule's point group) on a log scale, with their median and the criterion's limit (2 × the floor).
 
-  python benchmarks/panel_figure.py SIM RUN MODEL -o case.png     # a finished run (molecules.py --keep)
+  python benchmarks/panel_figure.py SIM RUN MODEL -o case.png --condition realistic --seed 1   # a finished run
+  python benchmarks/panel_figure.py KEEP/CASE/sim KEEP/CASE/run MODEL -o case.png --row rows.json  # molecules.py's
 
 :func:`case_figure` is what ``benchmarks/molecules.py --figures DIR`` calls for each case.
 """
@@ -92,9 +93,21 @@ def case_figure(path: str | Path, row: dict, truth: np.ndarray, ceiling_map: np.
     return path
 
 
+def _recorded_row(path: Path, molecule: str, condition: str, seed: int) -> dict:
+    """The case's row in a molecules.py JSON (a list of rows, or rows under "rows")."""
+    import json
+
+    data = json.loads(path.read_text())
+    rows = data if isinstance(data, list) else data.get("rows", [])
+    for row in rows:
+        if (row.get("molecule"), row.get("condition"), row.get("seed")) == (molecule, condition, seed):
+            return row
+    raise SystemExit(f"{path}: no row for {molecule}, {condition}, seed {seed}")
+
+
 def main() -> None:
     import torch
-    from molecules import pose_floor_at_truth, true_pose_ceiling
+    from molecules import pose_floor_at_truth, true_pose_score
 
     from napari_semiamort.data.mrc import read_map
     from napari_semiamort.metrics.truth import score_against_truth
@@ -106,8 +119,10 @@ def main() -> None:
     p.add_argument("run", type=Path, help="the finished run's folder")
     p.add_argument("model", type=Path, help="the atomic model the set was simulated from (its point group)")
     p.add_argument("-o", "--out", type=Path, required=True, help="the PNG to write")
-    p.add_argument("--condition", default="", help="for the title")
+    p.add_argument("--condition", default="clean", choices=("clean", "realistic"))
     p.add_argument("--seed", type=int, default=0, help="the run's seed (the floor is measured with it)")
+    p.add_argument("--row", type=Path, help="molecules.py's JSON holding this case: its floor and time are taken "
+                   "from it instead of measuring the floor again")
     args = p.parse_args()
     run = Reconstruction.resume(args.run, cache_images=False)
     truth, pixel = read_map(args.sim / "truth.mrc")
@@ -118,13 +133,18 @@ def main() -> None:
     final, _ = read_map(args.run / "map.mrc")
     s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[g],
                             run.data.reference_rotations[g], symmetry=torch.from_numpy(chain_symmetry(args.model)))
-    ceiling = true_pose_ceiling(args.sim, good, truth, pixel)
-    floor = pose_floor_at_truth(args.sim, good, truth, args.seed, [])
-    row = {"molecule": args.model.name, "condition": args.condition, "seed": args.seed, "pixel_size": pixel,
-           "fsc_0.5": s.resolution_05, "fsc_0.5_true_poses": ceiling.resolution_05,
-           "pose_floor_median": floor["pose_floor_median"], "seconds": sum(m.get("seconds", 0) for m in run.history)}
-    row["map_success"] = s.resolution_05 <= 1.25 * ceiling.resolution_05
-    row["pose_success"] = s.poses.median_error <= 2 * floor["pose_floor_median"]
+    ceiling = true_pose_score(args.sim, good, truth, pixel)
+    if args.row is not None:
+        row = dict(_recorded_row(args.row, args.model.name, args.condition, args.seed))
+    else:
+        floor = pose_floor_at_truth(args.sim, good, truth, args.seed, [])
+        row = {"molecule": args.model.name, "condition": args.condition, "seed": args.seed,
+               "pose_floor_median": floor["pose_floor_median"],
+               "seconds": sum(m.get("seconds", 0) for m in run.history)}
+    row.update({"pixel_size": pixel, "fsc_0.5": s.resolution_05, "fsc_0.5_true_poses": ceiling.resolution_05})
+    row["map_success"] = bool(s.resolution_05 <= 1.25 * ceiling.resolution_05
+                              and (args.condition != "clean" or s.resolution_05 <= 3 * pixel))
+    row["pose_success"] = bool(s.poses.median_error <= 2 * row["pose_floor_median"])
     case_figure(args.out, row, truth, ceiling.aligned.numpy(), s.aligned.numpy(), s.curve, ceiling.curve,
                 s.poses.errors_deg)
     print(args.out)

@@ -198,7 +198,10 @@ def test_a_run_switches_when_its_switch_rule_says_so(tiny_dataset):
     assert [m["stage"] for m in ends] == [STAGE1, STAGE2, STAGE2]
     assert "reassigned" in ends[2]  # the window counts from the switch the rule made, not switch_epoch
     assert rule.asked == [(0, 0), (1, 1)]  # asked at each stage-1 epoch's start, never after the switch
-    assert isinstance(Schedule(cfg, 32, 10).switch, FixedEpochSwitch)
+    assert isinstance(Schedule(cfg, 32, 10).switch, AutoSwitch)  # the config's own rule: the default's
+    # a run folder's config from before the automatic switch keeps the fixed rule it ran with
+    legacy = {k: v for k, v in cfg.to_dict().items() if k not in ("switch", "switch_min_epoch", "switch_max_epoch")}
+    assert ReconstructionConfig.from_dict(legacy).switch == "fixed"
 
 
 def test_stage2s_band_ramps_from_stage1s_to_max_freq_when_asked():
@@ -254,8 +257,14 @@ def test_the_auto_rule_switches_once_the_images_keep_their_grid_cells_and_at_the
     assert not rule.switches(10, [{"stage": STAGE1, "pose_change_deg": 1.0, "restart": 2}])
     assert not rule.switches(10, [{"stage": STAGE2, "pose_change_deg": 1.0}]) and not rule.switches(10, [])
     assert AutoSwitch(earliest=20, planned=15, settled_deg=7.5).earliest == 15  # never after the band's end
-    s = Schedule(ReconstructionConfig(switch="auto", search_nside=4, search_inplane=24), 64, 100)
+    s = Schedule(ReconstructionConfig(search_nside=4, search_inplane=24), 64, 100)  # the default rule
+    assert isinstance(s.switch, AutoSwitch)
     assert s.switch.settled_deg == pytest.approx(0.5 * 15.0) and s.switch.planned == 15 and s.switch.earliest == 10
+    # never later than the fixed rule: a short run's switch epoch under the earliest is where it switches
+    short = Schedule(ReconstructionConfig(epochs=4, switch_epoch=2), 32, 100).switch
+    assert short.planned == short.earliest == 2
+    assert Schedule(ReconstructionConfig(switch_epoch=30, epochs=40), 64, 100).switch.planned == 20  # at most max
+    assert isinstance(Schedule(ReconstructionConfig(switch="fixed"), 64, 100).switch, FixedEpochSwitch)
     assert grid_spacing_deg(4, 24) == pytest.approx(15.0) and grid_spacing_deg(8, 24) == pytest.approx(15.0)
     assert grid_spacing_deg(8, 96) == pytest.approx(7.33, abs=0.01)  # the directions' spacing, nside 8
 

@@ -188,12 +188,13 @@ def test_shift_estimation_and_the_mask_reach_the_configuration(make_napari_viewe
     form["mask_diameter"].value = 220.0
     cfg = w.config()
     assert cfg.shifts == "yes" and cfg.shift_search == 2 and cfg.mask_diameter == 220.0
-    # the automatic switch's epochs are offered only with the automatic switch
-    assert cfg.switch == "fixed" and not form["switch_min_epoch"].enabled
-    form["switch"].value = "auto"
+    # the automatic switch (the default) offers its epochs; the fixed one does not
+    assert cfg.switch == "auto" and form["switch_min_epoch"].enabled and form["switch_max_epoch"].enabled
     form["switch_max_epoch"].value = 18
-    assert form["switch_min_epoch"].enabled and form["switch_max_epoch"].enabled
-    assert w.config().switch == "auto" and w.config().switch_max_epoch == 18
+    assert w.config().switch_max_epoch == 18
+    form["switch"].value = "fixed"
+    assert not form["switch_min_epoch"].enabled and not form["switch_max_epoch"].enabled
+    assert w.config().switch == "fixed"
 
 
 def test_the_advanced_section_reaches_the_configuration(make_napari_viewer, tiny, tmp_path):

@@ -147,11 +147,11 @@ FIELDS: tuple[Field, ...] = (
     Field("pose_lr", "Pose lr", TRAINING, "the poses' learning rate in stage 2 (Adam)", "--pose-lr",
           step=1e-3, **_LR),
     Field("switch_epoch", "Switch epoch", TRAINING, "epochs of stage 1 (auto-encoding) before the switch to "
-          "stage 2 (auto-decoding)", "--switch-epoch", 0, 10_000),
-    Field("switch", "Switch", TRAINING, "when stage 1 hands over to stage 2: fixed, at the switch epoch; auto, "
-          "at the switch epoch at the latest, from the earliest switch epoch on as soon as the images keep their "
-          "grid cells (pose change under half the grid's spacing), stage 2 then running epochs − switch epoch "
-          "epochs", "--switch", choices=("fixed", "auto")),
+          "stage 2 (auto-decoding); with the auto switch, the latest", "--switch-epoch", 0, 10_000),
+    Field("switch", "Switch", TRAINING, "when stage 1 hands over to stage 2: auto (default), at the switch epoch "
+          "at the latest, from the earliest switch epoch on as soon as the images keep their grid cells (pose "
+          "change under half the grid's spacing), stage 2 then running epochs − switch epoch epochs; fixed, at the "
+          "switch epoch exactly (the paper's rule)", "--switch", choices=("auto", "fixed")),
     Field("switch_min_epoch", "Earliest switch", TRAINING, "auto switch: the earliest switch (stage 1's band still "
           "growing to its end at the switch epoch)", "--switch-min-epoch", 0, 10_000, enabled_by="switch",
           enabled_value="auto"),

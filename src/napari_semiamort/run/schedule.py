@@ -179,11 +179,12 @@ class AutoSwitch:
 
 
 def switch_rule(config: ReconstructionConfig) -> SwitchRule:
-    """The config's switch rule: ``switch`` "fixed" at ``switch_epoch``, or "auto" between ``switch_min_epoch``
-    and ``switch_max_epoch``."""
+    """The config's switch rule: ``switch`` "fixed" at ``switch_epoch``, or "auto" from ``switch_min_epoch`` on
+    and at ``switch_epoch`` (at most ``switch_max_epoch``) at the latest: never later than the fixed rule, so that
+    a short run (a switch epoch under the earliest) switches where it says."""
     if config.switch == "auto":
         settled = SETTLED_GRID_FRACTION * grid_spacing_deg(config.search_nside, config.search_inplane)
-        planned = min(max(config.switch_epoch, config.switch_min_epoch), config.switch_max_epoch)
+        planned = min(config.switch_epoch, config.switch_max_epoch)
         return AutoSwitch(config.switch_min_epoch, planned, settled)
     return FixedEpochSwitch(config.switch_epoch)
 

@@ -116,7 +116,7 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
                      pose_floor_turn_deg=floor_turn)
     nyquist = 2 * pixel
     row = {**floor,
-        "molecule": model.name, "code": revision(), "condition": condition, "seed": seed, "pixel_size": pixel,
+        "molecule": model.name, "code": CODE or revision(), "condition": condition, "seed": seed, "pixel_size": pixel,
         "seconds": seconds,
         "fsc_0.5": s.resolution_05, "fsc_0.143": s.resolution_0143, "fsc_0.5_over_nyquist": s.resolution_05 / nyquist,
         "fsc_0.5_decoder": decoder.resolution_05, "fsc_0.5_true_poses": ceiling,
@@ -135,6 +135,9 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
         row["figure"] = str(case_figure(figures / name, row, truth, ceiling_score.aligned.numpy(), s.aligned.numpy(),
                                         s.curve, ceiling_score.curve, s.poses.errors_deg))
     return row
+
+
+CODE = ""  # the commit the package was imported from (main() records it before the first case runs)
 
 
 def revision() -> str:
@@ -286,6 +289,8 @@ def main() -> None:
     p.add_argument("--floor-turn", type=float, default=0.0, metavar="DEG",
                    help="also the pose floor from the true poses turned by DEG degrees each (0: not)")
     args = p.parse_args(argv)
+    global CODE
+    CODE = revision()  # now, not after each case: the checkout may move while the panel runs
     rows = []
     molecules = PANEL if args.panel else args.molecules
     cases = [(name, c, s) for name in molecules for c in args.conditions for s in args.seeds]

@@ -39,7 +39,10 @@ def test_tiny_reconstruction_recovers_poses_and_map(tiny_dataset, tmp_path):
     assert tried == 6 or restart_gap(losses) >= cfg.restart_margin or agreed
     assert record["restart_losses"] == pytest.approx(losses, abs=1e-6)
     ends = [s for s in snapshots if s.epoch_end and s.restart is None]
-    assert [s.metrics["epoch"] for s in ends] == list(range(n + 1, 25))
+    # the automatic switch (the default): by epoch 16 at the latest, then stage 2's 8 epochs wherever it fell
+    switched = run.state.switched_at
+    assert min(cfg.switch_min_epoch, 16) <= switched <= 16 and run.end_epoch == switched + 8
+    assert [s.metrics["epoch"] for s in ends] == list(range(n + 1, run.end_epoch + 1))
     assert record["chosen_restart"] == min(last, key=last.get)  # the lowest loss goes on, agreeing or not
     assert snapshots[-1].progress == 1.0
     assert {s.stage for s in ends} == {"autoencode", "autodecode"}

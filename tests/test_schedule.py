@@ -119,7 +119,7 @@ def test_the_fixed_rule_switches_at_its_epoch_and_a_switched_run_stays_in_stage_
 
 def test_the_volume_step_is_stage_1s_then_decays_linearly_from_the_switch():
     cfg = ReconstructionConfig(epochs=25, switch_epoch=15, volume_lr=0.05, volume_lr_autodecode=0.005,
-                               volume_lr_final_fraction=0.1)
+                               volume_lr_final_fraction=0.1, switch="fixed")
     s = Schedule(cfg, 32, 100)
     assert s.volume_lr(3, None) == 0.05
     lrs = [s.volume_lr(e, 15) for e in range(15, 25)]
@@ -294,7 +294,7 @@ def test_the_auto_rule_moves_the_runs_end_so_stage_2_keeps_its_length():
     assert s.end(None) == 25 and s.end(12) == 22  # 10 stage-2 epochs after the switch, wherever it falls
     assert s.total_steps(1) == 15 * 10 + 10 * 4 and s.total_steps(1, 12) == 12 * 10 + 10 * 4
     assert s.volume_lr(21, 12) == pytest.approx(cfg.volume_lr_autodecode * (1 - 0.9 * 9 / 10))
-    fixed = Schedule(ReconstructionConfig(epochs=25, switch_epoch=15), 32, 100)
+    fixed = Schedule(ReconstructionConfig(epochs=25, switch_epoch=15, switch="fixed"), 32, 100)
     assert fixed.end(None) == fixed.end(12) == 25  # the fixed rule's run ends at epochs
     with pytest.raises(ValueError, match="switch must be"):
         ReconstructionConfig(switch="later").validate()

@@ -75,3 +75,55 @@ def test_the_polish_map_is_masked_about_the_particle_or_the_users_diameter(tiny_
     assert float(masked[r > 15.5].abs().max()) == 0.0
     assert max(float(h[r > 15.5].abs().max()) for h in halves) == 0.0  # the halves' maps masked alike
     torch.testing.assert_close(masked[r < 8.5], whole[r < 8.5])
+
+
+def test_the_view_search_judges_each_half_sets_images_under_the_other_halfs_map(monkeypatch):
+    """Under the whole set's map an image's own noise holds it in its view: each half's images are searched under
+    the other half's map, each image once; where images moved the maps are rebuilt and the whole map goes back
+    into the model; without shifts there is no search."""
+    from types import SimpleNamespace
+
+    from napari_semiamort.run import polish
+
+    whole, half1, half2, rebuilt_whole = (torch.full((2, 2, 2), float(v)) for v in range(4))
+    maps = polish.PolishMaps(whole, {"polish_shells_kept": 5}, (half1, half2))
+    rebuilt = polish.PolishMaps(rebuilt_whole, {"polish_shells_kept": 6}, (half1, half2))
+    volume = SimpleNamespace(current=None)
+    volume.set_from_map = lambda m: setattr(volume, "current", m)
+    model = SimpleNamespace(volume=volume, device=torch.device("cpu"))
+    calls, moves = [], {}
+
+    def reassign(model, stage1, source, state, bands, config, search, images):
+        calls.append((float(model.volume.current[0, 0, 0]), images.tolist()))
+        return moves.get(len(calls), 0)
+
+    monkeypatch.setattr(passes, "reassign", reassign)
+    monkeypatch.setattr(polish, "JointShiftSearch", lambda *a, **k: "search")
+    state = SimpleNamespace(table=SimpleNamespace(shifts=torch.zeros(6, 2)))
+    split = np.array([1, 2, 1, 2, 2, 1])
+    cfg = ReconstructionConfig()
+    moves[1] = 2  # half 1's images: two move
+    out = polish.search_views_and_shifts(model, None, None, state, (None, None), cfg, maps, split, lambda: rebuilt)
+    assert calls == [(2.0, [0, 2, 5]), (1.0, [1, 3, 4])]  # half 1 under half 2's map, then the other way
+    assert out.volume is rebuilt_whole and volume.current is rebuilt_whole
+    assert out.record == {"polish_shells_kept": 6, "polish_moved": 2}
+    calls.clear()
+    moves.clear()
+    out = polish.search_views_and_shifts(model, None, None, state, (None, None), cfg, maps, split, lambda: rebuilt)
+    assert len(calls) == 2 and out.volume is whole and volume.current is whole and out.record["polish_moved"] == 0
+    calls.clear()
+    centred = SimpleNamespace(table=SimpleNamespace(shifts=None))
+    assert polish.search_views_and_shifts(model, None, None, centred, (None, None), cfg, maps, split, None) is maps
+    assert calls == []
+
+
+def test_the_views_are_searched_at_every_other_polish_epoch_from_the_first(tiny_dataset):
+    cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1, epochs=5, switch_epoch=1,
+                               switch="fixed", restarts=1, stage2_ramp_epochs=0, reassign_epochs=0, polish_epochs=3,
+                               shifts="yes", heads=2, batch_size=250)
+    run = Reconstruction(cfg)
+    for _ in run:
+        pass
+    polished = [m["epoch"] for m in run.history if "polish_shells_kept" in m]
+    searched = [m["epoch"] for m in run.history if "polish_moved" in m]
+    assert polished == [3, 4, 5] and searched == [3, 5]  # the polish's first and third epochs (1-based epochs)

@@ -216,16 +216,16 @@ class Reconstruction:
         return notes
 
     def _polish_reference(self) -> dict:
-        """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too (the snapshots
-        and the verdict show it); returns its record for the epoch's metrics."""
+        """A polish epoch's map from the kept images' poses (:mod:`.polish`), into the decoder too; its record."""
         st, split = self.state, polish.polish_split(self.data.half, len(self.data), self.config.seed)
         maps = (rebuild := polish.rebuilder(self.source, st, split, self.config.mask_diameter))()
         self.model.volume.set_from_map(maps.volume.to(self.device))  # (no gradient: set_from_map is no_grad)
-        bands, record = (self.bank.at(self.stage1_end), self.bank.at(self.config.max_freq)), maps.record
-        if not self.schedule.polishes(st.epoch - 1, st.switched_at):  # the first: views searched with the shifts
-            record.update(polish.search_views_and_shifts(self.model, self.stage1, self.source, st, bands, self.config))
-        record.update(polish.relax_to_mates(self.model, self.source, st, bands[1], self.config, maps, split,
-                                            self.history, rebuild))
+        bands = (self.bank.at(self.stage1_end), self.bank.at(self.config.max_freq))
+        if sum(self.schedule.polishes(e, st.switched_at) for e in range(st.epoch)) % polish.SEARCH_EVERY == 0:
+            maps = polish.search_views_and_shifts(self.model, self.stage1, self.source, st, bands, self.config, maps,
+                                                  split, rebuild)
+        record = {**maps.record, **polish.relax_to_mates(self.model, self.source, st, bands[1], self.config, maps,
+                                                         split, self.history, rebuild)}
         self.reference = self.model.volume.hartley().detach()
         return record
 

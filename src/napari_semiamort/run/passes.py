@@ -142,9 +142,9 @@ def flag_junk(model: ImageModel, source: ImageSource, state: RunState, fr: Frequ
 
 def reassign(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
              bands: tuple[Frequencies, Frequencies, Frequencies], config: ReconstructionConfig,
-             search: GridSearch | None = None) -> int:
-    """Let each image's refined pose compete with the encoder's best candidates (and the global ``search``'s
-    best poses under the current volume); returns how many moved.
+             search: GridSearch | None = None, images: torch.Tensor | None = None) -> int:
+    """Let each image's refined pose (of ``images`` `(n,)`, default all) compete with the encoder's best
+    candidates (and the global ``search``'s best poses under the current volume); returns how many moved.
 
     Local refinement cannot leave a wrong basin; the frozen encoder's candidates, scored against the sharper
     volume of stage 2, can, and so can a search of the whole grid. ``bands``: (stage 1's at the switch, where
@@ -154,7 +154,8 @@ def reassign(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, sta
     """
     hartley = model.volume.hartley().detach()
     moved = 0
-    for idx in chunks(len(source), config, model.device):
+    for rows in chunks(len(source) if images is None else len(images), config, model.device):
+        idx = rows if images is None else images[rows]
         moved += _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, search)
     state.sync_from_table()
     return moved

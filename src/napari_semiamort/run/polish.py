@@ -87,21 +87,40 @@ def rebuilder(source: ImageSource, state, split: np.ndarray, diameter: float | N
     return lambda: polish_reference(source, state.poses, state.shifts, state.kept(), split, diameter)
 
 
+# the views are searched (with the shifts) at the polish's first epoch and every this many after, under maps
+# sharper each time: on realistic 80S a search under the finished run's map still moved 700-960 images
+SEARCH_EVERY = 2
 SHIFT_REACH, SHIFT_STEP = 4, 2  # the joint search's shifts: ±4 px, 2 px apart (25; the pose refinement does the rest)
 
 
 def search_views_and_shifts(model, stage1, source: ImageSource, state, bands: tuple[Frequencies, Frequencies],
-                            config) -> dict:
-    """At the polish's first epoch, under its map (set into ``model``'s volume): each image's current pose
-    competes with its best poses on stage 1's grid searched jointly with the shift (:class:`.JointShiftSearch`;
-    proposed at ``bands[0]``, stage 1's band, refined there, compared at ``bands[1]``, stage 2's), as the
-    reassignment lets candidates compete. Only when shifts are estimated; returns the record."""
+                            config, maps: PolishMaps, split: np.ndarray,
+                            rebuild: Callable[[], PolishMaps]) -> PolishMaps:
+    """At the polish's first epoch: each image's current pose competes with its best poses on stage 1's grid
+    searched jointly with the shift (:class:`.JointShiftSearch`; proposed at ``bands[0]``, stage 1's band, refined
+    there, compared at ``bands[1]``, stage 2's), as the reassignment lets candidates compete, each half set's images
+    (``split`` `(N,)` 1 or 2) under the *other* half's map (``maps.halves``): under the whole set's map an image's
+    own noise holds it in its view (as :func:`relax_to_mates` found). Only when shifts are estimated. Returns the
+    polish's maps, rebuilt (and set into ``model``) where images moved, their record with ``polish_moved``.
+
+    Realistic 80S, seed 1 (a finished run whose first polish epoch had searched once, 16.9 % of the good images
+    > 90° off, most near 180°): one more search under the whole map moved 699 images (> 90° 10.8 %, map.mrc
+    17.59 → 17.25 Å), under the other half's 958 (10.4 %, 17.23 Å; true poses 16.72 Å). Hence also the search at
+    every :data:`SEARCH_EVERY`-th polish epoch: whole runs, realistic 80S seed 1 17.59 → 17.11 Å, mean / median
+    error 31.5° / 2.32° → 19.2° / 1.77°; realistic 3KPR seed 0 12.47 → 12.36 Å, 9.06° / 3.15° → 7.51° / 3.05°."""
     if state.table is None or state.table.shifts is None:
-        return {}
+        return maps
     search = JointShiftSearch(config.search_nside, config.search_inplane, model.device, SHIFT_REACH,
                               SHIFT_STEP, top=config.reassign_candidates)
-    moved = passes.reassign(model, stage1, source, state, (bands[0], bands[0], bands[1]), config, search)
-    return {"polish_moved": moved}
+    moved = 0
+    for h in (1, 2):
+        model.volume.set_from_map(maps.halves[2 - h].to(model.device))
+        mine = torch.from_numpy(np.flatnonzero(split == h))
+        moved += passes.reassign(model, stage1, source, state, (bands[0], bands[0], bands[1]), config, search, mine)
+    if moved:
+        maps = rebuild()
+    model.volume.set_from_map(maps.volume.to(model.device))
+    return maps._replace(record={**maps.record, "polish_moved": moved})
 
 
 MATE_REACH = 0.1  # with shifts: how far (of the box) the symmetry's axis may pass from the box centre

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -81,6 +82,31 @@ def structure(name: str) -> Path:
     raise FileNotFoundError(f"{name}: in neither {STRUCTURES} nor {OURS}")
 
 
+class ScoredRun(NamedTuple):
+    run: Reconstruction  # the finished run's final state
+    good: torch.Tensor  # (n,) the images that are particles (junk has no true pose)
+    truth: np.ndarray
+    pixel: float
+    symmetry: torch.Tensor  # the model's point group
+    score: TruthScore  # map.mrc against the truth, the good images' poses
+
+
+def scored_run(sim: Path, run_dir: Path, model: Path) -> ScoredRun:
+    """A finished run scored as the panel scores it: the map the run delivers (map.mrc, from its final poses),
+    as the run's own metrics and `semiamort fsc` score it (frame and hand from the poses, origin fitted), and the
+    good particles' pose errors modulo the model's point group (its chains: a C2 complex's poses are otherwise
+    180° off for the half of its images the run put in the other copy's place)."""
+    run = Reconstruction.resume(run_dir, cache_images=False)
+    symmetry = torch.from_numpy(chain_symmetry(model))
+    truth, pixel = read_map(sim / "truth.mrc")
+    junk = np.loadtxt(sim / "junk.txt", dtype=np.int64, ndmin=1) if (sim / "junk.txt").is_file() else []
+    good = torch.from_numpy(np.setdiff1d(np.arange(len(run.data)), junk))
+    final, _ = read_map(run_dir / "map.mrc")
+    s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[good],
+                            run.data.reference_rotations[good], symmetry=symmetry)
+    return ScoredRun(run, good, truth, pixel, symmetry, s)
+
+
 def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], condition: str = "clean",
             seed: int = 0, floor_turn: float = 0.0, figures: Path | None = None) -> dict:
     sim, run_dir = work / "sim", work / "run"
@@ -91,18 +117,8 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
     force = ["--force"] if run_dir.exists() else []  # a kept case's earlier run goes
     cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), *force, *extra])
     seconds = time.perf_counter() - t0
-    run = Reconstruction.resume(run_dir, cache_images=False)  # the final state, for poses and the map
-    # pose errors modulo the model's point group (its chains): a C2 complex's poses are otherwise 180° off for
-    # the half of its images the run put in the other copy's place
-    symmetry = torch.from_numpy(chain_symmetry(model))
-    truth, pixel = read_map(sim / "truth.mrc")
-    junk = np.loadtxt(sim / "junk.txt", dtype=np.int64, ndmin=1) if (sim / "junk.txt").is_file() else []
-    good = torch.from_numpy(np.setdiff1d(np.arange(len(run.data)), junk))  # junk has no true pose
-    # the map the run delivers (map.mrc, from its final poses), scored as the run's own metrics and `semiamort
-    # fsc` score it: frame and hand from the poses, origin fitted
-    final, _ = read_map(run_dir / "map.mrc")
-    s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[good],
-                            run.data.reference_rotations[good], symmetry=symmetry)
+    run, good, truth, pixel, symmetry, s = scored_run(sim, run_dir, model)
+    junk = len(run.data) - len(good)
     decoder = score_against_truth(torch.from_numpy(run.volume_map()), torch.from_numpy(truth), pixel,
                                   run.poses[good], run.data.reference_rotations[good], symmetry=symmetry)
     ceiling_score = true_pose_score(sim, good.numpy(), truth, pixel)
@@ -121,7 +137,7 @@ def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], conditi
         "fsc_0.5": s.resolution_05, "fsc_0.143": s.resolution_0143, "fsc_0.5_over_nyquist": s.resolution_05 / nyquist,
         "fsc_0.5_decoder": decoder.resolution_05, "fsc_0.5_true_poses": ceiling,
         "pose_error_mean": s.poses.mean_error, "pose_error_median": s.poses.median_error,
-        "mirrored": s.poses.mirrored, "junk": len(junk), "symmetry_order": len(symmetry),
+        "mirrored": s.poses.mirrored, "junk": junk, "symmetry_order": len(symmetry),
         # issue 18's criteria: the map within 1.25 × the true poses' (on clean data also within 1.5 × Nyquist);
         # the median pose error within 2 × the floor (the images' own: their poses refined against the true map)
         "map_success": bool(s.resolution_05 <= 1.25 * ceiling

@@ -106,13 +106,7 @@ def _recorded_row(path: Path, molecule: str, condition: str, seed: int) -> dict:
 
 
 def main() -> None:
-    import torch
-    from molecules import pose_floor_at_truth, true_pose_score
-
-    from napari_semiamort.data.mrc import read_map
-    from napari_semiamort.metrics.truth import score_against_truth
-    from napari_semiamort.run import Reconstruction
-    from napari_semiamort.sim.atoms import chain_symmetry
+    from molecules import pose_floor_at_truth, scored_run, true_pose_score
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sim", type=Path, help="the simulated set's folder (particles.star, truth.mrc, junk.txt)")
@@ -124,15 +118,8 @@ def main() -> None:
     p.add_argument("--row", type=Path, help="molecules.py's JSON holding this case: its floor and time are taken "
                    "from it instead of measuring the floor again")
     args = p.parse_args()
-    run = Reconstruction.resume(args.run, cache_images=False)
-    truth, pixel = read_map(args.sim / "truth.mrc")
-    junk_file = args.sim / "junk.txt"
-    junk = np.loadtxt(junk_file, dtype=np.int64, ndmin=1) if junk_file.is_file() else []
-    good = np.setdiff1d(np.arange(len(run.data)), junk)
-    g = torch.from_numpy(good)
-    final, _ = read_map(args.run / "map.mrc")
-    s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[g],
-                            run.data.reference_rotations[g], symmetry=torch.from_numpy(chain_symmetry(args.model)))
+    run, g, truth, pixel, _, s = scored_run(args.sim, args.run, args.model)
+    good = g.numpy()
     ceiling = true_pose_score(args.sim, good, truth, pixel)
     if args.row is not None:
         row = dict(_recorded_row(args.row, args.model.name, args.condition, args.seed))

@@ -22,14 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from molecules import CONDITIONS, structure, true_pose_ceiling
+from molecules import CONDITIONS, scored_run, structure, true_pose_ceiling
 
 from napari_semiamort.cli.main import main as cli
 from napari_semiamort.data.mrc import read_map
-from napari_semiamort.metrics.truth import score_against_truth
-from napari_semiamort.run import Reconstruction
-from napari_semiamort.sim.atoms import chain_symmetry
 
 MOLECULES = ["3KPR_TCR_HLA.cif.gz", "1igy_IgG1_antibody.cif", "8zpm_CXCR4_cryoEM.cif"]
 
@@ -46,13 +42,7 @@ def reconstruct(model: Path, sim: Path, run_dir: Path, switch: str, seed: int, e
     cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), "--force", *rule,
          *extra])
     seconds = time.perf_counter() - t0
-    run = Reconstruction.resume(run_dir, cache_images=False)
-    truth, pixel = read_map(sim / "truth.mrc")
-    junk = np.loadtxt(sim / "junk.txt", dtype=np.int64, ndmin=1) if (sim / "junk.txt").is_file() else []
-    good = torch.from_numpy(np.setdiff1d(np.arange(len(run.data)), junk))
-    final, _ = read_map(run_dir / "map.mrc")
-    s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[good],
-                            run.data.reference_rotations[good], symmetry=torch.from_numpy(chain_symmetry(model)))
+    run, _, _, pixel, _, s = scored_run(sim, run_dir, model)
     restarts = next((len(m["restart_losses"]) for m in run.history if "restart_losses" in m), 1)
     return {"switch": switch, "switched_at": run.state.switched_at, "restarts": restarts, "seconds": seconds,
             "fsc_0.5": s.resolution_05,

@@ -18,9 +18,12 @@ class Frequencies:
         inside = (kx**2 + ky**2) <= radius**2
         self.size, self.fraction = size, fraction
         self.flat_index = torch.nonzero(inside.flatten()).squeeze(1).to(device)  # (P,) into L·L
-        self.grid = torch.stack([kx[inside], ky[inside]], -1).to(torch.float32).to(device)  # (P, 2) Fourier px
+        grid = torch.stack([kx[inside], ky[inside]], -1).to(torch.float32)
+        self.grid = grid.to(device)  # (P, 2) Fourier px
         self.per_pixel = self.grid / size  # (P, 2) cycles per pixel
-        self.shells = torch.round(self.grid.norm(dim=-1)).long()  # (P,)
+        shells = torch.round(grid.norm(dim=-1)).long()
+        self.shells = shells.to(device)  # (P,)
+        self.max_shell = int(shells.max()) if len(shells) else 0  # known on the host: no device sync per step
         # index of each frequency's negative, through a dense (L, L) map (a Python dict over the P
         # frequencies held the GIL ~100 ms per band and stalled the napari GUI thread)
         flat = torch.full((size * size,), -1, dtype=torch.long)

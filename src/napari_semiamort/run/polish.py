@@ -10,8 +10,9 @@ at each epoch's start (``docs/results.md``, "Stage 2's polish"). The per-image o
 lies 1.5° from the truth on those images: no method's median goes much below that. The run's polish: its last
 ``polish_epochs`` (4) stage-2 epochs, ``pose_steps`` pose steps per image each (5 did better than 10 or 15).
 
-At the first polish epoch, with shifts estimated, each image's view is also searched jointly with its shift
-(:func:`search_views_and_shifts`): the images stage 2 holds in wrong views are held there by wrong shifts. At every
+At the polish's first epoch and every :data:`SEARCH_EVERY`-th after, with shifts estimated, each image's view is
+also searched jointly with its shift (:func:`search_views_and_shifts`): the images stage 2 holds in wrong views are
+held there by wrong shifts, and by their own noise in the map they are judged against. At every
 polish epoch, where the map is (pseudo-)symmetric, each pose competes with its mates (:func:`relax_to_mates`).
 """
 
@@ -96,12 +97,13 @@ SHIFT_REACH, SHIFT_STEP = 4, 2  # the joint search's shifts: ±4 px, 2 px apart 
 def search_views_and_shifts(model, stage1, source: ImageSource, state, bands: tuple[Frequencies, Frequencies],
                             config, maps: PolishMaps, split: np.ndarray,
                             rebuild: Callable[[], PolishMaps]) -> PolishMaps:
-    """At the polish's first epoch: each image's current pose competes with its best poses on stage 1's grid
-    searched jointly with the shift (:class:`.JointShiftSearch`; proposed at ``bands[0]``, stage 1's band, refined
-    there, compared at ``bands[1]``, stage 2's), as the reassignment lets candidates compete, each half set's images
-    (``split`` `(N,)` 1 or 2) under the *other* half's map (``maps.halves``): under the whole set's map an image's
-    own noise holds it in its view (as :func:`relax_to_mates` found). Only when shifts are estimated. Returns the
-    polish's maps, rebuilt (and set into ``model``) where images moved, their record with ``polish_moved``.
+    """At the polish's first epoch and every :data:`SEARCH_EVERY`-th after: each image's current pose competes
+    with its best poses on stage 1's grid searched jointly with the shift (:class:`.JointShiftSearch`; proposed at
+    ``bands[0]``, stage 1's band, refined there, compared at ``bands[1]``, stage 2's), as the reassignment lets
+    candidates compete, each half set's images (``split`` `(N,)` 1 or 2) under the *other* half's map
+    (``maps.halves``): under the whole set's map an image's own noise holds it in its view (as
+    :func:`relax_to_mates` found). Only when shifts are estimated. Returns the polish's maps, rebuilt (and set into
+    ``model``) where images moved, their record with ``polish_moved``.
 
     Realistic 80S, seed 1 (a finished run whose first polish epoch had searched once, 16.9 % of the good images
     > 90° off, most near 180°): one more search under the whole map moved 699 images (> 90° 10.8 %, map.mrc

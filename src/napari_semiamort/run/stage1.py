@@ -149,7 +149,7 @@ class MultiHeadWTA:
         opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        model.volume.keep_gradient_within(int(fr.shells.max()))  # the band's edge voxels stay as they were
+        model.volume.keep_gradient_within(fr.max_shell)  # the band's edge voxels stay as they were
         opt_volume.step()
         shifts = None if sh is None else sh[b, head].detach().cpu()
         return Stage1Result(float(loss.detach()), rot[b, head].detach().cpu(), shifts, head.cpu())
@@ -241,7 +241,7 @@ class GridEM:
         loss = (weights * loss_t).sum(1).mean()
         opt_volume.zero_grad(set_to_none=True)
         loss.backward()
-        model.volume.keep_gradient_within(int(fr.shells.max()))  # the band's edge voxels stay as they were
+        model.volume.keep_gradient_within(fr.max_shell)  # the band's edge voxels stay as they were
         opt_volume.step()
         best = weights.argmax(1)
         b = torch.arange(len(idx), device=model.device)

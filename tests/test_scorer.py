@@ -155,3 +155,28 @@ def test_the_coarse_shift_grid_and_its_refinement_reach_every_whole_pixel(tiny_d
     assert stage1.shift_reach == reach
     reached = (stage1.shift_grid[:, None] + stage1.shift_offsets[None]).clamp(-reach, reach).reshape(-1, 2)
     assert {tuple(x) for x in reached.tolist()} == {tuple(x) for x in square_grid(reach, 1).tolist()}
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_every_in_plane_turn_compares_the_whole_image(tiny_dataset, shifted):
+    """A pose's score holds the image's own norm, the same at every in-plane turn: with nothing predicted (a zero
+    volume), every turn of every direction scores the zero prediction's exact loss. The resampled image's norm
+    varies with the turn (bilinear resampling averages noise away between the pixel grid's points), and scoring
+    with it favoured off-grid turns over the signal at wide bands (the true map's best grid pose on realistic 8ZPM:
+    60.8° median error at Nyquist with it, 5.0° without)."""
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), stage1="heads", heads=2,
+                                              threads=1, shifts="yes"))
+    idx, fr = torch.arange(6), run.frequencies(1.0)
+    batch = run.source.batch(idx, fr)
+    rot = random_rotations(5, torch.Generator().manual_seed(3))
+    inplane = about_z(torch.linspace(0, 2 * torch.pi, 37)[:-1])
+    shifts = torch.tensor([[1.0, -2.0]]).expand(6, 2) if shifted else None
+    with torch.no_grad():
+        zero = torch.zeros_like(run.volume.slice(fr.grid, rot))  # (5, P): nothing predicted
+        nothing = run.model.loss(torch.zeros_like(batch.obs), batch.obs, fr)  # (B,)
+        grid = run.model.grid_scores(zero, batch, idx, fr, inplane, shifts)  # (B, 5, 36)
+        turns = run.model.inplane_scores(zero[None].expand(6, -1, -1), batch, idx, fr, inplane,
+                                         None if shifts is None else square_grid(1, 1))
+    torch.testing.assert_close(grid, nothing[:, None, None].expand_as(grid), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(turns, nothing.reshape(6, *[1] * (turns.dim() - 1)).expand_as(turns), rtol=1e-5,
+                               atol=1e-7)

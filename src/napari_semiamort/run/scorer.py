@@ -94,7 +94,7 @@ class ImageModel:
         q = fr.grid
         w = self.inv_var(fr)
         quad = torch.einsum("bmp,bkp->bmk", slices * slices, w * ctf_k * ctf_k)
-        const = (w * img_k * img_k).sum(-1)[:, None, :]
+        const = _image_norm(batch, w)[:, None, None]
         if shifts is None:
             cross = torch.einsum("bmp,bkp->bmk", slices, w * ctf_k * img_k)
             return 0.5 * (quad - 2 * cross + const) / q.shape[0]
@@ -152,7 +152,7 @@ class ImageModel:
         b, k, p = img_k.shape
         quad = ((w * ctf_k * ctf_k).reshape(b * k, p) @ (slices * slices).T).reshape(b, k, -1)
         cross = ((w * ctf_k * img_k).reshape(b * k, p) @ slices.T).reshape(b, k, -1)
-        const = (w * img_k * img_k).sum(-1)[..., None]
+        const = _image_norm(batch, w)[:, None, None]
         return (0.5 * (quad - 2 * cross + const) / p).transpose(1, 2)
 
     @torch.no_grad()
@@ -172,6 +172,15 @@ class ImageModel:
                 scores = scores[..., 0]  # (1, d, K)
             out.append(-scores[0] * len(fr))  # the mean over frequencies back to their sum
         return torch.cat(out).cpu().to(torch.float64)
+
+
+def _image_norm(batch: Batch, inv_var: torch.Tensor) -> torch.Tensor:
+    """``Σ w·y²`` `(B,)` of the images as they are, the same for every in-plane turn: a turn only permutes the
+    band's frequencies (within a shell, where ``w`` is constant). The resampled images' own norms are not: bilinear
+    resampling averages neighbouring coefficients, so off-grid turns hold up to ~half the noise power, and over
+    hundreds of noise-dominated frequencies that difference outweighed the signal (the true map's best grid pose
+    on realistic 8ZPM, median error: 12.8° at 13 Fourier px, 60.8° at Nyquist)."""
+    return (inv_var * batch.obs * batch.obs).sum(-1)
 
 
 def _shifted_cross(slices: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rq: torch.Tensor,

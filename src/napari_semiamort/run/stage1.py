@@ -205,7 +205,8 @@ class GridEM:
     ±``shift_search`` px at those poses), and the volume trained on their posterior (the likelihood's softmax
     over them; with hundreds of frequencies mostly the best pose's). A coarse grid: at nside 8 × 48 angles
     (8× the poses) realistic 3KPR's stage 1 had not broken the symmetry by the switch (docs/results.md, "Stage 1
-    on the grid"): under a blurry map more candidates fit the noise better."""
+    on the grid"): under a blurry map more candidates fit the noise better (measured while the grid's scores still
+    held each turned image's resampled norm, which favoured off-grid turns: :func:`.scorer._image_norm`)."""
 
     def __init__(self, config: ReconstructionConfig, model: ImageModel, top: int = GRID_CANDIDATES):
         self.config, self.model, self.top = config, model, top

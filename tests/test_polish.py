@@ -127,3 +127,52 @@ def test_the_views_are_searched_at_every_other_polish_epoch_from_the_first(tiny_
     polished = [m["epoch"] for m in run.history if "polish_shells_kept" in m]
     searched = [m["epoch"] for m in run.history if "polish_moved" in m]
     assert polished == [3, 4, 5] and searched == [3, 5]  # the polish's first and third epochs (1-based epochs)
+
+
+def test_stage1_starts_its_epochs_from_the_map_its_poses_make_from_the_configured_epoch(tiny_dataset):
+    """``stage1_maps_from``: from that (0-based) stage-1 epoch on, each stage-1 epoch starts from the regularised map
+    of the images at their current poses (an EM M-step), recorded as the half sets' FSC; never before, never in
+    stage 2, and never with 0; a run folder's config from before it keeps the volume's steps alone."""
+    def stage1_map_epochs(maps_from: int) -> list[int]:
+        cfg = ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1, epochs=5, switch_epoch=4,
+                                   switch="fixed", restarts=1, heads=2, batch_size=250, stage1_maps_from=maps_from)
+        run = Reconstruction(cfg)
+        for _ in run:
+            pass
+        return [m["epoch"] for m in run.history if "stage1_map_fsc_0143_A" in m]
+
+    assert stage1_map_epochs(2) == [3, 4]  # 1-based epochs: the third and fourth, the last of stage 1's four
+    assert stage1_map_epochs(0) == []
+    legacy = {k: v for k, v in ReconstructionConfig().to_dict().items() if k != "stage1_maps_from"}
+    assert ReconstructionConfig.from_dict(legacy).stage1_maps_from == 0
+    assert ReconstructionConfig().stage1_maps_from > 0  # on by default
+    with pytest.raises(ValueError, match="stage1_maps_from"):
+        ReconstructionConfig(stage1_maps_from=-1).validate()
+
+
+def test_stage1s_map_sets_the_band_to_the_regularised_map_of_the_images_at_their_poses(tiny_dataset):
+    """The M-step sets the decoder's coefficients within the band (its shell + 1) to those of the polish's regularised
+    map of the kept images at their current poses (their frequencies inserted up to the shell + 2) and keeps the
+    rest: from the true poses, a band that agrees with the truth far better than the random start it replaced."""
+    from napari_semiamort.metrics.fsc import fsc
+    from napari_semiamort.physics.fourier import hartley_centered, radial_frequency_index_3d
+    from napari_semiamort.run.polish import polish_reference, stage1_map
+
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1, restarts=1))
+    n, shell = len(run.data), 8
+    run.poses = run.data.reference_rotations.to(torch.float32).contiguous()
+    truth = torch.from_numpy(run.backproject(np.arange(n))).float()
+    start = run.volume.hartley().detach().clone()
+    before = fsc(run.volume.real_space().detach(), truth)[1 : shell + 1].mean()
+    record = stage1_map(run.model, run.source, run.state, run.config, run.data.half, shell)
+    expected = polish_reference(run.source, run.poses, None, np.ones(n, bool), polish_split(None, n, 0),
+                                radius=shell + 2).volume
+    inside = radial_frequency_index_3d(run.size) <= shell + 1
+    now = run.volume.hartley().detach()
+    want = hartley_centered(expected.float(), 3)
+    torch.testing.assert_close(now[inside], want[inside], atol=1e-4 * float(want.abs().max()), rtol=1e-3)
+    floor = 2e-8 * float(now.abs().max())  # the coefficients' floor (1e-8 of the largest) and exp(log) round-off
+    torch.testing.assert_close(now[~inside], start[~inside], rtol=1e-5, atol=floor)
+    after = fsc(run.volume.real_space().detach(), truth)[1 : shell + 1].mean()
+    assert after > max(0.9, before + 0.3)
+    assert 2 * run.data.pixel_size - 0.01 <= record["stage1_map_fsc_0143_A"] < 4 * run.data.pixel_size

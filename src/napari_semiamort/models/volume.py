@@ -37,9 +37,13 @@ class HartleyVolume(nn.Module):
         self.mantissa.copy_(noise * torch.randn(self.mantissa.shape, generator=generator))
 
     @torch.no_grad()
-    def set_from_map(self, density: torch.Tensor) -> None:
-        """Set the coefficients to those of a real-space map `(L, L, L)` (mantissa ±1 × |H|)."""
+    def set_from_map(self, density: torch.Tensor, within: int | None = None) -> None:
+        """Set the coefficients to those of a real-space map `(L, L, L)` (mantissa ±1 × |H|); with ``within``,
+        only those within that shell (Fourier pixels), the others kept."""
         h = hartley_centered(density.to(torch.float32), 3)
+        if within is not None:
+            inside = radial_frequency_index_3d(self.size, h.device) <= within
+            h = torch.where(inside, h, self.hartley())
         self.exponent.copy_(torch.log(h.abs().clamp_min(float(h.abs().max()) * 1e-8)))
         self.mantissa.copy_(torch.sign(h) + (h == 0).float())
 

@@ -49,6 +49,12 @@ class ReconstructionConfig:
     volume_lr: float = 0.05
     volume_lr_autodecode: float = 0.005  # paper 0.02; see docs/method.md
     volume_init_noise: float = 0.1
+    # From this stage-1 epoch on (0-based; 0: never), each stage-1 epoch starts from the regularised map of the
+    # images at their current poses (an EM M-step: run/polish.stage1_map) rather than the volume's SGD steps alone;
+    # the steps then go on from it. Stage 1 one start, realistic sets, median pose error at the switch: 8ZPM
+    # 42.2° → 29.7° and 40.1° → 26.6° (two seeds), 7PBL 52.6° → 10.8°, 3KPR 8.2° → 7.6°, 1IGY 7.3° → 6.5°; from the
+    # first epoch on it kept 1IGY's start in the symmetric basin until epoch 12 (docs/results.md, "Session 17")
+    stage1_maps_from: int = 5
 
     # Auto-decoding (paper: Adam 0.05 on ω, 5 pose steps per volume step)
     pose_lr: float = 0.05
@@ -188,6 +194,7 @@ class ReconstructionConfig:
              "output_box must be even and at least 8"),
             (self.pose_steps >= 1, "pose_steps must be at least 1"),
             (self.polish_epochs >= 0, "polish_epochs must be at least 0"),
+            (self.stage1_maps_from >= 0, "stage1_maps_from must be at least 0 (0: never)"),
             (0 <= self.relax_symmetry <= 1, "relax_symmetry must lie in [0, 1] (0: off)"),
             (self.shift_search >= 0, "shift_search must be 0 (off) or a positive number of pixels"),
             (self.shift_step >= 1, "shift_step must be at least 1 pixel"),
@@ -218,6 +225,8 @@ class ReconstructionConfig:
                  "shifts": "yes" if d["estimate_shifts"] else "no"}
         if "switch" not in d:  # run folders written before the automatic switch ran the fixed rule
             d = {**d, "switch": "fixed"}
+        if "stage1_maps_from" not in d:  # run folders written before stage 1's maps trained the volume alone
+            d = {**d, "stage1_maps_from": 0}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")

@@ -225,6 +225,8 @@ FIELDS: tuple[Field, ...] = (
           "and no loss stands out by the restart margin", "--max-restarts", 1, 100),
     Field("restart_margin", "Restart margin", ADVANCED, "how far (relative) the lowest loss must lie below the "
           "others' median to stand out (0: exactly --restarts)", "--restart-margin", 0, 1, 0.01, 3),
+    Field("stage1_maps_from", "Stage-1 maps from", ADVANCED, "from this stage-1 epoch on, each epoch starts from "
+          "the regularised map of the images at their current poses (0: never)", "--stage1-maps-from", 0, 10_000),
     # ---------------------------------------------------------------- Advanced: likelihood and bands
     Field("loss", "Loss", ADVANCED, "gaussian (the paper's) or l1 (the public code's mean |ΔF|)", "--loss",
           choices=("gaussian", "l1")),

@@ -134,8 +134,7 @@ class Reconstruction:
         return self.bank.at(fraction)
 
     def set_watch(self, indices) -> None:
-        """Watch these particles (0-based) from the next full snapshot on (and in the checkpoint's config, which
-        ``semiamort inspect`` reads)."""
+        """Watch these particles (0-based) from the next full snapshot on (and in the config `inspect` reads)."""
         self.watch = [int(i) for i in indices]
         self.config.watch = list(self.watch)
 
@@ -191,18 +190,20 @@ class Reconstruction:
             loader.close()  # stops the read-ahead thread when the run stops mid-epoch
 
     def _between_epochs(self, stage: str) -> dict:
-        """The switch at stage 2's first epoch, the reassignment in its next ones; the volume's step. Returns
-        what they did, for the epoch's metrics."""
+        """Before the epoch: stage 1's map, the switch, the polish's maps or the reassignment; their record."""
         st, sched = self.state, self.schedule
-        notes, bands = {}, (self.stage1_end, sched.reassign_band(st.switched_at), sched.stage2_band)
-        self.reference = None
+        notes, self.reference = {}, None
         if stage == STAGE2 and st.table is None:
             notes = self.switch()
+        elif stage == STAGE1 and 0 < self.config.stage1_maps_from <= st.epoch:  # stage 1's M-step
+            notes = polish.stage1_map(self.model, self.source, st, self.config, self.data.half, self.bank.at(
+                sched.band(st.epoch, STAGE1, st.switched_at)).max_shell)
         elif stage == STAGE2 and sched.polishes(st.epoch, st.switched_at):
             notes = self._polish_reference()
         elif stage == STAGE2 and sched.reassigns(st.epoch, st.switched_at):
-            notes = {"reassigned": passes.reassign(self.model, self.stage1, self.source, st,
-                                                   tuple(map(self.bank.at, bands)), self.config, self.search)}
+            bands = tuple(map(self.bank.at, (self.stage1_end, sched.reassign_band(st.switched_at), sched.stage2_band)))
+            notes = {"reassigned": passes.reassign(self.model, self.stage1, self.source, st, bands, self.config,
+                                                   self.search)}
         self._set_volume_lr()
         return notes
 
@@ -232,9 +233,8 @@ class Reconstruction:
     def _flag_junk(self) -> dict:
         """Flag the images that fit no view of the map (:mod:`.junk`), scored at the band the epoch trained: the
         finer the map, the less another molecule's images share with it."""
-        st = self.state
-        fr = self.bank.at(self.schedule.band(st.epoch, STAGE2, st.switched_at))
-        return passes.flag_junk(self.model, self.source, st, fr, self.config).record()
+        fr = self.bank.at(self.schedule.band(self.state.epoch, STAGE2, self.state.switched_at))
+        return passes.flag_junk(self.model, self.source, self.state, fr, self.config).record()
 
     def _set_volume_lr(self) -> None:
         for group in self.opt_volume.param_groups:

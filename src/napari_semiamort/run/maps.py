@@ -18,9 +18,9 @@ __all__ = ["backproject", "final_maps", "insert", "masked", "read_reference"]
 
 @torch.no_grad()
 def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, which: np.ndarray,
-           data: ParticleDataset | None = None, batch: int = 256) -> FourierInserter:
+           data: ParticleDataset | None = None, batch: int = 256, radius: float | None = None) -> FourierInserter:
     """The images ``which`` inserted into a frequency grid with ``poses`` `(N, 3, 3)` (and ``shifts`` `(N, 2)`
-    in the run's pixels), every frequency up to Nyquist.
+    in the run's pixels), every frequency up to Nyquist (or ``radius`` Fourier pixels).
 
     ``data``: the same particles prepared at another box (:meth:`ParticleDataset.at_box`), for a map at that
     box; default the run's images."""
@@ -28,7 +28,7 @@ def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None
     device = source.device
     # images per batch: 256 at box 128 and below, fewer above (the insertion's temporaries grow with L²)
     batch = max(8, min(batch, batch * 128**2 // data.box**2))
-    inserter = FourierInserter(data.box, device)
+    inserter = FourierInserter(data.box, device, radius)
     freqs = frequency_grid_2d(data.box, device=device)  # (L, L, 2) cycles per pixel
     px = source.data.pixel_size / data.pixel_size  # the run's pixels in ``data``'s
     for s in range(0, len(which), batch):

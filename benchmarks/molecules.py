@@ -107,15 +107,28 @@ def scored_run(sim: Path, run_dir: Path, model: Path) -> ScoredRun:
     return ScoredRun(run, good, truth, pixel, symmetry, s)
 
 
+class CaseFailed(RuntimeError):
+    """A case's ``semiamort`` command failed: the case is reported and the panel goes on."""
+
+
+def semiamort(args: list[str], model: Path) -> None:
+    """Run one ``semiamort`` command in this process; a failure stops the case with the command named (its own
+    message is printed above), not a traceback further on about what it did not write."""
+    code = cli(args)
+    if code:
+        raise CaseFailed(f"{model.name}: `semiamort {args[0]}` failed (exit {code}); its message is above")
+
+
 def run_one(model: Path, work: Path, n: int, box: int, extra: list[str], condition: str = "clean",
             seed: int = 0, floor_turn: float = 0.0, figures: Path | None = None) -> dict:
     sim, run_dir = work / "sim", work / "run"
     t0 = time.perf_counter()
     if not (sim / "particles.star").is_file():  # a kept set (--keep) is reused
-        cli(["simulate", str(model), "-o", str(sim), "--n", str(n), "--box", str(box), "--seed", str(seed),
-             *CONDITIONS[condition]])
+        semiamort(["simulate", str(model), "-o", str(sim), "--n", str(n), "--box", str(box), "--seed", str(seed),
+                   *CONDITIONS[condition]], model)
     force = ["--force"] if run_dir.exists() else []  # a kept case's earlier run goes
-    cli(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), *force, *extra])
+    semiamort(["reconstruct", str(sim / "particles.star"), "-o", str(run_dir), "--seed", str(seed), *force, *extra],
+              model)
     seconds = time.perf_counter() - t0
     run, good, truth, pixel, symmetry, s = scored_run(sim, run_dir, model)
     junk = len(run.data) - len(good)
@@ -310,15 +323,14 @@ def main() -> None:
     rows = []
     molecules = PANEL if args.panel else args.molecules
     cases = [(name, c, s) for name in molecules for c in args.conditions for s in args.seeds]
+    failed = []
     for name, condition, seed in cases:
-        if args.keep is not None:
-            work = args.keep / f"{name.split('.')[0]}_{condition}_{seed}"
-            rows.append(run_one(structure(name), work, args.n, args.box, extra, condition, seed, args.floor_turn,
-                                args.figures))
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                rows.append(run_one(structure(name), Path(tmp), args.n, args.box, extra, condition, seed,
-                                    args.floor_turn, args.figures))
+        try:
+            rows.append(_case(name, condition, seed, args, extra))
+        except CaseFailed as exc:  # the other cases still run, and the rows so far are kept
+            failed.append(f"{name} {condition} {seed}")
+            print(f"| {name} | {condition} | {seed} | case failed: {exc} |", flush=True)
+            continue
         r = rows[-1]
         print(f"| {r['molecule']} | {condition} | {seed} | {r['pixel_size']:.2f} | {r['seconds'] / 60:.1f} min | "
               f"{r['fsc_0.5']:.2f} Å (true poses {r['fsc_0.5_true_poses']:.2f} Å; "
@@ -326,9 +338,21 @@ def main() -> None:
               f"({r['fsc_0.5_over_nyquist']:.2f}×) | {r['pose_error_mean']:.2f}° / {r['pose_error_median']:.2f}° "
               f"(floor {r['pose_floor_median']:.2f}°; {'ok' if r['pose_success'] else 'FAILS'}) | "
               f"{'SUCCESS' if r['map_success'] and r['pose_success'] else 'fail'} |", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        if args.out:  # after each case: a panel of hours keeps what it measured if it stops later
+            Path(args.out).write_text(json.dumps(rows, indent=2))
+    if failed:
+        sys.exit(f"molecules.py: {len(failed)} of {len(cases)} cases failed: {', '.join(failed)}")
 
+
+def _case(name: str, condition: str, seed: int, args, extra: list[str]) -> dict:
+    """One (molecule, condition, seed) case's row, in ``--keep``'s folder or a temporary one."""
+    if args.keep is not None:
+        work = args.keep / f"{name.split('.')[0]}_{condition}_{seed}"
+        return run_one(structure(name), work, args.n, args.box, extra, condition, seed, args.floor_turn,
+                       args.figures)
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_one(structure(name), Path(tmp), args.n, args.box, extra, condition, seed, args.floor_turn,
+                       args.figures)
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,8 @@ from these functions, so a wrong sign or a lost result would silently change eve
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -305,3 +307,31 @@ def test_the_panel_table_keeps_each_cases_newest_row_and_counts_the_seeds_that_s
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match="bad.json: not a JSON file"):
         table.load_rows([bad])
+
+
+def test_the_panel_reports_a_failed_case_goes_on_and_keeps_the_rows_measured(tmp_path, monkeypatch, capsys):
+    """benchmarks/molecules.py: a ``semiamort`` command that fails stops its case with the command named (not a
+    traceback about the files it did not write); the other cases run, ``--out`` holds every row measured so far
+    (written after each case), and the script exits non-zero naming the failed cases."""
+    module = _script("bench_molecules_failures", "molecules.py")
+    monkeypatch.setattr(module, "cli", lambda args: 1 if args[0] == "simulate" else 0)
+    with pytest.raises(module.CaseFailed, match=r"m\.pdb: `semiamort simulate` failed \(exit 1\)"):
+        module.semiamort(["simulate", "m.pdb"], Path("m.pdb"))
+    module.semiamort(["reconstruct", "x.star"], Path("m.pdb"))  # exit 0: nothing raised
+
+    row = {"molecule": "a.pdb", "pixel_size": 2.0, "seconds": 60.0, "fsc_0.5": 9.0, "fsc_0.5_true_poses": 8.0,
+           "map_success": True, "fsc_0.5_over_nyquist": 2.25, "pose_error_mean": 3.0, "pose_error_median": 2.0,
+           "pose_floor_median": 1.5, "pose_success": True}
+
+    def case(name, condition, seed, args, extra):
+        if name == "b.pdb":
+            raise module.CaseFailed("b.pdb: `semiamort simulate` failed (exit 1); its message is above")
+        return {**row, "molecule": name}
+
+    monkeypatch.setattr(module, "_case", case)
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["molecules.py", "--molecules", "a.pdb", "b.pdb", "c.pdb", "--out", str(out)])
+    with pytest.raises(SystemExit, match="1 of 3 cases failed: b.pdb clean 0"):
+        module.main()
+    assert [r["molecule"] for r in json.loads(out.read_text())] == ["a.pdb", "c.pdb"]
+    assert "| b.pdb | clean | 0 | case failed: b.pdb: `semiamort simulate` failed" in capsys.readouterr().out

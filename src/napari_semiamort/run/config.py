@@ -50,10 +50,11 @@ class ReconstructionConfig:
     volume_lr_autodecode: float = 0.005  # paper 0.02; see docs/method.md
     volume_init_noise: float = 0.1
     # From this stage-1 epoch on (0-based; 0: never), each stage-1 epoch starts from the regularised map of the
-    # images at their current poses (an EM M-step: run/polish.stage1_map) rather than the volume's SGD steps alone;
-    # the steps then go on from it. Stage 1 one start, realistic sets, median pose error at the switch: 8ZPM
-    # 42.2° → 29.7° and 40.1° → 26.6° (two seeds), 7PBL 52.6° → 10.8°, 3KPR 8.2° → 7.6°, 1IGY 7.3° → 6.5°; from the
-    # first epoch on it kept 1IGY's start in the symmetric basin until epoch 12 (docs/results.md, "Session 17")
+    # images at their current poses, within the epoch's band (an EM M-step: run/polish.stage1_map) rather than the
+    # volume's SGD steps alone; the steps then go on from it. Stage 1 one start, realistic sets, median pose error at
+    # the switch: 8ZPM 42.2° → 28.9° and 40.1° → 26.4° (two run seeds), 7PBL 52.6° → 10.8°; 3KPR 8.2° → 7.6°, 1IGY
+    # 7.3° → 6.5° (measured with the map over the whole band); from the first epoch on it kept 1IGY's start in the
+    # symmetric basin until epoch 12 (docs/results.md, "Session 17")
     stage1_maps_from: int = 5
 
     # Auto-decoding (paper: Adam 0.05 on ω, 5 pose steps per volume step)

@@ -92,7 +92,7 @@ def stage1_map(model, source: ImageSource, state, config, half: np.ndarray | Non
     (:func:`polish_reference`, its solvent masked) of the kept images at their current poses and shifts, as
     RELION's and cryoSPARC's EM rebuild the reference each iteration; the rest stays, and stage 1's steps go on
     from it. The volume's SGD steps alone lag the poses: on realistic 8ZPM the median error fell 2-3° an epoch to
-    42° at the switch, with this map at each epoch's start to 27-30° (``config.stage1_maps_from``). Returns the
+    42° at the switch, with this map at each epoch's start to 26-29° (``config.stage1_maps_from``). Returns the
     record: the half sets' FSC at 0.143 (Å; within the band inserted)."""
     split = polish_split(half, len(state.poses), config.seed)
     radius = min(shell + 2, source.size / 2)  # the images' frequencies that reach the voxels within shell + 1

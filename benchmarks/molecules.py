@@ -346,13 +346,14 @@ def main() -> None:
 
 def _case(name: str, condition: str, seed: int, args, extra: list[str]) -> dict:
     """One (molecule, condition, seed) case's row, in ``--keep``'s folder or a temporary one."""
+    def at(work: Path) -> dict:
+        return run_one(structure(name), work, args.n, args.box, extra, condition, seed, args.floor_turn, args.figures)
+
     if args.keep is not None:
-        work = args.keep / f"{name.split('.')[0]}_{condition}_{seed}"
-        return run_one(structure(name), work, args.n, args.box, extra, condition, seed, args.floor_turn,
-                       args.figures)
+        return at(args.keep / f"{name.split('.')[0]}_{condition}_{seed}")
     with tempfile.TemporaryDirectory() as tmp:
-        return run_one(structure(name), Path(tmp), args.n, args.box, extra, condition, seed, args.floor_turn,
-                       args.figures)
+        return at(Path(tmp))
+
 
 if __name__ == "__main__":
     main()

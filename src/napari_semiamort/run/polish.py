@@ -96,14 +96,15 @@ def stage1_map(model, source: ImageSource, state, config, half: np.ndarray | Non
     record: the half sets' FSC at 0.143 (Å; within the band inserted)."""
     split = polish_split(half, len(state.poses), config.seed)
     radius = min(shell + 2, source.size / 2)  # the images' frequencies that reach the voxels within shell + 1
-    maps = polish_reference(source, state.poses, state.shifts, state.kept(), split, config.mask_diameter, radius)
+    maps = rebuilder(source, state, split, config.mask_diameter, radius)()
     model.volume.set_from_map(maps.volume.to(model.device), within=shell + 1)
     return {"stage1_map_fsc_0143_A": maps.record["polish_halves_fsc_0143_A"]}
 
 
-def rebuilder(source: ImageSource, state, split: np.ndarray, diameter: float | None) -> Callable[[], PolishMaps]:
+def rebuilder(source: ImageSource, state, split: np.ndarray, diameter: float | None,
+              radius: float | None = None) -> Callable[[], PolishMaps]:
     """The polish's maps (:func:`polish_reference`) of the run's kept images at their poses as they are when called."""
-    return lambda: polish_reference(source, state.poses, state.shifts, state.kept(), split, diameter)
+    return lambda: polish_reference(source, state.poses, state.shifts, state.kept(), split, diameter, radius)
 
 
 # the views are searched (with the shifts) at the polish's first epoch and every this many after, under maps

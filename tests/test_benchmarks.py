@@ -335,3 +335,16 @@ def test_the_panel_reports_a_failed_case_goes_on_and_keeps_the_rows_measured(tmp
         module.main()
     assert [r["molecule"] for r in json.loads(out.read_text())] == ["a.pdb", "c.pdb"]
     assert "| b.pdb | clean | 0 | case failed: b.pdb: `semiamort simulate` failed" in capsys.readouterr().out
+
+
+def test_search_moves_counts_the_turned_images_the_polish_search_brings_back(tiny_dataset):
+    """benchmarks/search_moves.py on the tiny set (SNR 1, shifts searched): from the true poses with a fifth turned at
+    random, one polish search brings most of the turned images back, on evidence far above the noise's, and moves
+    next to none of the right ones out of their view."""
+    module = _script("bench_search_moves", "search_moves.py")
+    row = module.measure(tiny_dataset, None, 0.2, 0, ["--shifts", "yes"], None)
+    turned = row["good"] - row["within_20_before"]
+    assert 150 < turned < 250  # a fifth of 1,000, seeded
+    assert row["recovered_moves"] > 0.8 * turned
+    assert row["recovered_T_pct_10_50_90"][0] > 5.0
+    assert row["false_moves"] <= 0.01 * row["within_20_before"]

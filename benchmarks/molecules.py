@@ -99,8 +99,7 @@ def scored_run(sim: Path, run_dir: Path, model: Path) -> ScoredRun:
     run = Reconstruction.resume(run_dir, cache_images=False)
     symmetry = torch.from_numpy(chain_symmetry(model))
     truth, pixel = read_map(sim / "truth.mrc")
-    junk = np.loadtxt(sim / "junk.txt", dtype=np.int64, ndmin=1) if (sim / "junk.txt").is_file() else []
-    good = torch.from_numpy(np.setdiff1d(np.arange(len(run.data)), junk))
+    good = torch.from_numpy(good_particles(sim, len(run.data)))
     final, _ = read_map(run_dir / "map.mrc")
     s = score_against_truth(torch.from_numpy(final), torch.from_numpy(truth), pixel, run.poses[good],
                             run.data.reference_rotations[good], symmetry=symmetry)
@@ -225,22 +224,18 @@ def pose_floor_at_truth(sim: Path, good: np.ndarray, truth: np.ndarray, seed: in
     pose where it started (the grid's optima under that map lie 0.50° from the truth; under a map of the other half
     set's images, 2.29°; docs/results.md, "Stage 2's polish")."""
     from napari_semiamort.metrics.alignment import align_poses
-    from napari_semiamort.run import passes
     from napari_semiamort.run.stage2 import refine_poses
 
     cfg = run_config(sim, seed, extra)
     cfg.restarts = 1
     run = Reconstruction(cfg)
     true = run.data.reference_rotations.to(torch.float32)
-    run.poses = true.clone()
-    if run.shifts is not None and run.data.reference_shifts is not None:
-        run.shifts = run.data.reference_shifts.clone()
+    start_stage2_at(run, true)
+    table = run.state.table
     scaled = scaled_to_images(truth, run.backproject(good))
     with torch.no_grad():
         run.volume.set_from_map(torch.from_numpy(scaled).to(torch.float32).to(run.device))
         reference = run.volume.hartley().detach()
-    table = passes.pose_table(cfg, run.size, true.to(run.device),
-                              None if run.shifts is None else run.shifts.to(run.device))
     fr = run.frequencies(cfg.max_freq)
     for _ in range(epochs):
         for s in range(0, len(good), 128):
@@ -262,6 +257,24 @@ def scaled_to_images(truth: np.ndarray, data_map: np.ndarray) -> np.ndarray:
     return np.fft.ifftn(ft * (num / np.maximum(den, 1e-30))[shell]).real
 
 
+def good_particles(sim: Path, n: int) -> np.ndarray:
+    """The indices of a simulated set's ``n`` images that are particles: all but those in its junk.txt."""
+    junk = sim / "junk.txt"
+    return np.setdiff1d(np.arange(n), np.loadtxt(junk, dtype=np.int64, ndmin=1) if junk.is_file() else [])
+
+
+def start_stage2_at(run, poses: torch.Tensor) -> None:
+    """``run`` (not yet started) set to begin stage 2 at ``poses`` `(N, 3, 3)` and, where it estimates shifts, the
+    set's true shifts: its poses, shifts and pose table."""
+    from napari_semiamort.run import passes
+
+    run.poses = poses.to(torch.float32).contiguous()
+    if run.shifts is not None and run.data.reference_shifts is not None:
+        run.shifts = run.data.reference_shifts.clone()
+    run.state.table = passes.pose_table(run.config, run.size, run.poses.to(run.device),
+                                        None if run.shifts is None else run.shifts.to(run.device))
+
+
 def pose_floor(sim: Path, good: np.ndarray, seed: int, extra: list[str], symmetry: torch.Tensor | None = None,
                epochs: int = 10, turn_deg: float = 0.0) -> dict:
     """Recorded as ``pose_floor_stage2_*`` (the criterion's floor until 2026-12-06): the pose error stage 2
@@ -274,22 +287,17 @@ def pose_floor(sim: Path, good: np.ndarray, seed: int, extra: list[str], symmetr
     (docs/results.md, "The realistic panel with today's defaults")."""
     from napari_semiamort.metrics.alignment import align_poses
     from napari_semiamort.physics.so3 import exp_so3
-    from napari_semiamort.run import passes
 
     cfg = run_config(sim, seed, extra)
     cfg.epochs, cfg.switch_epoch, cfg.restarts, cfg.reassign_epochs = epochs, 0, 1, 0
     run = Reconstruction(cfg)
-    run.poses = run.data.reference_rotations.to(torch.float32).clone()
+    poses = run.data.reference_rotations.to(torch.float32)
     if turn_deg > 0:
-        axis = torch.randn(len(run.poses), 3, generator=torch.Generator().manual_seed(seed))
-        turn = exp_so3(axis / axis.norm(dim=1, keepdim=True) * np.deg2rad(turn_deg)).to(torch.float32)
-        run.poses = (turn @ run.poses).contiguous()
-    if run.shifts is not None and run.data.reference_shifts is not None:
-        run.shifts = run.data.reference_shifts.clone()
+        axis = torch.randn(len(poses), 3, generator=torch.Generator().manual_seed(seed))
+        poses = exp_so3(axis / axis.norm(dim=1, keepdim=True) * np.deg2rad(turn_deg)).to(torch.float32) @ poses
+    start_stage2_at(run, poses)
     with torch.no_grad():
         run.volume.set_from_map(torch.from_numpy(run.backproject(np.arange(len(run.data)))))
-    run.state.table = passes.pose_table(cfg, run.size, run.poses.to(run.device),
-                                        None if run.shifts is None else run.shifts.to(run.device))
     run.state.switched_at = 0
     for _ in run:
         pass

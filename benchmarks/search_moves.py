@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from molecules import run_config  # noqa: E402
+from molecules import good_particles, run_config, start_stage2_at  # noqa: E402
 
 from napari_semiamort.metrics.alignment import align_poses  # noqa: E402
 from napari_semiamort.physics.so3 import geodesic_distance, random_rotations  # noqa: E402
-from napari_semiamort.run import Reconstruction, passes, polish  # noqa: E402
+from napari_semiamort.run import Reconstruction, polish  # noqa: E402
 from napari_semiamort.sim.atoms import chain_symmetry  # noqa: E402
 
 _P = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
@@ -67,11 +67,7 @@ def start_from_truth(sim: Path, seed: int, turn: float, extra: list[str]):
     truth = run.data.reference_rotations.to(torch.float32)
     g = torch.Generator().manual_seed(seed)
     turned = torch.rand(len(truth), generator=g) < turn
-    run.poses = torch.where(turned[:, None, None], random_rotations(len(truth), g), truth).contiguous()
-    if run.shifts is not None and run.data.reference_shifts is not None:
-        run.shifts = run.data.reference_shifts.clone()
-    shifts = None if run.shifts is None else run.shifts.to(run.device)
-    run.state.table = passes.pose_table(cfg, run.size, run.poses.to(run.device), shifts)
+    start_stage2_at(run, torch.where(turned[:, None, None], random_rotations(len(truth), g), truth))
     run.state.switched_at = cfg.switch_epoch  # the candidates are proposed at stage 1's band at its (latest) switch
     return run
 
@@ -102,8 +98,7 @@ def measure(sim: Path, run_dir: Path | None, turn: float, seed: int, extra: list
     torch.set_num_threads(1)
     run = Reconstruction.resume(run_dir, cache_images=False) if run_dir else start_from_truth(sim, seed, turn, extra)
     n = len(run.data)
-    junk = np.loadtxt(sim / "junk.txt", dtype=np.int64, ndmin=1) if (sim / "junk.txt").is_file() else np.zeros(0, int)
-    good = np.setdiff1d(np.arange(n), junk)
+    good = good_particles(sim, n)
     symmetry = torch.from_numpy(chain_symmetry(str(model))) if model else None
     error = error_to_truth(run, good, symmetry)
     st = run.state

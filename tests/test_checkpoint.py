@@ -140,7 +140,31 @@ def test_a_run_stopped_in_its_polish_resumes_exactly_and_an_older_run_resumes_wi
     assert torch.equal(resumed.poses, whole.poses)
     assert [m["loss"] for m in resumed.history] == [m["loss"] for m in whole.history]
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["modes"] is None  # no view search without shifts: no modes
     del state["config"]["polish_epochs"], state["config"]["relax_symmetry"]
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
     older = Reconstruction.resume(tmp_path / "run", cache_images=False).config
     assert older.polish_epochs == 0 and older.relax_symmetry == 0  # nor the symmetry relaxation, added later
+
+
+def test_the_modes_of_the_polishs_view_search_reach_the_checkpoint_and_the_resumed_runs_map(tiny_dataset, tmp_path):
+    """With shifts estimated the polish's view search spreads each image over its modes: a run stopped after it
+    resumes with the same modes, and its map (spread over them) is the uninterrupted run's."""
+    settings = {"epochs": 6, "stage2_ramp_epochs": 0, "polish_epochs": 2, "restarts": 1, "shifts": "yes",
+                "halves": False}
+    whole = Reconstruction(_config(tiny_dataset, **settings))
+    for _ in whole:
+        pass
+    assert whole.state.modes is not None and whole.state.modes.weights.shape == (len(whole.data), 3)
+    first = Reconstruction(_config(tiny_dataset, **settings), run_dir=tmp_path / "run")
+    for _ in first:
+        if first.epoch == 5:
+            break
+    assert first.state.modes is not None
+    resumed = Reconstruction.resume(tmp_path / "run")
+    for mine, theirs in zip(resumed.state.modes, first.state.modes, strict=True):
+        assert torch.equal(mine, theirs)
+    for _ in resumed:
+        pass
+    assert torch.equal(resumed.state.modes.weights, whole.state.modes.weights)
+    np.testing.assert_array_equal(resumed.final_maps()[0], whole.final_maps()[0])

@@ -3,6 +3,7 @@ reassignment and the recentring."""
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -263,3 +264,29 @@ def test_shifts_auto_without_a_shift_search_takes_the_particles_as_centred(tiny_
     assert not config(shift_search=0).estimate_shifts and not config(inplane_search=0).estimate_shifts
     assert config(shifts="yes", shift_search=0).estimate_shifts and not config(shifts="no").estimate_shifts
     assert Reconstruction(config(shift_search=0)).shifts is None
+
+
+def test_soft_modes_keep_each_images_best_distinct_poses_with_their_posterior_weights():
+    """The chosen pose first, then the best candidate in another mode (> SAME_MODE_DEG from those taken): one mode
+    far ahead takes all the weight, two alike share it; candidates near a taken mode are that mode; an image with
+    fewer distinct modes than slots fills them with its chosen pose at weight 0. Shifts follow their poses."""
+    from napari_semiamort.physics.so3 import exp_so3
+
+    def about_x(*deg):
+        return exp_so3(torch.tensor([[np.deg2rad(d), 0.0, 0.0] for d in deg]))
+
+    rot = torch.stack([about_x(0, 5, 90, 180)] * 3 + [about_x(0, 5, 10, 3)])  # (4, 4, 3, 3)
+    shifts = torch.arange(16.0).reshape(4, 4, 1).repeat(1, 1, 2)
+    nll = torch.tensor([[0.0, 0.0, 20.0, 20.0],  # the other modes 20 nats worse
+                        [0.0, 0.0, 0.0, 30.0],  # a second mode (90°) as good
+                        [5.0, 0.0, 0.0, 5.0],  # kept the 5° candidate: the 0° one is its own mode
+                        [0.0, 1.0, 2.0, 3.0]])  # one mode only
+    modes = passes.soft_modes(nll, rot, shifts, torch.tensor([0, 0, 1, 0]), 3)
+    torch.testing.assert_close(modes.rotations[0], rot[0, [0, 2, 3]])
+    torch.testing.assert_close(modes.rotations[2], rot[2, [1, 2, 3]])
+    torch.testing.assert_close(modes.shifts[:3, :, 0], torch.tensor([[0.0, 2, 3], [4, 6, 7], [9, 10, 11]]))
+    e20, e5 = np.exp(-20.0), np.exp(-5.0)
+    expected = torch.tensor([[1, e20, e20], [1, 1, np.exp(-30.0)], [1, 1, e5], [1, 0, 0]], dtype=torch.float32)
+    torch.testing.assert_close(modes.weights, expected / expected.sum(1, keepdim=True))
+    torch.testing.assert_close(modes.rotations[3], rot[3, [0, 0, 0]])
+    assert passes.soft_modes(nll, rot, None, torch.tensor([0, 0, 1, 0]), 3).shifts is None

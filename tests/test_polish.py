@@ -79,8 +79,9 @@ def test_the_polish_map_is_masked_about_the_particle_or_the_users_diameter(tiny_
 
 def test_the_view_search_judges_each_half_sets_images_under_the_other_halfs_map(monkeypatch):
     """Under the whole set's map an image's own noise holds it in its view: each half's images are searched under
-    the other half's map, each image once; where images moved the maps are rebuilt and the whole map goes back
-    into the model; without shifts there is no search."""
+    the other half's map, each image once, into one record of modes that every image's row fills; the maps are
+    then rebuilt from the modes (kept in the state) and the whole map goes back into the model; without shifts
+    there is no search."""
     from types import SimpleNamespace
 
     from napari_semiamort.run import polish
@@ -93,13 +94,15 @@ def test_the_view_search_judges_each_half_sets_images_under_the_other_halfs_map(
     model = SimpleNamespace(volume=volume, device=torch.device("cpu"))
     calls, moves = [], {}
 
-    def reassign(model, stage1, source, state, bands, config, search, images):
+    def reassign(model, stage1, source, state, bands, config, search, images, modes):
         calls.append((float(model.volume.current[0, 0, 0]), images.tolist()))
+        modes.weights[images] = torch.tensor([0.5, 0.25 * len(calls), 0.5 - 0.25 * len(calls)])
         return moves.get(len(calls), 0)
 
     monkeypatch.setattr(passes, "reassign", reassign)
     monkeypatch.setattr(polish, "JointShiftSearch", lambda *a, **k: "search")
-    state = SimpleNamespace(table=SimpleNamespace(shifts=torch.zeros(6, 2)))
+    state = SimpleNamespace(table=SimpleNamespace(shifts=torch.zeros(6, 2)), modes=None, poses=torch.eye(3).repeat(
+        6, 1, 1), shifts=torch.zeros(6, 2))
     split = np.array([1, 2, 1, 2, 2, 1])
     cfg = ReconstructionConfig()
     moves[1] = 2  # half 1's images: two move
@@ -107,10 +110,12 @@ def test_the_view_search_judges_each_half_sets_images_under_the_other_halfs_map(
     assert calls == [(2.0, [0, 2, 5]), (1.0, [1, 3, 4])]  # half 1 under half 2's map, then the other way
     assert out.volume is rebuilt_whole and volume.current is rebuilt_whole
     assert out.record == {"polish_shells_kept": 6, "polish_moved": 2}
+    assert state.modes.rotations.shape == (6, polish.SOFT_MODES, 3, 3) and state.modes.shifts.shape == (6, 3, 2)
+    torch.testing.assert_close(state.modes.weights[:, 1], torch.tensor([0.25, 0.5, 0.25, 0.5, 0.5, 0.25]))
     calls.clear()
     moves.clear()
     out = polish.search_views_and_shifts(model, None, None, state, (None, None), cfg, maps, split, lambda: rebuilt)
-    assert len(calls) == 2 and out.volume is whole and volume.current is whole and out.record["polish_moved"] == 0
+    assert len(calls) == 2 and out.volume is rebuilt_whole and out.record["polish_moved"] == 0
     calls.clear()
     centred = SimpleNamespace(table=SimpleNamespace(shifts=None))
     assert polish.search_views_and_shifts(model, None, None, centred, (None, None), cfg, maps, split, None) is maps
@@ -176,3 +181,46 @@ def test_stage1s_map_sets_the_band_to_the_regularised_map_of_the_images_at_their
     after = fsc(run.volume.real_space().detach(), truth)[1 : shell + 1].mean()
     assert after > max(0.9, before + 0.3)
     assert 2 * run.data.pixel_size - 0.01 <= record["stage1_map_fsc_0143_A"] < 4 * run.data.pixel_size
+
+
+def test_weighted_insertion_counts_each_image_by_its_weight(tiny_dataset):
+    """Weights 1 and 0 give the map of the weighted images alone; one weight for all leaves the map as it is (the
+    weight cancels between the sums), unlike doubling some images."""
+    from napari_semiamort.run.maps import insert
+
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1))
+    poses, n = run.data.reference_rotations.to(torch.float32), 200
+    which = np.arange(n)
+    half = torch.from_numpy((np.arange(len(run.data)) % 2 == 0).astype(np.float32))
+    alone = insert(run.source, poses, None, which[::2]).volume()
+    torch.testing.assert_close(insert(run.source, poses, None, which, weights=half).volume(), alone)
+    plain = insert(run.source, poses, None, which).volume()
+    same = torch.full((len(run.data),), 0.3)
+    torch.testing.assert_close(insert(run.source, poses, None, which, weights=same).volume(), plain, rtol=1e-4,
+                               atol=1e-4 * float(plain.abs().max()))
+    assert not torch.allclose(insert(run.source, poses, None, which, weights=1 + half).volume(), plain)
+
+
+def test_an_image_spread_over_its_modes_is_inserted_at_each_by_its_weight(tiny_dataset):
+    """The first mode is the image's pose as it is now (refined since the search), not the pose stored with the
+    modes; all weight there gives the plain map. Half the weight on a wrong view gives a map between the right
+    poses' and the wrong ones' (FSC with the true-pose map over the band), and slots at weight 0 add nothing."""
+    from napari_semiamort.metrics.fsc import fsc
+    from napari_semiamort.physics.so3 import random_rotations
+    from napari_semiamort.run.maps import insert, insert_modes
+    from napari_semiamort.run.state import Modes
+
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1))
+    n = len(run.data)
+    which = np.arange(n)
+    true = run.data.reference_rotations.to(torch.float32).contiguous()
+    wrong = random_rotations(n, generator=torch.Generator().manual_seed(3))
+    plain = insert(run.source, true, None, which).volume()
+    stored = Modes(torch.stack([wrong, wrong, true], 1), None, torch.tensor([[1.0, 0.0, 0.0]]).repeat(n, 1))
+    torch.testing.assert_close(insert_modes(run.source, true, None, which, modes=stored).volume(), plain)
+    halfway = stored._replace(weights=torch.tensor([[0.5, 0.5, 0.0]]).repeat(n, 1))
+    mixed = insert_modes(run.source, true, None, which, modes=halfway).volume()
+    bad = insert(run.source, wrong, None, which).volume()
+    band = slice(1, run.size // 2)
+    score = {name: float(fsc(v, plain)[band].mean()) for name, v in (("mixed", mixed), ("bad", bad))}
+    assert score["bad"] + 0.2 < score["mixed"] < 0.99

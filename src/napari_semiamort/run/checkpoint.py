@@ -11,7 +11,7 @@ from .. import __version__
 from ..data.atomic import atomic_path
 from .config import ReconstructionConfig
 from .passes import pose_table
-from .state import RunState
+from .state import Modes, RunState
 
 __all__ = ["CHECKPOINT", "load_checkpoint", "restore_state", "save_checkpoint"]
 
@@ -60,7 +60,8 @@ def restore_state(run, state: dict) -> None:
         poses=state["poses"], winners=state.get("winners", torch.zeros(len(run.data), dtype=torch.long)),
         shifts=state["shifts"], previous_poses=state["previous_poses"], table=table, switched_at=switched,
         epoch=state["epoch"], history=list(state["history"]),
-        paths={int(k): list(v) for k, v in state.get("paths", {}).items()}, junk=state.get("junk"))
+        paths={int(k): list(v) for k, v in state.get("paths", {}).items()}, junk=state.get("junk"),
+        modes=Modes.from_dict(state.get("modes")))
     if state["shifts"] is None:  # not estimated, or no longer: dropped at the switch (centred particles)
         run.stage1.stop_shifts()
     run.restarts.resumed(run.state.history)

@@ -357,8 +357,8 @@ class Reconstruction:
         """``(map, half1, half2)`` by direct Fourier reconstruction from the final poses at ``data``'s box
         (default :meth:`output_data`). This, not the decoder's volume, is the run's map: the decoder's
         outermost shell is untrained, and this is made from the images at their own box."""
-        data = self.output_data() if data is None else data
-        return maps.final_maps(self.source, self.poses, self.shifts, data, self.config.halves, self.state.kept())
+        data, st = self.output_data() if data is None else data, self.state
+        return maps.final_maps(self.source, self.poses, self.shifts, data, self.config.halves, st.kept(), st.modes)
 
     def output_data(self) -> ParticleDataset:
         """The particles at the box of the run's maps (``output_box``; default the images' own box)."""
@@ -379,7 +379,7 @@ class Reconstruction:
             "config": self.config.to_dict(), "epoch": st.epoch, "step": self.step_count,
             **self.stage1.state_dict(),
             "volume": self.model.volume.state_dict(), "opt_volume": self.opt_volume.state_dict(),
-            "noise": self.model.noise.state_dict(), "junk": st.junk,
+            "noise": self.model.noise.state_dict(), "junk": st.junk, "modes": st.modes and st.modes._asdict(),
             "poses": st.poses, "winners": st.winners, "shifts": st.shifts, "previous_poses": st.previous_poses,
             "table": None if st.table is None else st.table.state_dict(), "switched_at": st.switched_at,
             "history": st.history, "paths": st.paths, "trial": self.trial, "data": self.data.scan_state()}

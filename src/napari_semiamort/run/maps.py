@@ -12,15 +12,18 @@ from ..metrics.density import solvent_mask
 from ..physics.backproject import FourierInserter
 from ..physics.fourier import fft_centered, frequency_grid_2d, resample_map
 from .batches import ImageSource
+from .state import Modes
 
-__all__ = ["backproject", "final_maps", "insert", "masked", "read_reference"]
+__all__ = ["backproject", "final_maps", "insert", "insert_modes", "masked", "read_reference"]
 
 
 @torch.no_grad()
 def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, which: np.ndarray,
-           data: ParticleDataset | None = None, batch: int = 256, radius: float | None = None) -> FourierInserter:
+           data: ParticleDataset | None = None, batch: int = 256, radius: float | None = None,
+           weights: torch.Tensor | None = None) -> FourierInserter:
     """The images ``which`` inserted into a frequency grid with ``poses`` `(N, 3, 3)` (and ``shifts`` `(N, 2)`
-    in the run's pixels), every frequency up to Nyquist (or ``radius`` Fourier pixels).
+    in the run's pixels), every frequency up to Nyquist (or ``radius`` Fourier pixels); ``weights`` `(N,)`: each
+    image's weight in the sums (its image and CTF scaled by the square root: ``Σ w c y / Σ w c²``).
 
     ``data``: the same particles prepared at another box (:meth:`ParticleDataset.at_box`), for a map at that
     box; default the run's images."""
@@ -38,7 +41,11 @@ def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None
             o = shifts[idx].to(device) * px
             phase = -2 * torch.pi * (freqs[None] * o[:, None, None, :]).sum(-1)
             f = f * torch.polar(torch.ones_like(phase), phase)
-        inserter.insert(f, poses[idx].to(device), source.ctf(idx, freqs, data))
+        ctf = source.ctf(idx, freqs, data)
+        if weights is not None:
+            root = weights[idx].to(device).sqrt()[:, None, None]
+            f, ctf = f * root, ctf * root
+        inserter.insert(f, poses[idx].to(device), ctf)
     return inserter
 
 
@@ -48,18 +55,37 @@ def backproject(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor |
     return insert(source, poses, shifts, which, data, batch).volume().cpu().numpy()
 
 
+def insert_modes(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, which: np.ndarray,
+                 radius: float | None = None, modes: Modes | None = None,
+                 data: ParticleDataset | None = None) -> FourierInserter:
+    """The images ``which`` inserted at ``poses`` (and ``shifts``) as :func:`insert` does, or, with ``modes``, each
+    spread over its modes by their weights: the first mode at its pose as it is now (refined since the modes were
+    found), the others where the view search found them."""
+    if modes is None:
+        return insert(source, poses, shifts, which, data, radius=radius)
+    inserter = insert(source, poses, shifts, which, data, radius=radius, weights=modes.weights[:, 0])
+    for j in range(1, modes.weights.shape[1]):
+        if bool((modes.weights[which, j] > 0).any()):
+            inserter.add_(insert(source, modes.rotations[:, j], None if modes.shifts is None else modes.shifts[:, j],
+                                 which, data, radius=radius, weights=modes.weights[:, j]))
+    return inserter
+
+
 def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, data: ParticleDataset,
-               halves: bool, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+               halves: bool, keep: np.ndarray | None = None,
+               modes: Modes | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``(map, half1, half2)`` at ``data``'s box from the final poses; the map from all images ``keep``
     `(N,)` bool (None: all; the junk is left out) (the halves' sums added: one pass over the data); no halves
-    unless ``halves`` and the particles are split."""
+    unless ``halves`` and the particles are split. ``modes``: each image spread over its modes
+    (:func:`insert_modes`)."""
     split = source.data.half
     kept = np.ones(len(source), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     if not halves or split is None:
-        return backproject(source, poses, shifts, np.flatnonzero(kept), data), None, None
-    first = insert(source, poses, shifts, np.flatnonzero((split == 1) & kept), data)
+        whole = insert_modes(source, poses, shifts, np.flatnonzero(kept), None, modes, data)
+        return whole.volume().cpu().numpy(), None, None
+    first = insert_modes(source, poses, shifts, np.flatnonzero((split == 1) & kept), None, modes, data)
     half1 = first.volume().cpu().numpy()
-    second = insert(source, poses, shifts, np.flatnonzero((split == 2) & kept), data)
+    second = insert_modes(source, poses, shifts, np.flatnonzero((split == 2) & kept), None, modes, data)
     half2 = second.volume().cpu().numpy()
     first.add_(second)  # the whole set's sums, without a third grid (1.6 GB each at box 512)
     del second

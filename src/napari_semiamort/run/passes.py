@@ -9,6 +9,7 @@ import torch
 from ..metrics.density import density_centre
 from ..models.poses import PoseTable
 from ..physics.likelihood import winner_takes_all
+from ..physics.so3 import geodesic_distance
 from . import junk
 from .batches import Batch, ImageSource
 from .config import ReconstructionConfig
@@ -18,11 +19,12 @@ from .scorer import ImageModel
 from .search import GridSearch
 from .stage1 import Stage1Strategy
 from .stage2 import refine_poses
-from .state import RunState
+from .state import Modes, RunState
 from .verdict import judge
 
 __all__ = ["CENTRED_MEDIAN_PX", "RECENTRE_MIN_PX", "chunks", "common_translation", "compete", "decide_shifts",
-           "flag_junk", "pose_table", "projected", "reassign", "recentre", "switch_to_autodecode"]
+           "flag_junk", "pose_table", "projected", "reassign", "recentre", "soft_modes",
+           "switch_to_autodecode"]
 
 # Recentre the volume (and every shift with it) when its centre has drifted further than this (voxels).
 RECENTRE_MIN_PX = 0.25
@@ -142,7 +144,8 @@ def flag_junk(model: ImageModel, source: ImageSource, state: RunState, fr: Frequ
 
 def reassign(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, state: RunState,
              bands: tuple[Frequencies, Frequencies, Frequencies], config: ReconstructionConfig,
-             search: GridSearch | None = None, images: torch.Tensor | None = None) -> int:
+             search: GridSearch | None = None, images: torch.Tensor | None = None,
+             modes: Modes | None = None) -> int:
     """Let each image's refined pose (of ``images`` `(n,)`, default all) compete with the encoder's best
     candidates (and the global ``search``'s best poses under the current volume); returns how many moved.
 
@@ -150,18 +153,18 @@ def reassign(model: ImageModel, stage1: Stage1Strategy, source: ImageSource, sta
     volume of stage 2, can, and so can a search of the whole grid. ``bands``: (stage 1's at the switch, where
     candidates are proposed; the band they are refined in by the same pose steps first; stage 2's, where they
     compete with the current poses).
-    Images that move restart their optimiser state.
+    Images that move restart their optimiser state. ``modes``: filled at the images' rows (:func:`compete`).
     """
     hartley = model.volume.hartley().detach()
     moved = 0
     for rows in chunks(len(source) if images is None else len(images), config, model.device):
         idx = rows if images is None else images[rows]
-        moved += _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, search)
+        moved += _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, search, modes)
     state.sync_from_table()
     return moved
 
 
-def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, search) -> int:
+def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, search, modes) -> int:
     fr1, fr_refine, fr2 = bands
     dev_idx = idx.to(model.device)
     first = source.batch(idx, fr1)
@@ -181,15 +184,16 @@ def _reassign_chunk(model, stage1, source, state, idx, bands, config, hartley, s
         cand = pose_table(config, model.size, rot.flatten(0, 1), None if sh is None else sh.flatten(0, 1))
     second = source.batch(idx, fr2, reuse=first)
     refine = first if fr_refine is fr1 else second if fr_refine is fr2 else source.batch(idx, fr_refine, reuse=first)
-    return compete(model, state, idx, cand, (refine, fr_refine), (second, fr2), config.reassign_steps, hartley)
+    return compete(model, state, idx, cand, (refine, fr_refine), (second, fr2), config.reassign_steps, hartley, modes)
 
 
 def compete(model: ImageModel, state: RunState, idx: torch.Tensor, cand: PoseTable, refine: tuple[Batch, Frequencies],
-            judge_at: tuple[Batch, Frequencies], steps: int, hartley: torch.Tensor) -> int:
+            judge_at: tuple[Batch, Frequencies], steps: int, hartley: torch.Tensor, modes: Modes | None = None) -> int:
     """Each image of ``idx`` `(B,)` has ``k`` candidates, rows ``i·k … i·k + k − 1`` of ``cand``: they are refined
     ``steps`` pose steps against ``refine``'s (batch, band), then the best at ``judge_at``'s replaces the image's
     pose in ``state.table`` (restarting its optimiser state) where it explains the image better. Returns how many
-    moved."""
+    moved. ``modes``: its rows ``idx`` set to each image's best distinct poses among its current one and the
+    candidates, with their posterior weights (:func:`soft_modes`)."""
     (batch_r, fr_r), (batch_j, fr_j) = refine, judge_at
     k = len(cand.rotations) // len(idx)
     dev_idx = idx.to(model.device)
@@ -198,15 +202,53 @@ def compete(model: ImageModel, state: RunState, idx: torch.Tensor, cand: PoseTab
                  fr_r, steps, hartley)
     with torch.no_grad():
         obs_k, ctf_k = batch_j.obs.repeat_interleave(k, 0), batch_j.ctf.repeat_interleave(k, 0)
-        new, pick = model.exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr_j).reshape(-1, k).min(1)
-        pick = torch.arange(len(idx), device=model.device) * k + pick
+        losses = model.exact_loss(cand.rotations, cand.shifts, obs_k, ctf_k, fr_j).reshape(-1, k)
+        new, pick = losses.min(1)
         table = state.table
         cur_sh = None if table.shifts is None else table.shifts[dev_idx]
-        take = new < model.exact_loss(table.rotations[dev_idx], cur_sh, batch_j.obs, batch_j.ctf, fr_j)
+        current = model.exact_loss(table.rotations[dev_idx], cur_sh, batch_j.obs, batch_j.ctf, fr_j)
+        take = new < current
+        if modes is not None:  # nats (the loss is a mean over the band's coefficients), the current pose first
+            nll = torch.cat([current[:, None], losses], 1) * len(fr_j)
+            rot = torch.cat([table.rotations[dev_idx][:, None], cand.rotations.reshape(len(idx), k, 3, 3)], 1)
+            sh = None if cur_sh is None else torch.cat([cur_sh[:, None], cand.shifts.reshape(len(idx), k, 2)], 1)
+            found = soft_modes(nll, rot, sh, torch.where(take, pick + 1, 0), modes.weights.shape[1])
+            for mine, theirs in zip(modes, found, strict=True):
+                if mine is not None:
+                    mine[idx] = theirs.cpu()
+        pick = torch.arange(len(idx), device=model.device) * k + pick
         if bool(take.any()):
             table.reset(dev_idx[take], cand.rotations[pick][take],
                         None if cand.shifts is None else cand.shifts[pick][take])
     return int(take.sum())
+
+
+# candidates within this of a mode's best pose are that mode (the view search's grid spacing at nside 4 is ~15°)
+SAME_MODE_DEG = 15.0
+
+
+def soft_modes(nll: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None, chosen: torch.Tensor,
+               m: int) -> Modes:
+    """Each image's ``m`` best distinct modes among its candidates (``nll`` `(B, K)` in nats at ``rotations``
+    `(B, K, 3, 3)` and ``shifts`` `(B, K, 2)`): the ``chosen`` `(B,)` first, then the best candidate more than
+    :data:`SAME_MODE_DEG` from every mode taken so far, and so on; their posterior weights (a flat prior over the
+    candidates) normalised over the modes kept. An image with fewer than ``m`` distinct modes gets weight 0 in the
+    slots left (they repeat the chosen pose). Where one mode explains the image far better its weight is ~1; where
+    m modes explain it alike, ~1/m each: the maps then take the image's ambiguity instead of a coin toss."""
+    b = torch.arange(len(chosen), device=nll.device)
+    picks, valid = [chosen], [torch.ones_like(chosen, dtype=torch.bool)]
+    taken = torch.rad2deg(geodesic_distance(rotations, rotations[b, chosen][:, None])) <= SAME_MODE_DEG
+    for _ in range(m - 1):
+        masked = nll.masked_fill(taken, float("inf"))
+        nxt = masked.argmin(1)
+        ok = torch.isfinite(masked[b, nxt])
+        picks.append(torch.where(ok, nxt, chosen))
+        valid.append(ok)
+        taken |= torch.rad2deg(geodesic_distance(rotations, rotations[b, nxt][:, None])) <= SAME_MODE_DEG
+    idx = torch.stack(picks, 1)  # (B, m)
+    w = torch.exp(nll[b, chosen][:, None] - nll.gather(1, idx)) * torch.stack(valid, 1)
+    w = w / w.sum(1, keepdim=True)
+    return Modes(rotations[b[:, None], idx], None if shifts is None else shifts[b[:, None], idx], w)
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ lies 1.5° from the truth on those images: no method's median goes much below th
 
 At the polish's first epoch and every :data:`SEARCH_EVERY`-th after, with shifts estimated, each image's view is
 also searched jointly with its shift (:func:`search_views_and_shifts`): the images stage 2 holds in wrong views are
-held there by wrong shifts, and by their own noise in the map they are judged against. At every
+held there by wrong shifts, and by their own noise in the map they are judged against; from the first search on,
+the maps spread each image over its best distinct poses by their posterior weights (soft assignment). At every
 polish epoch, where the map is (pseudo-)symmetric, each pose competes with its mates (:func:`relax_to_mates`).
 """
 
@@ -31,9 +32,10 @@ from ..physics.backproject import wiener_maps
 from . import passes
 from .batches import ImageSource
 from .frequencies import Frequencies
-from .maps import insert
+from .maps import insert_modes
 from .search import JointShiftSearch
 from .stage2 import refine_poses
+from .state import Modes
 
 __all__ = ["PolishMaps", "polish_reference", "polish_split", "rebuilder", "relax_to_mates", "search_views_and_shifts",
            "stage1_map"]
@@ -59,7 +61,8 @@ class PolishMaps(NamedTuple):
 
 @torch.no_grad()
 def polish_reference(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, keep: np.ndarray,
-                     split: np.ndarray, diameter: float | None = None, radius: float | None = None) -> PolishMaps:
+                     split: np.ndarray, diameter: float | None = None, radius: float | None = None,
+                     modes: Modes | None = None) -> PolishMaps:
     """The regularised map `(L, L, L)` of the images ``keep`` `(N,)` bool at ``poses`` (and ``shifts``), its
     solvent masked (:func:`~..metrics.density.solvent_mask`: a soft sphere about the particle, its radius fitted
     to the map or ``diameter`` Å; the images' frequencies up to ``radius`` Fourier pixels, default Nyquist),
@@ -71,8 +74,8 @@ def polish_reference(source: ImageSource, poses: torch.Tensor, shifts: torch.Ten
     map's noise in the solvent, which the other images' poses built there. On realistic 3KPR the final map's FSC
     with the truth was 13.8 Å over the box but 11.1 Å within a sphere about the particle (the true poses' 10.9 and
     10.4 Å); with the polish's maps masked, 12.3 Å and 10.8 Å, the median pose error 3.9° → 3.1°."""
-    first = insert(source, poses, shifts, np.flatnonzero((split == 1) & keep), radius=radius)
-    second = insert(source, poses, shifts, np.flatnonzero((split == 2) & keep), radius=radius)
+    first = insert_modes(source, poses, shifts, np.flatnonzero((split == 1) & keep), radius, modes)
+    second = insert_modes(source, poses, shifts, np.flatnonzero((split == 2) & keep), radius, modes)
     volume, curve, halves = wiener_maps(first, second)
     curve = curve.cpu().numpy()
     size, pixel = source.size, source.data.pixel_size
@@ -104,12 +107,14 @@ def stage1_map(model, source: ImageSource, state, config, half: np.ndarray | Non
 def rebuilder(source: ImageSource, state, split: np.ndarray, diameter: float | None,
               radius: float | None = None) -> Callable[[], PolishMaps]:
     """The polish's maps (:func:`polish_reference`) of the run's kept images at their poses as they are when called."""
-    return lambda: polish_reference(source, state.poses, state.shifts, state.kept(), split, diameter, radius)
+    return lambda: polish_reference(source, state.poses, state.shifts, state.kept(), split, diameter, radius,
+                                    state.modes)
 
 
 # the views are searched (with the shifts) at the polish's first epoch and every this many after, under maps
 # sharper each time: on realistic 80S a search under the finished run's map still moved 700-960 images
 SEARCH_EVERY = 2
+SOFT_MODES = 3  # each image's best distinct poses (more than passes.SAME_MODE_DEG apart) the maps spread it over
 SHIFT_REACH, SHIFT_STEP = 4, 2  # the joint search's shifts: ±4 px, 2 px apart (25; the pose refinement does the rest)
 
 
@@ -122,7 +127,13 @@ def search_views_and_shifts(model, stage1, source: ImageSource, state, bands: tu
     candidates compete, each half set's images (``split`` `(N,)` 1 or 2) under the *other* half's map
     (``maps.halves``): under the whole set's map an image's own noise holds it in its view (as
     :func:`relax_to_mates` found). Only when shifts are estimated. Returns the polish's maps, rebuilt (and set into
-    ``model``) where images moved, their record with ``polish_moved``.
+    ``model``), their record with ``polish_moved``. From then on every map of the run (the polish's and
+    ``map.mrc``) spreads each image over its :data:`SOFT_MODES` best distinct poses among its own and the search's
+    candidates, weighted by their posterior (``state.modes``, :func:`.passes.soft_modes`): on a small particle a
+    wrong view's projection differs from the right one's by ~2 noise units, the image's own evidence cannot
+    single out its view, and a hard choice puts a third of such images in wrong views (docs/results.md,
+    "Session 18"). Realistic, seeds 0 / 1: 8ZPM 11.80 / 12.34 → 11.55 / 11.78 Å, 5EIL 14.69 / 13.60 → 12.49 /
+    12.82 Å, poses as they were; 7PBL s1 9.69 → 9.62 Å, 3KPR s0 12.19 → 12.18 Å.
 
     Realistic 80S, seed 1 (a finished run whose first polish epoch had searched once, 16.9 % of the good images
     > 90° off, most near 180°): one more search under the whole map moved 699 images (> 90° 10.8 %, map.mrc
@@ -133,13 +144,15 @@ def search_views_and_shifts(model, stage1, source: ImageSource, state, bands: tu
         return maps
     search = JointShiftSearch(config.search_nside, config.search_inplane, model.device, SHIFT_REACH,
                               SHIFT_STEP, top=config.reassign_candidates)
+    modes = Modes.single(state.poses, state.shifts, SOFT_MODES)
     moved = 0
     for h in (1, 2):
         model.volume.set_from_map(maps.halves[2 - h].to(model.device))
         mine = torch.from_numpy(np.flatnonzero(split == h))
-        moved += passes.reassign(model, stage1, source, state, (bands[0], bands[0], bands[1]), config, search, mine)
-    if moved:
-        maps = rebuild()
+        moved += passes.reassign(model, stage1, source, state, (bands[0], bands[0], bands[1]), config, search, mine,
+                                 modes)
+    state.modes = modes
+    maps = rebuild()
     model.volume.set_from_map(maps.volume.to(model.device))
     return maps._replace(record={**maps.record, "polish_moved": moved})
 

@@ -4,13 +4,35 @@ table of stage 2, the epoch and step reached, the history of epoch metrics and t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..models.poses import PoseTable
 
-__all__ = ["RunState"]
+__all__ = ["Modes", "RunState"]
+
+
+class Modes(NamedTuple):
+    """Each image's best distinct poses at the polish's last view search (the first its kept pose, refined since)
+    and their posterior weights: the maps spread each image over them (:func:`~.maps.insert_modes`)."""
+
+    rotations: torch.Tensor  # (N, M, 3, 3)
+    shifts: torch.Tensor | None  # (N, M, 2) pixels, when shifts are estimated
+    weights: torch.Tensor  # (N, M), each row summing to 1
+
+    @classmethod
+    def single(cls, poses: torch.Tensor, shifts: torch.Tensor | None, m: int) -> Modes:
+        """``m`` slots per image, all weight on its pose ``poses`` `(N, 3, 3)` (``shifts`` `(N, 2)`)."""
+        n = len(poses)
+        weights = torch.cat([torch.ones(n, 1), torch.zeros(n, m - 1)], 1)
+        return cls(poses[:, None].repeat(1, m, 1, 1), None if shifts is None else shifts[:, None].repeat(1, m, 1),
+                   weights)
+
+    @classmethod
+    def from_dict(cls, saved: dict | None) -> Modes | None:
+        return None if saved is None else cls(saved["rotations"], saved["shifts"], saved["weights"])
 
 
 @dataclass
@@ -27,6 +49,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)  # one dict of metrics per finished epoch
     paths: dict[int, list[list[float]]] = field(default_factory=dict)  # watched particles' view directions
     junk: torch.Tensor | None = None  # (N,) bool: flagged as junk (from the switch on; None before)
+    modes: Modes | None = None  # each image's best distinct poses and their weights, from the polish's view search
 
     def keep(self, idx: torch.Tensor) -> torch.Tensor | None:
         """`(B,)` bool: which of the images ``idx`` the volume learns from (None: all, nothing flagged)."""

@@ -348,3 +348,34 @@ def test_search_moves_counts_the_turned_images_the_polish_search_brings_back(tin
     assert row["recovered_moves"] > 0.8 * turned
     assert row["recovered_T_pct_10_50_90"][0] > 5.0
     assert row["false_moves"] <= 0.01 * row["within_20_before"]
+
+
+def test_fixed_point_scores_each_images_local_grid_and_spreads_it_by_its_weights(tiny_dataset):
+    """benchmarks/fixed_point.py's pieces on the tiny set (SNR 1): the 3×3×3 grid has the identity in its middle and
+    its face neighbours one step away; under the true poses' maps the true pose (the middle) scores best for most
+    images, and its posterior weight is the largest; all weight on the middle spreads nothing (the hard map)."""
+    from napari_semiamort.physics.so3 import geodesic_distance
+    from napari_semiamort.run import Reconstruction, ReconstructionConfig, polish
+    from napari_semiamort.run.maps import insert
+
+    module = _script("bench_fixed_point", "fixed_point.py")
+    turns, rotations = module.local_grid(4.0)
+    assert turns.shape == (27, 3) and float(turns[13].abs().max()) == 0.0
+    angles = torch.rad2deg(geodesic_distance(rotations, torch.eye(3)[None])).numpy()
+    assert np.isclose(np.sort(angles)[1:7], 4.0, atol=1e-3).all()
+    run = Reconstruction(ReconstructionConfig(particles=str(tiny_dataset / "particles.star"), threads=1, restarts=1))
+    n = len(run.data)
+    poses = run.data.reference_rotations.to(torch.float32).contiguous()
+    run.state.poses = poses
+    split = polish.polish_split(run.data.half, n, 0)
+    maps = polish.rebuilder(run.source, run.state, split, None)()
+    nll = module.grid_nll(run, poses, None, maps, split, rotations)
+    assert nll.shape == (n, 27) and float((nll.argmin(1) == 13).float().mean()) > 0.6
+    w = module.posterior(nll)
+    torch.testing.assert_close(w.sum(1), torch.ones(n))
+    assert float((w.argmax(1) == 13).float().mean()) > 0.6
+    which = np.arange(n)
+    middle = torch.zeros(n, 27)
+    middle[:, 13] = 1.0
+    torch.testing.assert_close(torch.from_numpy(module.spread_map(run, poses, None, which, middle, rotations)),
+                               insert(run.source, poses, None, which, run.output_data()).volume().cpu())

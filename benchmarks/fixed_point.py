@@ -23,8 +23,6 @@ modulo its point group. For the good particles (junk left out) it reports:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from molecules import good_particles  # noqa: E402
-from search_moves import error_to_truth  # noqa: E402
+from search_moves import error_to_truth, parser, report  # noqa: E402
 
 from napari_semiamort.data.mrc import read_map  # noqa: E402
 from napari_semiamort.metrics.alignment import align_poses  # noqa: E402
@@ -159,21 +157,12 @@ def measure(case: Path, model: Path | None, step: float, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = parser(__doc__)
     p.add_argument("cases", nargs="+", type=Path, help="folders with sim/ and a finished run/ (molecules.py --keep)")
-    p.add_argument("--model", type=Path, help="the atomic model simulated: errors modulo its point group")
     p.add_argument("--step", type=float, default=4.0, help="the local grid's spacing (degrees)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = p.parse_args(argv)
-    rows = []
-    for case in args.cases:
-        rows.append(measure(case, args.model, args.step, args.rounds))
-        print(json.dumps(rows[-1]), flush=True)
-        if args.out:
-            args.out.write_text(json.dumps(rows, indent=1))
-    return 0
+    return report((measure(case, args.model, args.step, args.rounds) for case in args.cases), args.out)
 
 
 if __name__ == "__main__":

@@ -129,25 +129,37 @@ def measure(sim: Path, run_dir: Path | None, turn: float, seed: int, extra: list
     return row
 
 
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser, its docstring ``doc`` the help, with the options these diagnostics share: ``--model`` and
+    ``--out``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=doc)
+    p.add_argument("--model", type=Path, help="the atomic model simulated: errors modulo its point group")
+    p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    return p
+
+
+def report(rows, out: Path | None) -> int:
+    """Each row of the iterable ``rows`` as it comes: printed as one JSON line, and all so far written to ``out``."""
+    done = []
+    for row in rows:
+        done.append(row)
+        print(json.dumps(row), flush=True)
+        if out:
+            out.write_text(json.dumps(done, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = parser(__doc__)
     p.add_argument("sims", nargs="+", type=Path, help="semiamort simulate folders")
     p.add_argument("--run", type=Path, help="a finished run of the (one) set: start from its poses")
     p.add_argument("--turn", type=float, default=0.2, help="from the true poses: the fraction turned at random")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", type=Path, help="the atomic model simulated: errors modulo its point group")
-    p.add_argument("--out", type=Path, help="write the rows as JSON here")
     args, extra = p.parse_known_args(argv)
     if args.run and len(args.sims) != 1:
         p.error("--run takes one simulated set")
-    rows = []
-    for sim in args.sims:
-        rows.append(measure(sim, args.run, args.turn, args.seed, extra, args.model))
-        print(json.dumps(rows[-1]), flush=True)
-        if args.out:
-            args.out.write_text(json.dumps(rows, indent=1))
-    return 0
+    return report((measure(sim, args.run, args.turn, args.seed, extra, args.model) for sim in args.sims), args.out)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,17 @@ def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None
            weights: torch.Tensor | None = None) -> FourierInserter:
     """The images ``which`` inserted into a frequency grid with ``poses`` `(N, 3, 3)` (and ``shifts`` `(N, 2)`
     in the run's pixels), every frequency up to Nyquist (or ``radius`` Fourier pixels); ``weights`` `(N,)`: each
-    image's weight in the sums (its image and CTF scaled by the square root: ``Σ w c y / Σ w c²``).
+    image's weight in the sums (its image and CTF scaled by the square root: ``Σ w c y / Σ w c²``). With ``poses``
+    `(N, M, 3, 3)` (``shifts`` `(N, M, 2)`, ``weights`` `(N, M)`) each image is inserted at each of its M poses,
+    read and transformed once; poses whose weight is 0 for a whole batch are skipped.
 
     ``data``: the same particles prepared at another box (:meth:`ParticleDataset.at_box`), for a map at that
     box; default the run's images."""
     data = source.data if data is None else data
     device = source.device
+    if poses.dim() == 3:  # one pose per image
+        poses, shifts = poses[:, None], None if shifts is None else shifts[:, None]
+        weights = None if weights is None else weights[:, None]
     # images per batch: 256 at box 128 and below, fewer above (the insertion's temporaries grow with L²)
     batch = max(8, min(batch, batch * 128**2 // data.box**2))
     inserter = FourierInserter(data.box, device, radius)
@@ -36,16 +41,21 @@ def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None
     px = source.data.pixel_size / data.pixel_size  # the run's pixels in ``data``'s
     for s in range(0, len(which), batch):
         idx = torch.from_numpy(np.asarray(which[s : s + batch], dtype=np.int64))
-        f = fft_centered(data.read(idx.numpy()).to(device), 2)
-        if shifts is not None:  # the image is the projection shifted by −origin: undo it
-            o = shifts[idx].to(device) * px
-            phase = -2 * torch.pi * (freqs[None] * o[:, None, None, :]).sum(-1)
-            f = f * torch.polar(torch.ones_like(phase), phase)
-        ctf = source.ctf(idx, freqs, data)
-        if weights is not None:
-            root = weights[idx].to(device).sqrt()[:, None, None]
-            f, ctf = f * root, ctf * root
-        inserter.insert(f, poses[idx].to(device), ctf)
+        image = fft_centered(data.read(idx.numpy()).to(device), 2)
+        image_ctf = source.ctf(idx, freqs, data)
+        for j in range(poses.shape[1]):
+            w = None if weights is None else weights[idx, j].to(device)
+            if w is not None and not bool((w > 0).any()):
+                continue
+            f, ctf = image, image_ctf
+            if shifts is not None:  # the image is the projection shifted by −origin: undo it
+                o = shifts[idx, j].to(device) * px
+                phase = -2 * torch.pi * (freqs[None] * o[:, None, None, :]).sum(-1)
+                f = f * torch.polar(torch.ones_like(phase), phase)
+            if w is not None:
+                root = w.sqrt()[:, None, None]
+                f, ctf = f * root, ctf * root
+            inserter.insert(f, poses[idx, j].to(device), ctf)
     return inserter
 
 
@@ -59,16 +69,13 @@ def insert_modes(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor 
                  radius: float | None = None, modes: Modes | None = None,
                  data: ParticleDataset | None = None) -> FourierInserter:
     """The images ``which`` inserted at ``poses`` (and ``shifts``) as :func:`insert` does, or, with ``modes``, each
-    spread over its modes by their weights: the first mode at its pose as it is now (refined since the modes were
-    found), the others where the view search found them."""
+    spread over its modes by their weights (one pass over the images): the first mode at its pose as it is now
+    (refined since the modes were found), the others where the view search found them."""
     if modes is None:
         return insert(source, poses, shifts, which, data, radius=radius)
-    inserter = insert(source, poses, shifts, which, data, radius=radius, weights=modes.weights[:, 0])
-    for j in range(1, modes.weights.shape[1]):
-        if bool((modes.weights[which, j] > 0).any()):
-            inserter.add_(insert(source, modes.rotations[:, j], None if modes.shifts is None else modes.shifts[:, j],
-                                 which, data, radius=radius, weights=modes.weights[:, j]))
-    return inserter
+    rotations = torch.cat([poses[:, None], modes.rotations[:, 1:]], 1)
+    at = None if shifts is None else torch.cat([shifts[:, None], modes.shifts[:, 1:]], 1)
+    return insert(source, rotations, at, which, data, radius=radius, weights=modes.weights)
 
 
 def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, data: ParticleDataset,

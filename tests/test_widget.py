@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_semiamort._qt.widget import CANDIDATES, VOLUME, WINNERS, ReconstructionWidget
+from napari_semiamort.run.fields import dock_wording
 from napari_semiamort.run.verdict import verdict_message
 
 pytestmark = pytest.mark.usefixtures("no_worker_outlives_its_test")
@@ -219,7 +220,9 @@ def test_a_downsampled_run_shows_its_final_map_at_the_images_box_and_scale(make_
     notes = _run_collecting_notifications(w, qtbot)
     # the run's verdict in the dock (stage 1's was there from the switch), a warning where it failed or is doubtful
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert w.verdict.text() == verdict_message(last) and w.verdict.text().startswith("verdict (the run): ")
+    assert w.verdict.text() == dock_wording(verdict_message(last))
+    assert w.verdict.text().startswith("verdict (the run): ")
+    assert "--" not in w.verdict.text()  # its advice names the dock's fields
     warned = [n for n in notes if n.startswith("verdict (")]
     bad = ("failed", "doubtful")
     assert bool(warned) == (last["verdict"] in bad or last["verdict_stage1"] in bad)

@@ -15,7 +15,10 @@ class ResultLayers:
     """The viewer's layers of a run: made on first use, then updated in place."""
 
     def __init__(self, viewer):
+        from .view import SceneKeeper
+
         self.viewer = viewer
+        self.scene = SceneKeeper(viewer, focus=[VOLUME, SPHERE, SPHERE_POINTS])
         self.volume: np.ndarray | None = None  # the map shown last
         self.volume_px: float | None = None  # its voxel size (Å)
         self._auto_contrast: tuple | None = None
@@ -36,7 +39,9 @@ class ResultLayers:
             layer = self.viewer.add_image(volume, name=VOLUME, scale=(px,) * 3, rendering="mip",
                                           colormap="gray", contrast_limits=limits)
             self._auto_contrast = tuple(layer.contrast_limits)
+            self.scene.hide_stacks()  # before the view turns 3D: no frame renders a particle stack as a volume
             self.viewer.dims.ndisplay = 3
+            self.scene.frame()
             return
         layer = layers[VOLUME]
         user_set = self._auto_contrast is not None and tuple(layer.contrast_limits) != self._auto_contrast
@@ -52,19 +57,22 @@ class ResultLayers:
         from ..plugin.layers import candidate_montage
 
         montage, frame, labels = candidate_montage(watched)
-        px = pixel_size
-        offset = (0.0, (box + 8) * px)  # beside the volume
+        # beside the volume, at most twice its width: the strip must not set the scene's extent
+        px = pixel_size * min(1.0, 2 * box / montage.shape[1])
+        offset = (0.0, (box + 8) * pixel_size)
         layers = self.viewer.layers
         if CANDIDATES not in layers:
             self.viewer.add_image(montage, name=CANDIDATES, scale=(px, px), translate=offset, colormap="gray",
                                   contrast_limits=(-3, 3))
         else:
             layers[CANDIDATES].data = montage
+            layers[CANDIDATES].scale = (px, px)
         if WINNERS not in layers:  # an image, not shapes: it also shows while the view is 3D
             self.viewer.add_image(frame, name=WINNERS, scale=(px, px), translate=offset, colormap="red",
                                   blending="additive", contrast_limits=(0, 1))
         else:
             layers[WINNERS].data = frame
+            layers[WINNERS].scale = (px, px)
         layers[CANDIDATES].metadata["rows"] = labels
 
     def show_posterior(self, post, box: int, pixel_size: float) -> None:
@@ -81,7 +89,8 @@ class ResultLayers:
         values = posterior_sphere(post, verts)
         surface = (to_world(verts, centre, radius), faces, values)
         layers = self.viewer.layers
-        if SPHERE not in layers:
+        first = SPHERE not in layers
+        if first:
             self.viewer.add_surface(surface, name=SPHERE, colormap="magma")
         else:
             layers[SPHERE].data = surface
@@ -99,6 +108,10 @@ class ResultLayers:
             layer.data = coords
             layer.features = features
             layer.face_color = colors
+        if first:  # a sphere is seen in 3D, framed with the map
+            self.scene.hide_stacks()
+            self.viewer.dims.ndisplay = 3
+            self.scene.frame()
 
 
 def _posterior_points(post) -> tuple[np.ndarray, list[str], list[str]]:

@@ -10,8 +10,8 @@ from pathlib import Path
 from ..run.config import ReconstructionConfig
 from ..run.session import Control
 
-__all__ = ["duration", "finished", "interface_threads", "posterior_in_worker", "run_in_worker", "shutdown",
-           "status_line"]
+__all__ = ["duration", "finished", "interface_threads", "open_in_worker", "posterior_in_worker", "resume_in_worker",
+           "run_in_worker", "shutdown", "status_line"]
 
 
 def interface_threads() -> int:
@@ -30,6 +30,25 @@ def run_in_worker(config: ReconstructionConfig, run_dir: Path, control: Control)
     return (yield from train(config, run_dir, control))
 
 
+def resume_in_worker(run_dir: Path, control: Control, epochs: int | None):
+    """The worker's generator for a run continued from its folder's checkpoint, with the dock's CPU threads."""
+    from ..devices import set_cpu_threads
+    from ..run.session import resume
+
+    set_cpu_threads(interface_threads())
+    return (yield from resume(run_dir, control, epochs))
+
+
+def open_in_worker(run_dir: Path):
+    """A run folder read from its checkpoint (:func:`~napari_semiamort.run.session.open_run`), off the GUI
+    thread: its run info and last snapshot."""
+    from ..devices import set_cpu_threads
+    from ..run.session import open_run
+
+    set_cpu_threads(interface_threads())
+    return open_run(run_dir)
+
+
 def posterior_in_worker(run_dir: Path, index: int):
     """A posterior from a run folder's checkpoint (the session's), computed with the dock's CPU threads."""
     from ..devices import set_cpu_threads
@@ -39,9 +58,11 @@ def posterior_in_worker(run_dir: Path, index: int):
     return posterior_from_checkpoint(run_dir, index)
 
 
-def status_line(snap, elapsed: float) -> str:
-    """Restart, epoch, stage, speed and the time left, from a snapshot and the seconds since the start."""
-    eta = elapsed / max(snap.progress, 1e-9) - elapsed
+def status_line(snap, elapsed: float, progress: float | None = None) -> str:
+    """Restart, epoch, stage, speed and the time left, from a snapshot and the seconds since the start (the time
+    left from ``progress``, the run's fraction done as shown, default the snapshot's)."""
+    progress = snap.progress if progress is None else progress
+    eta = elapsed / max(progress, 1e-9) - elapsed
     restart = f"restart {snap.restart + 1} · " if snap.restart is not None else ""
     return (f"{restart}epoch {snap.epoch + 1}/{snap.epochs} · {snap.stage} · "
             f"{snap.images_per_second:.0f} img/s · ETA {duration(eta)}")

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import datetime
 import gc
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 from magicgui.widgets import PushButton
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -27,8 +24,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QMessageBox,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -37,13 +32,16 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ..run.config import ReconstructionConfig
-from ..run.fields import ADVANCED, DATA, TRAINING
+from ..run.fields import ADVANCED, DATA, TRAINING, dock_wording
 from ..run.session import Control, RunInfo
 from ..run.snapshot import Snapshot
 from ..run.verdict import verdict_lines
+from .actions import export_chimerax, show_curves, show_final_map
 from .form import ConfigForm
 from .layers import CANDIDATES, SPHERE, SPHERE_POINTS, VOLUME, WINNERS, ResultLayers
-from .runner import finished, posterior_in_worker, run_in_worker, shutdown, status_line
+from .reopen import RunFolderMixin
+from .runner import finished, posterior_in_worker, run_in_worker, shutdown
+from .status import RunStatus
 
 __all__ = ["CANDIDATES", "SPHERE", "SPHERE_POINTS", "VOLUME", "WINNERS", "ReconstructionWidget"]
 
@@ -60,7 +58,7 @@ def _group(title: str, content: QWidget | QFormLayout) -> QGroupBox:
     return group
 
 
-class ReconstructionWidget(QWidget):
+class ReconstructionWidget(RunFolderMixin, QWidget):
     """Plugins → napari-semiamort → Ab-initio reconstruction."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -91,6 +89,9 @@ class ReconstructionWidget(QWidget):
         layout.addWidget(_group("Pose posterior", self._posterior_section()))
         layout.addStretch(1)
         self._set_running(False)
+        for widget in self.form.widgets.values():  # every change of a field: Start enabled, or why not
+            widget.changed.connect(self._revalidate)
+        self._revalidate()
 
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         for layer in self.viewer.layers:
@@ -103,33 +104,47 @@ class ReconstructionWidget(QWidget):
     def _run_section(self) -> QFormLayout:
         self.outdir = QLineEdit()
         self.outdir.setPlaceholderText("run folder (default: beside the particles)")
-        self.start_button = QPushButton("Start")
-        self.pause_button = QPushButton("Pause")
+        self.outdir.textChanged.connect(lambda *_: self._revalidate())
+        open_button = QPushButton("Open run…")
+        open_button.setToolTip("show a finished or stopped run folder's map, curves, candidates and posteriors")
+        open_button.clicked.connect(lambda: self.open_run())
+        folder = QHBoxLayout()
+        folder.addWidget(self.outdir, 1)
+        folder.addWidget(open_button)
+        self.start_button, self.pause_button = QPushButton("Start"), QPushButton("Pause")
         self.pause_button.setCheckable(True)
-        self.stop_button = QPushButton("Stop")
-        self.export_button = QPushButton("Export to ChimeraX")
+        self.stop_button, self.resume_button = QPushButton("Stop"), QPushButton("Resume run")
+        self.resume_button.setToolTip("continue the run folder's run from its checkpoint, up to Epochs")
         self.start_button.clicked.connect(self.start)
         self.pause_button.toggled.connect(self._toggle_pause)
         self.stop_button.clicked.connect(self.stop)
-        self.export_button.clicked.connect(self.export_chimerax)
+        self.resume_button.clicked.connect(self.resume_run)
         buttons = QHBoxLayout()
-        for b in (self.start_button, self.pause_button, self.stop_button):
+        for b in (self.start_button, self.pause_button, self.stop_button, self.resume_button):
             buttons.addWidget(b)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.status = QLabel("idle")
-        self.status.setWordWrap(True)
+        self.reason = QLabel("")  # why Start is disabled
+        self.reason.setWordWrap(True)
+        self.reason.setStyleSheet("color: #ef5350")
+        self.status = RunStatus()
         # whether the run worked: stage 1's verdict at the switch, the run's at its end (run/verdict.py)
         self.verdict = QLabel("")
         self.verdict.setWordWrap(True)
+        frame, export = QPushButton("Frame map"), QPushButton("Export to ChimeraX")
+        frame.setToolTip("centre the 3D view on the map and the posterior sphere (Home does the same in 3D)")
+        frame.clicked.connect(lambda: self.results.scene.frame())
+        export.clicked.connect(self.export_chimerax)
+        tail = QHBoxLayout()
+        tail.addWidget(frame)
+        tail.addWidget(export)
         form = QFormLayout()
-        form.addRow("Run folder", self.outdir)
-        form.addRow(buttons)
-        form.addRow(self.progress)
-        form.addRow(self.status)
-        form.addRow(self.verdict)
-        form.addRow(self.export_button)
+        form.addRow("Run folder", folder)
+        for row in (buttons, self.reason, self.status.row, self.status.line, self.verdict, tail):
+            form.addRow(row)
         return form
+
+    @property
+    def progress(self):
+        return self.status.progress
 
     def _posterior_section(self) -> QFormLayout:
         self.posterior_particle = QSpinBox()
@@ -147,15 +162,6 @@ class ReconstructionWidget(QWidget):
         return form
 
     # ------------------------------------------------------------------ the form
-    @property
-    def snapshot_every(self) -> int:
-        """Steps between full snapshots (volume, candidates); the volume layer updates at most twice a second."""
-        return self.form.value("snapshot_every")
-
-    @snapshot_every.setter
-    def snapshot_every(self, steps: int) -> None:
-        self.form.set_value("snapshot_every", steps)
-
     def config(self) -> ReconstructionConfig:
         """The configuration the form describes (validated)."""
         return self.form.config()
@@ -183,23 +189,43 @@ class ReconstructionWidget(QWidget):
             self._control.set_watch(self.form.value("watch"))
 
     # ------------------------------------------------------------------ run control
+    def _revalidate(self, *_) -> str:
+        """Enable Start where the fields describe a run, else disable it with the reason beside it (returned)."""
+        if self.worker is not None:
+            return ""
+        try:
+            self.config()
+            reason = ""
+        except (ValueError, FileNotFoundError) as exc:
+            reason = dock_wording(str(exc))
+        self.start_button.setEnabled(not reason)
+        self.start_button.setToolTip(reason or "start a reconstruction of the particles")
+        self.reason.setText(reason)
+        folder = self.outdir.text().strip()
+        self.resume_button.setEnabled(bool(folder) and (Path(folder) / "checkpoint.pt").is_file())
+        return reason
+
     def start(self) -> None:
-        from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error
 
         if self.worker is not None:
             return
-        try:
-            cfg = self.config()
-        except (ValueError, FileNotFoundError) as exc:
-            show_error(str(exc))
+        reason = self._revalidate()
+        if reason:
+            show_error(reason)
             return
+        cfg = self.config()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = self.outdir.text().strip()
         self.run_dir = Path(out) if out else Path(cfg.particles).parent / f"semiamort-run-{stamp}"
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            show_error(f"{self.run_dir}: exists and is not empty; choose another run folder")
+            show_error(f"{self.run_dir}: exists and is not empty; choose another run folder (or Resume run)")
             return
+        self._launch(run_in_worker, (cfg, self.run_dir, self._control), f"reading {Path(cfg.particles).name} …")
+
+    def _launch(self, function, args: tuple, line: str) -> None:
+        from napari.qt.threading import create_worker
+
         self._control.reset()
         self._failure = ""
         self.info, self.last_snapshot = None, None
@@ -207,14 +233,13 @@ class ReconstructionWidget(QWidget):
         self.plots.clear()
         self.verdict.setText("")
         # errors are ours to show (_on_error), not to re-raise in the Qt event loop
-        self.worker = create_worker(run_in_worker, cfg, self.run_dir, self._control, _start_thread=False,
-                                    _ignore_errors=True)
+        self.worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True)
         self._worker_holder[0] = self.worker
         self.worker.yielded.connect(self._on_yield)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         self._started = time.perf_counter()
-        self.status.setText(f"reading {Path(cfg.particles).name} …")
+        self.status.begin(line)
         self._set_running(True)
         self.worker.start()
 
@@ -224,10 +249,11 @@ class ReconstructionWidget(QWidget):
         if paused:
             self.worker.pause()
             self.pause_button.setText("Resume")
-            self.status.setText(self.status.text() + " · paused")
+            self.status.set_state("paused")
         else:
             self.worker.resume()
             self.pause_button.setText("Pause")
+            self.status.set_state("running")
 
     def pause(self) -> None:
         self.pause_button.setChecked(True)
@@ -242,15 +268,18 @@ class ReconstructionWidget(QWidget):
         self._control.stop = True
         if self.pause_button.isChecked():
             self.worker.resume()  # a paused worker must run on to see the stop
-        self.status.setText(self.status.text() + " · stopping")
+        self.status.set_state("stopping")
 
     def _set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
-        if not running:
+        if running:
+            self.start_button.setEnabled(False)
+            self.resume_button.setEnabled(False)
+        else:
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
+            self._revalidate()
 
     # ------------------------------------------------------------------ results in, on the main thread
     @property
@@ -271,16 +300,15 @@ class ReconstructionWidget(QWidget):
             # moved out of the collector's scans.
             gc.freeze()
             self.info = item
-            self.status.setText(f"{item.n_particles} particles, box {item.box}, {item.pixel_size:.3f} Å/px "
-                                f"on {item.device}")
+            self.status.set_state("running", f"{item.n_particles} particles, box {item.box}, "
+                                  f"{item.pixel_size:.3f} Å/px on {item.device}")
             self.verdict.setText(item.stage1_band or "")  # until stage 1's verdict: a band widened from the data
         else:  # a pose posterior
             self._show_posterior(item)
 
     def _on_snapshot(self, snap: Snapshot) -> None:
         self.last_snapshot = snap
-        self.progress.setValue(int(1000 * snap.progress))
-        self.status.setText(status_line(snap, time.perf_counter() - self._started))
+        self.status.show_snapshot(snap, time.perf_counter() - self._started)
         now = time.perf_counter()
         # layers are updated at most twice a second (and at every epoch end): the GUI thread stays free
         # Each update is its own event-loop turn (QTimer.singleShot): the loop answers between them.
@@ -290,7 +318,7 @@ class ReconstructionWidget(QWidget):
             if snap.watched:
                 QTimer.singleShot(0, lambda: self.results.show_candidates(snap.watched, snap.box, snap.pixel_size))
         if snap.epoch_end:
-            QTimer.singleShot(0, lambda: self._show_curves(snap))
+            QTimer.singleShot(0, lambda: show_curves(self.plots, snap))
             self._show_verdict(snap.metrics)
 
     def _show_verdict(self, metrics: dict) -> None:
@@ -298,48 +326,29 @@ class ReconstructionWidget(QWidget):
         from napari.utils.notifications import show_warning
 
         for line, warn in verdict_lines(metrics):
+            line = dock_wording(line)  # its advice names the dock's fields, not the CLI's flags
             self.verdict.setText(line)
             if warn:
                 show_warning(line)
-
-    def _show_curves(self, snap: Snapshot) -> None:
-        self.plots.set_history(list(snap.history))
-        curve = snap.metrics.get("fsc_curve")
-        if curve is not None:
-            frequencies = np.arange(len(curve)) / (snap.box * snap.pixel_size)
-            self.plots.set_fsc("vs reference", frequencies, np.asarray(curve))
 
     def _on_error(self, exc: Exception) -> None:
         from napari.utils.notifications import show_error
 
         where = f"; results reached so far are in {self.run_dir}" if self.info is not None else ""
-        show_error(f"Reconstruction failed: {exc}{where}")
-        self._failure = f"failed: {exc}"
-        self.status.setText(self._failure)
+        self._failure = dock_wording(str(exc))
+        show_error(f"Reconstruction failed: {self._failure}{where}")
+        self.status.end("failed", self._failure)
 
     def _on_finished(self) -> None:
         self.worker = None
         self._worker_holder[0] = None
         self._set_running(False)
         if self._failure:
-            self.status.setText(self._failure)
+            self.status.end("failed", self._failure)
         else:
-            done = "finished" if finished(self.last_snapshot) else "stopped"
-            self.status.setText(f"{done} · results in {self.run_dir}")
+            self.status.end("finished" if finished(self.last_snapshot) else "stopped", f"results in {self.run_dir}")
         if self.info is not None and self.run_dir is not None and (self.run_dir / "map.mrc").is_file():
-            self._show_final_map(self.run_dir)
-
-    def _show_final_map(self, run_dir: Path) -> None:
-        """The run's map.mrc at its own voxel size (the images' box), and the half maps' FSC."""
-        from ..data.mrc import read_map
-
-        volume, voxel = read_map(run_dir / "map.mrc")
-        self.results.show_volume(volume, voxel, epoch_end=True)
-        fsc_csv = run_dir / "fsc.csv"
-        if fsc_csv.is_file():
-            table = np.genfromtxt(fsc_csv, delimiter=",", names=True)
-            if "fsc_halves" in table.dtype.names:
-                self.plots.set_fsc("half maps", table["frequency_per_angstrom"], table["fsc_halves"])
+            show_final_map(self.results, self.plots, self.run_dir)
 
     # ------------------------------------------------------------------ pose posterior
     def show_posterior(self) -> None:
@@ -378,22 +387,9 @@ class ReconstructionWidget(QWidget):
     # ------------------------------------------------------------------ export
     def export_chimerax(self) -> Path | None:
         """Write the map (and half maps when the run made them) and a ChimeraX script; offer to open it."""
-        from napari.utils.notifications import show_error, show_info
-
-        from ..data.mrc import write_mrc
-        from ..run.outputs import chimerax_script
+        from napari.utils.notifications import show_error
 
         if self.run_dir is None or self.info is None:
-            show_error("no run yet: start a reconstruction first")
+            show_error("no run yet: start a reconstruction (or open a run folder) first")
             return None
-        if self.worker is not None and self.results.volume is not None:  # while running: the last map shown
-            write_mrc(self.run_dir / "map.mrc", self.results.volume, self.results.volume_px)
-        script = chimerax_script(self.run_dir, force=True)  # the run folder's own script
-        exe = shutil.which("chimerax") or shutil.which("ChimeraX")
-        if exe is not None:
-            answer = QMessageBox.question(self, "ChimeraX", f"Open {script.name} in ChimeraX?")
-            if answer == QMessageBox.StandardButton.Yes:
-                subprocess.Popen([exe, str(script)])
-        else:
-            show_info(f"ChimeraX script written: {script} (open it from ChimeraX: File > Open)")
-        return script
+        return export_chimerax(self, self.run_dir, self.results, self.worker is not None)

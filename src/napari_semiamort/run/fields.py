@@ -18,8 +18,8 @@ from typing import Any
 
 from .config import ReconstructionConfig
 
-__all__ = ["ADVANCED", "DATA", "FIELDS", "GROUPS", "TRAINING", "Field", "field_named", "fields_in", "parse_watch",
-           "to_value"]
+__all__ = ["ADVANCED", "DATA", "FIELDS", "GROUPS", "TRAINING", "Field", "dock_wording", "field_named", "fields_in",
+           "parse_watch", "to_value"]
 
 DATA, TRAINING, ADVANCED = "Data", "Training", "Advanced"
 GROUPS = (DATA, TRAINING, ADVANCED)
@@ -289,3 +289,23 @@ def to_value(f: Field, value: Any) -> Any:
 def parse_watch(text: str) -> list[int]:
     """A watch list from text: indices separated by spaces or commas."""
     return [int(x) for x in text.replace(",", " ").split()]
+
+
+def dock_wording(message: str) -> str:
+    """A message of the configuration's checks or the data readers as the dock's user reads it: each
+    command-line flag (``--ctf-pkl``) and, in a configuration error, each field's name (``switch_epoch``) becomes
+    the field's label, with its section where it is not in view (“CTF pickle” (Advanced))."""
+    import re
+
+    def label(f: Field, flag: str = "") -> str:
+        off = " unticked" if flag.startswith("--no-") and f.kind is bool else ""
+        return f"“{f.label}”{off}" + (f" ({f.group})" if f.group == ADVANCED else "")
+
+    flags = {f.flag: f for f in FIELDS if f.flag}
+    message = re.sub(r"--[a-z][a-z0-9-]*",
+                     lambda m: label(flags[m.group()], m.group()) if m.group() in flags else m.group(), message)
+    head, sep, checks = message.partition("invalid configuration: ")
+    if not sep:
+        return message
+    names = "|".join(sorted((re.escape(f.name) for f in FIELDS), key=len, reverse=True))
+    return "invalid settings: " + re.sub(rf"\b({names})\b", lambda m: label(_BY_NAME[m.group()]), checks)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import ReconstructionConfig
 
-__all__ = ["Control", "RunHandle", "RunInfo", "describe", "posterior_from_checkpoint", "train"]
+__all__ = ["Control", "RunHandle", "RunInfo", "describe", "open_run", "posterior_from_checkpoint", "resume", "train"]
 
 POSTERIOR_INTERVAL = 2.0  # s between live posteriors (~0.1 s each at box 64 on a CPU)
 
@@ -72,6 +72,15 @@ class RunHandle:
 
         return pose_posterior(self._run, index)
 
+    def snapshot(self):
+        """The run's state as its last epoch's end showed it: the decoder's volume, the watched particles'
+        candidates (or refined poses), the epoch's metrics and the history (a run read from its checkpoint)."""
+        run = self._run
+        st = run.state
+        metrics = dict(st.history[-1]) if st.history else {}
+        stage = run.schedule.stage(max(st.epoch - 1, 0), st.switched_at, st.history[:-1])
+        return run._snapshot(stage, float(metrics.get("loss", float("nan"))), 0.0, metrics)
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -121,12 +130,36 @@ def train(config: ReconstructionConfig, run_dir: str | Path, control: Control) -
     snapshot per step and the posteriors asked for; on a stop, an error or the end, writes the outputs
     reached (partial results are kept). Returns the run folder."""
     from .loop import Reconstruction
-    from .outputs import write_config, write_outputs
+    from .outputs import write_config
 
     run_dir = Path(run_dir)
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = Reconstruction(config, run_dir=run_dir)
+    try:
+        run = Reconstruction(config, run_dir=run_dir)
+    except BaseException:  # a start that failed (unreadable data) leaves no empty run folder behind
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     write_config(run_dir, config.to_dict())
+    return (yield from _drive(run, run_dir, control))
+
+
+def resume(run_dir: str | Path, control: Control, epochs: int | None = None) -> Iterator:
+    """The worker's generator for a run continued from ``run_dir``'s checkpoint (``epochs``: its new length),
+    as :func:`train`'s."""
+    from .loop import Reconstruction
+    from .outputs import write_config
+
+    run = Reconstruction.resume(run_dir, **({} if epochs is None else {"epochs": int(epochs)}))
+    write_config(Path(run_dir), run.config.to_dict(), resumed=True)
+    return (yield from _drive(run, Path(run_dir), control))
+
+
+def _drive(run, run_dir: Path, control: Control) -> Iterator:
+    """Yield ``run``'s :class:`RunInfo`, then its steps; write the outputs reached whatever happens."""
+    from .outputs import write_outputs
+
     yield describe(run, run_dir)
     try:
         yield from _steps(run, control)
@@ -163,3 +196,16 @@ def posterior_from_checkpoint(run_dir: str | Path, index: int):
     run = Reconstruction.resume(run_dir, cache_images=False)  # a few images are read, not all
     info = describe(run, run_dir)
     return info, info.handle.posterior(index)
+
+
+def open_run(run_dir: str | Path):
+    """A finished or stopped run, read from its checkpoint without training (a few images are read): its
+    :class:`RunInfo` (the handle answers posteriors) and the snapshot of its last epoch's end."""
+    from .loop import Reconstruction
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt here; a run folder holds one from its first epoch on")
+    run = Reconstruction.resume(run_dir, cache_images=False)
+    info = describe(run, run_dir)
+    return info, info.handle.snapshot()

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
 os.makedirs(os.environ["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
 os.environ["NAPARI_CONFIG"] = ""
 os.environ["NAPARI_ENSURE_PLUGIN_MAIN_THREAD"] = "1"
+# the demo set is cached in the user's cache folder: the tests' own, not the user's
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="semiamort-test-cache-")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATA = Path(__file__).resolve().parent / "data"

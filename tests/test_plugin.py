@@ -65,12 +65,27 @@ def test_the_writer_saves_an_image_layer_as_mrc_with_its_voxel_size(make_napari_
         np.testing.assert_allclose(m.data, vol)
 
 
-def test_sample_data_gives_the_demo_particles_and_their_ground_truth(make_napari_viewer):
+def test_sample_data_gives_the_demo_particles_and_their_ground_truth(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_semiamort._qt.runner import default_run_dir
+    from napari_semiamort.plugin.sample import demo_root
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "demo-ribosome")
     particles, truth = viewer.layers["demo particles"], viewer.layers["demo truth"]
     assert particles.data.shape == (1000, 64, 64) and truth.data.shape == (64, 64, 64)
     assert particles.scale[-1] == pytest.approx(truth.scale[-1]) and truth.scale[-1] > 1
+    # simulated once, into the cache (no partial folder left), and read from there the next time
+    (folder,) = demo_root().iterdir()
+    stamp = (folder / "particles.mrcs").stat().st_mtime_ns
+    viewer.open_sample(PLUGIN, "demo-ribosome")
+    assert list(demo_root().iterdir()) == [folder] and (folder / "particles.mrcs").stat().st_mtime_ns == stamp
+    assert viewer.layers["demo particles [1]"].metadata["source"] == particles.metadata["source"]
+    # a run of the demo goes to ~/semiamort-runs, not into the cache; other particles' runs beside them
+    runs = tmp_path / "home" / "semiamort-runs"
+    assert default_run_dir(particles.metadata["source"], "s") == runs / "semiamort-run-s"
+    assert default_run_dir(tmp_path / "p.star", "s") == tmp_path / "semiamort-run-s"
 
 
 def test_a_map_reader_refuses_a_broken_file_with_its_name(make_napari_viewer, tmp_path):

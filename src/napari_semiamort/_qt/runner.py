@@ -10,14 +10,26 @@ from pathlib import Path
 from ..run.config import ReconstructionConfig
 from ..run.session import Control
 
-__all__ = ["duration", "finished", "interface_threads", "open_in_worker", "posterior_in_worker", "resume_in_worker",
-           "run_in_worker", "shutdown", "status_line"]
+__all__ = ["default_run_dir", "duration", "finished", "interface_threads", "open_in_worker", "posterior_in_worker",
+           "resume_in_worker", "run_in_worker", "shutdown", "status_line"]
 
 
 def interface_threads() -> int:
     """The CPU threads the dock gives torch: all cores but one, left to the Qt main thread (with every core
     computing, the UI stalls for 100s of ms)."""
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def default_run_dir(particles: str | Path, stamp: str) -> Path:
+    """Where a run goes when the dock's run folder is empty: beside the particles, unless they are the demo's
+    (in the cache folder, which is no place for results) or their folder cannot be written; then in
+    ``~/semiamort-runs``."""
+    from ..plugin.sample import demo_root
+
+    folder = Path(particles).resolve().parent
+    if folder.is_relative_to(demo_root().resolve()) or not os.access(folder, os.W_OK):
+        folder = Path.home() / "semiamort-runs"
+    return folder / f"semiamort-run-{stamp}"
 
 
 def run_in_worker(config: ReconstructionConfig, run_dir: Path, control: Control):

@@ -40,7 +40,7 @@ from .actions import export_chimerax, show_curves, show_final_map
 from .form import ConfigForm
 from .layers import CANDIDATES, SPHERE, SPHERE_POINTS, VOLUME, WINNERS, ResultLayers
 from .reopen import RunFolderMixin
-from .runner import finished, posterior_in_worker, run_in_worker, shutdown
+from .runner import default_run_dir, finished, posterior_in_worker, run_in_worker, shutdown
 from .status import RunStatus
 
 __all__ = ["CANDIDATES", "SPHERE", "SPHERE_POINTS", "VOLUME", "WINNERS", "ReconstructionWidget"]
@@ -217,7 +217,7 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
         cfg = self.config()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = self.outdir.text().strip()
-        self.run_dir = Path(out) if out else Path(cfg.particles).parent / f"semiamort-run-{stamp}"
+        self.run_dir = Path(out) if out else default_run_dir(cfg.particles, stamp)
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             show_error(f"{self.run_dir}: exists and is not empty; choose another run folder (or Resume run)")
             return

@@ -26,13 +26,26 @@ _COMMANDS = {
 }
 
 
+def _description() -> str:
+    """The top-level help: what the program does and one line per sub-command (the package's ``SUMMARIES``).
+
+    The sub-commands are listed here only: argparse's own list of them (``add_parser(help=...)``) would repeat
+    them, worse wrapped, under "positional arguments"."""
+    summaries = importlib.import_module("napari_semiamort.cli").SUMMARIES
+    width = max(map(len, summaries)) + 3
+    rows = "\n".join(f"  {cmd:<{width}}{summaries[cmd]}" for cmd in _COMMANDS)
+    return ("semiamort: ab-initio cryo-EM reconstruction with semi-amortized pose inference.\n\n"
+            f"Sub-commands (semiamort COMMAND --help for each):\n\n{rows}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
-        prog="semiamort", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="semiamort", usage="%(prog)s [-h] [--version] COMMAND ...", description=_description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
     # Sub-command modules (and torch) load only for the command that runs.
     name = next((a for a in argv if not a.startswith("-")), None)
     for cmd, mod in _COMMANDS.items():
@@ -42,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             module.add_args(p)
             p.set_defaults(func=module.main)
         else:
-            sub.add_parser(cmd, help=importlib.import_module("napari_semiamort.cli").SUMMARIES[cmd])
+            sub.add_parser(cmd)  # listed in the description
     args = parser.parse_args(argv)
     if args.version:
         from napari_semiamort import __version__

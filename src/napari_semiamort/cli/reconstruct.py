@@ -6,6 +6,7 @@ Examples:
   semiamort reconstruct J24_particles.cs -o run2 --box 128 --halves
   semiamort reconstruct particles.mrcs --ctf-pkl ctf.pkl -o run3        (cryoDRGN inputs)
   semiamort reconstruct particles.star -o run1 --heads 15 --epochs 30 --switch-epoch 15 --device cuda
+  semiamort reconstruct particles.star -o run1 --restarts 5 --restart-epochs 6 --max-restarts 8
   semiamort reconstruct --resume run1 --epochs 40
 
 Inputs: a RELION STAR (3.0 to 5), a cryoSPARC .cs (its passthrough file is found when beside it), or an
@@ -13,6 +14,10 @@ MRC stack (.mrcs, .mrc, .mrcs.gz) with an optional cryoDRGN ctf.pkl. The run fol
 metrics.jsonl (one line per epoch), checkpoint.pt (each epoch), map.mrc (and half1.mrc / half2.mrc with
 --halves), map_masked.mrc and mask.mrc (the map within a soft sphere about the particle), poses.star (RELION
 3.1; poses.cs too for a .cs input), fsc.csv / fsc.png and chimerax.cxc.
+Restarts: the first --restart-epochs epochs are trained from --restarts initialisations (more, up to
+--max-restarts, while no two agree and no loss stands out by --restart-margin); the run goes on from one whose
+poses agree with another's (the lowest loss of those), else from the lowest loss. --restarts 1 turns them off.
+Each option's value is named by its unit (Å, PX, EPOCHS, FRACTION_OF_NYQUIST, …) or lists its choices in braces.
 Ctrl-C stops cleanly: the last checkpoint and the current map and poses are written.
 """
 
@@ -23,22 +28,44 @@ import sys
 from pathlib import Path
 
 from ..run.config import ReconstructionConfig
-from ..run.fields import FIELDS, Field, to_value
+from ..run.fields import DATA, FIELDS, GROUPS, Field, to_value
+
+# The value of each option of the table that takes a number or a path, named by its unit (the help shows
+# ``--mask-diameter Å``); the options with choices show them instead. A field added without one fails
+# tests/test_cli_help.py.
+UNITS = {
+    "pixel_size": "Å", "box": "PX", "mask_diameter": "Å", "shift_search": "PX", "shift_step": "PX",
+    "reference_map": "MRC", "heads": "N", "encoder_lr": "LR", "volume_lr": "LR", "pose_lr": "LR",
+    "switch_epoch": "EPOCH", "switch_min_epoch": "EPOCH", "switch_max_epoch": "EPOCH", "epochs": "EPOCHS",
+    "batch_size": "IMAGES", "stage2_batch_size": "IMAGES", "device": "DEVICE", "seed": "N", "watch": "INDEX",
+    "datadir": "DIR", "ctf_pkl": "PKL", "pose_pkl": "PKL", "passthrough": "CS", "output_box": "PX",
+    "hidden": "UNITS", "inplane_search": "ANGLES", "volume_init_noise": "SCALE", "volume_lr_autodecode": "LR",
+    "volume_lr_final_fraction": "FRACTION", "pose_steps": "STEPS", "shift_lr": "PX", "polish_epochs": "EPOCHS",
+    "relax_symmetry": "CORRELATION", "reassign_epochs": "EPOCHS", "reassign_steps": "STEPS",
+    "reassign_candidates": "N", "reassign_max_freq": "FRACTION_OF_NYQUIST", "restarts": "N",
+    "restart_epochs": "EPOCHS", "max_restarts": "N", "restart_margin": "FRACTION", "stage1_maps_from": "EPOCH",
+    "max_freq": "FRACTION_OF_NYQUIST", "stage2_ramp_epochs": "EPOCHS", "autoencode_min_freq": "FRACTION_OF_NYQUIST",
+    "autoencode_max_freq": "FRACTION_OF_NYQUIST", "search_nside": "NSIDE", "search_inplane": "ANGLES",
+    "max_shift": "FRACTION_OF_BOX", "threads": "N", "snapshot_every": "STEPS",
+}
+_DEFAULT_UNITS = {"Å": " Å", "PX": " px"}  # the units the default is stated in too: "(default: 3 px)"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--outdir", help="run folder to create")
+    p.add_argument("-o", "--outdir", metavar="RUN_DIR", help="run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="write into an existing run folder")
+    groups = {g: p.add_argument_group(f"{g.lower()} options") for g in GROUPS}  # as the dock's sections
     for f in FIELDS:  # every setting of the run (run/fields.py)
-        _add_field(p, f)
+        _add_field(groups[f.group], f)
     # the switch of the releases before --shifts (shifts were off by default then): scripts keep working
-    p.add_argument("--estimate-shifts", dest="shifts", action="store_const", const="yes",
-                   help="the same as --shifts yes")
+    groups[DATA].add_argument("--estimate-shifts", dest="shifts", action="store_const", const="yes",
+                              help="the same as --shifts yes")
 
 
-def _add_field(p: argparse.ArgumentParser, f: Field) -> None:
-    """The option of one field of the table: ``--flag VALUE``, a switch for a boolean, indices for a list."""
+def _add_field(p, f: Field) -> None:
+    """The option of one field of the table (``p``: a parser or an argument group): ``--flag VALUE`` with the
+    value named by its unit (:data:`UNITS`) or its choices, a switch for a boolean, indices for a list."""
     if f.flag is None:
         p.add_argument(f.name, nargs="?", help=f.help)
         return
@@ -47,12 +74,15 @@ def _add_field(p: argparse.ArgumentParser, f: Field) -> None:
         p.add_argument(f.flag, dest=f.name, action="store_const", const=not f.default, default=None,
                        help=text.replace("%", "%%"))  # argparse formats help with %
         return
-    help_text = f"{text} (default: {f.default_text()})".replace("%", "%%")
+    unit = UNITS.get(f.name)
+    default = f.default_text() + (_DEFAULT_UNITS.get(unit, "") if f.default is not None else "")
+    help_text = f"{text} (default: {default})".replace("%", "%%")
     if f.kind is list:
-        p.add_argument(f.flag, dest=f.name, type=int, nargs="*", default=None, metavar="INDEX", help=help_text)
+        p.add_argument(f.flag, dest=f.name, type=int, nargs="*", default=None, metavar=unit, help=help_text)
         return
     choices = f.choices if isinstance(f.choices, tuple) else None  # the devices are checked by the run
-    p.add_argument(f.flag, dest=f.name, type=f.kind, choices=choices, default=None, help=help_text)
+    p.add_argument(f.flag, dest=f.name, type=f.kind, choices=choices, default=None,
+                   metavar=None if choices else unit, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:

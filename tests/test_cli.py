@@ -9,7 +9,9 @@ import mrcfile
 import numpy as np
 import pytest
 
+from napari_semiamort.cli import export
 from napari_semiamort.cli.main import main
+from napari_semiamort.data.mrc import write_mrc
 from napari_semiamort.data.star import read_star_columns
 
 MOLECULE = str(files("napari_semiamort") / "resources" / "1igy.cif.gz")
@@ -121,6 +123,75 @@ def test_fsc_command_reports_resolutions_and_pose_errors(sim, tmp_path, capsys):
     table = np.genfromtxt(tmp_path / "fsc.csv", delimiter=",", names=True)  # the columns of a run's fsc.csv
     assert table.dtype.names == ("shell", "frequency_per_angstrom", "resolution_angstrom", "fsc_reference")
     assert (table["fsc_reference"] > 0.999).all()  # resampled through the (identity) alignment
+
+
+@pytest.fixture
+def written_run(tmp_path):
+    """A run folder as ``reconstruct`` leaves it for ChimeraX: map.mrc and the script it wrote."""
+    from napari_semiamort.run.outputs import chimerax_script
+
+    run = tmp_path / "run"
+    rng = np.random.default_rng(7)
+    write_mrc(run / "map.mrc", rng.normal(size=(16, 16, 16)).astype(np.float32), 2.5)
+    chimerax_script(run, force=True)  # as write_outputs does at the end of every run
+    return run
+
+
+@pytest.fixture
+def fake_chimerax(tmp_path, monkeypatch):
+    """A ``chimerax`` on PATH whose launches are recorded (nothing is started)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "chimerax"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    launched = []
+    monkeypatch.setattr(export.subprocess, "Popen", lambda cmd: launched.append(cmd))
+    return launched
+
+
+def test_export_chimerax_open_reuses_the_script_the_run_wrote(written_run, fake_chimerax, capsys):
+    script = written_run / "chimerax.cxc"
+    before = script.read_text()
+    assert main(["export", "chimerax", str(written_run), "--open"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert fake_chimerax == [[str(written_run.parent / "bin" / "chimerax"), str(script)]]
+    assert script.read_text() == before
+    assert main(["export", "chimerax", str(written_run)]) == 1  # writing it again needs --force, as before
+    assert "up to date; --open opens it" in capsys.readouterr().err
+
+
+def test_export_chimerax_keeps_an_edited_script(written_run, fake_chimerax, capsys):
+    script = written_run / "chimerax.cxc"
+    edited = script.read_text() + "color #1 gold\n"
+    script.write_text(edited)
+    assert main(["export", "chimerax", str(written_run)]) == 1
+    assert "--force" in capsys.readouterr().err and script.read_text() == edited
+    assert main(["export", "chimerax", str(written_run), "--open"]) == 0  # opened as it is
+    assert "opened as it is" in capsys.readouterr().out
+    assert script.read_text() == edited and len(fake_chimerax) == 1
+    assert main(["export", "chimerax", str(written_run), "--force"]) == 0
+    assert "gold" not in script.read_text()
+
+
+def test_export_chimerax_open_writes_a_moved_runs_script_again_for_its_new_folder(written_run, fake_chimerax, capsys):
+    moved = written_run.rename(written_run.parent / "moved")
+    script = moved / "chimerax.cxc"
+    assert str(written_run.resolve()) in script.read_text()  # opens the maps where they were
+    assert main(["export", "chimerax", str(moved), "--open"]) == 0
+    assert "written again" in capsys.readouterr().out
+    assert str(written_run.resolve()) not in script.read_text() and str(moved.resolve()) in script.read_text()
+    assert fake_chimerax[0][1] == str(script)
+
+
+def test_export_chimerax_open_without_chimerax_says_so_in_one_line(written_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chimerax here
+    monkeypatch.setattr(export, "CHIMERAX_INSTALLS", ())
+    assert main(["export", "chimerax", str(written_run), "--open"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ChimeraX not found" in err and "chimerax.cxc" in err
+    assert "Traceback" not in err
 
 
 def test_the_package_and_cli_import_without_qt():

@@ -22,7 +22,8 @@ from ..metrics.fsc import fsc, resolution_at
 from ..metrics.truth import score_against_truth
 from .maps import masked
 
-__all__ = ["RUN_OUTPUTS", "chimerax_script", "otsu_level", "write_config", "write_fsc", "write_outputs"]
+__all__ = ["RUN_OUTPUTS", "chimerax_script", "chimerax_text", "otsu_level", "write_config", "write_fsc",
+           "write_outputs"]
 
 # Every file a run writes in its folder (a new run with --force clears them first).
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "map.mrc", "map_masked.mrc", "mask.mrc", "half1.mrc",
@@ -87,6 +88,15 @@ def write_fsc(run_dir: Path, curves: dict[str, np.ndarray], size: int, pixel_siz
 def chimerax_script(run_dir: Path, force: bool = False) -> Path:
     """``RUN_DIR/chimerax.cxc``: opens ``map.mrc`` (and ``map_masked.mrc``, ``half1.mrc``/``half2.mrc`` when
     present, hidden) with the voxel size from the header and a surface level from :func:`otsu_level`."""
+    out = Path(run_dir) / "chimerax.cxc"
+    text = chimerax_text(run_dir)
+    with atomic_path(out, force=force) as tmp:
+        tmp.write_text(text)
+    return out
+
+
+def chimerax_text(run_dir: Path) -> str:
+    """The text :func:`chimerax_script` writes for the run folder's maps as they are now."""
     run_dir = Path(run_dir)
     main = run_dir / "map.mrc"
     if not main.is_file():
@@ -108,10 +118,7 @@ def chimerax_script(run_dir: Path, force: bool = False) -> Path:
         if model > 1:
             lines.append(f"hide #{model} models")
     lines += ["view", "lighting soft"]
-    out = run_dir / "chimerax.cxc"
-    with atomic_path(out, force=force) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return out
+    return "\n".join(lines) + "\n"
 
 
 def write_outputs(run, run_dir: Path) -> dict[str, Path]:

@@ -2,10 +2,16 @@
 
 Examples:
 
-  semiamort fsc run1/map.mrc sim/truth.mrc
+  semiamort fsc run1/map.mrc sim/truth.mrc                  (the maps aligned to each other: either hand)
   semiamort fsc run1/map.mrc sim/truth.mrc --poses run1/poses.star --reference-poses sim/particles.star
   semiamort fsc run1/map.mrc sim/truth.mrc --mask-diameter 260
   semiamort fsc run1/half1.mrc run1/half2.mrc --halves --csv fsc.csv
+  semiamort fsc map_a.mrc map_b.mrc --no-align                (the maps' frames compared as they are)
+
+Without poses, the first map is aligned to the second from the maps alone: an ab-initio map lands in any frame
+and either hand, so the rotation (or rotation and mirror) that matches the maps best is searched over all of
+SO(3) on their Fourier amplitudes and refined, then the origin is fitted; the output names the rotation, the
+hand and the shift applied. --no-align compares the maps' frames as they are (only the origin fitted).
 
 With --poses and --reference-poses, the run's frame (and hand: ab-initio runs land in either) is aligned
 to the reference from the poses, the first map is rotated into the reference frame before the FSC, and
@@ -18,6 +24,10 @@ origin, so they are compared as they are (the run's own fsc_halves), 0.143 being
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads only when the command runs
+    import torch
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +41,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--halves", action="store_true",
                    help="the maps are one run's half maps: no origin fit, no poses (the CSV column is fsc_halves)")
     p.add_argument("--csv", help="write the curve as CSV (the columns of a run's fsc.csv)")
+    p.add_argument("--no-align", dest="align", action="store_false",
+                   help="without poses: compare the maps' frames as they are (no rotation or mirror searched)")
 
 
 def _rotations(path: str):
@@ -42,6 +54,19 @@ def _rotations(path: str):
     if table.rotations is None:
         raise ValueError(f"{path}: no angles (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)")
     return torch.from_numpy(table.rotations)
+
+
+def _aligned(m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """``m1`` rotated (and mirrored) onto ``m2`` (:func:`~..metrics.map_alignment.align_maps`); says how."""
+    from ..metrics.alignment import rotate_map
+    from ..metrics.map_alignment import align_maps
+
+    al = align_maps(m1, m2)
+    x, y, z = al.axis
+    hand = "mirrored (the other hand: inverted through the centre)" if al.mirrored else "same hand"
+    print(f"maps aligned: map1 rotated by {al.angle_deg:.2f}° about ({x:+.3f}, {y:+.3f}, {z:+.3f}), {hand}; "
+          f"correlation {al.correlation:.3f}")
+    return rotate_map(m1, al.transform)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -67,8 +92,11 @@ def main(args: argparse.Namespace) -> int:
         est, ref = _rotations(args.poses), _rotations(args.reference_poses)
         if est.shape != ref.shape:
             raise ValueError(f"{args.poses}: {len(est)} particles, but {args.reference_poses} has {len(ref)}")
+    m1 = torch.from_numpy(m1)
+    if args.align and est is None and not args.halves:
+        m1 = _aligned(m1, torch.from_numpy(m2))
     radius = args.mask_diameter / 2 / pixel if args.mask_diameter else None
-    score = score_against_truth(torch.from_numpy(m1), torch.from_numpy(m2), pixel, est, ref, mask_radius_px=radius,
+    score = score_against_truth(m1, torch.from_numpy(m2), pixel, est, ref, mask_radius_px=radius,
                                 fit_origin=not args.halves)
     if score.poses is not None:
         al = score.poses

@@ -47,6 +47,7 @@ class RunFolderMixin:
         self.run_dir, self.last_snapshot = self.info.run_dir, snap
         show_saved_config(self.form, self.run_dir)
         self.results.clear()
+        self.pacer.last = 0.0  # shown now, whatever the pace
         self._on_snapshot(snap)
         if (self.run_dir / "map.mrc").is_file():
             show_final_map(self.results, self.plots, self.run_dir)

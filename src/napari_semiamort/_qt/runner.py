@@ -15,9 +15,12 @@ __all__ = ["default_run_dir", "duration", "finished", "interface_threads", "open
 
 
 def interface_threads() -> int:
-    """The CPU threads the dock gives torch: all cores but one, left to the Qt main thread (with every core
+    """The CPU threads the dock gives torch: the cores free of other work (affinity, cgroup quota, the load;
+    :func:`~napari_semiamort.devices.auto_threads`) but one, left to the Qt main thread (with every core
     computing, the UI stalls for 100s of ms)."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    from ..devices import auto_threads
+
+    return auto_threads(reserve=1)
 
 
 def default_run_dir(particles: str | Path, stamp: str) -> Path:

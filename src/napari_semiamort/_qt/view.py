@@ -10,7 +10,9 @@ posterior sphere rather than everything in the scene. Stacks are the layers a re
 
 from __future__ import annotations
 
-__all__ = ["SceneKeeper", "is_particle_stack"]
+import time
+
+__all__ = ["FramePacer", "SceneKeeper", "is_particle_stack"]
 
 DEEP_STACK = 256  # an image layer with more planes than this along its first axis (and 4× its width) is a stack
 
@@ -78,4 +80,39 @@ class SceneKeeper:
             self.viewer.fit_to_view(layers=layers, margin=0.1)
         finally:
             self._framing = False
+        return True
+
+
+class FramePacer:
+    """How often the live layers may change, set by what the last change cost the event loop.
+
+    Each change of the map makes napari draw a frame; with software OpenGL on a busy machine a 3D frame takes
+    100s of ms, and changes queued faster than frames draw freeze the window. A 20 ms heartbeat on the Qt main
+    thread records the longest gap since the last change: over ``budget`` s, the interval between changes
+    doubles (up to ``most`` s); under it, it shrinks back towards ``least``. Changes not yet due are dropped,
+    never queued (the next one carries the newest map)."""
+
+    def __init__(self, parent=None, least: float = 0.5, most: float = 8.0, budget: float = 0.1):
+        from qtpy.QtCore import QTimer
+
+        self.least, self.most, self.budget = least, most, budget
+        self.interval, self.worst, self.last = least, 0.0, 0.0
+        self._beat = time.perf_counter()
+        self.timer = QTimer(parent)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start(20)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.worst = max(self.worst, now - self._beat - 0.02)
+        self._beat = now
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether a change may be shown now; if so, the interval adapts to the last change's cost."""
+        now = time.perf_counter() if now is None else now
+        if now - self.last < self.interval:
+            return False
+        slow = self.worst > self.budget
+        self.interval = min(self.most, self.interval * 2) if slow else max(self.least, self.interval * 0.8)
+        self.worst, self.last = 0.0, now
         return True

@@ -42,6 +42,7 @@ from .layers import CANDIDATES, SPHERE, SPHERE_POINTS, VOLUME, WINNERS, ResultLa
 from .reopen import RunFolderMixin
 from .runner import default_run_dir, finished, posterior_in_worker, run_in_worker, shutdown
 from .status import RunStatus
+from .view import FramePacer
 
 __all__ = ["CANDIDATES", "SPHERE", "SPHERE_POINTS", "VOLUME", "WINNERS", "ReconstructionWidget"]
 
@@ -71,7 +72,8 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
         self.results = ResultLayers(napari_viewer)
         self._control = Control()
         self._started = 0.0
-        self._last_volume_push = 0.0
+        self.pacer = FramePacer(self)  # the live layers change no faster than frames draw
+        self._unshown_end: Snapshot | None = None  # the last epoch end whose curves are not drawn yet
         self._plots = None
         self._failure = ""
 
@@ -309,17 +311,20 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
     def _on_snapshot(self, snap: Snapshot) -> None:
         self.last_snapshot = snap
         self.status.show_snapshot(snap, time.perf_counter() - self._started)
-        now = time.perf_counter()
-        # layers are updated at most twice a second (and at every epoch end): the GUI thread stays free
-        # Each update is its own event-loop turn (QTimer.singleShot): the loop answers between them.
-        if snap.volume is not None and (snap.epoch_end or now - self._last_volume_push > 0.5):
-            self._last_volume_push = now
-            self.results.show_volume(snap.volume, snap.pixel_size, snap.epoch_end)
-            if snap.watched:
-                QTimer.singleShot(0, lambda: self.results.show_candidates(snap.watched, snap.box, snap.pixel_size))
         if snap.epoch_end:
-            QTimer.singleShot(0, lambda: show_curves(self.plots, snap))
+            self._unshown_end = snap  # its curves wait for the next frame due; the verdict is a label
             self._show_verdict(snap.metrics)
+        # the layers and curves change at most twice a second, less often where frames draw slowly (a busy
+        # machine, software OpenGL; view.FramePacer): a snapshot not due is dropped, never queued. Each change
+        # is its own event-loop turn (QTimer.singleShot): the loop answers between them.
+        if snap.volume is None or not self.pacer.due():
+            return
+        end, self._unshown_end = self._unshown_end, None
+        self.results.show_volume(snap.volume, snap.pixel_size, end is not None)
+        if snap.watched:
+            QTimer.singleShot(0, lambda: self.results.show_candidates(snap.watched, snap.box, snap.pixel_size))
+        if end is not None:
+            QTimer.singleShot(0, lambda: show_curves(self.plots, end))
 
     def _show_verdict(self, metrics: dict) -> None:
         """The verdict a snapshot's metrics hold, with a warning where the run failed or is doubtful."""
@@ -343,10 +348,10 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
         self.worker = None
         self._worker_holder[0] = None
         self._set_running(False)
-        if self._failure:
-            self.status.end("failed", self._failure)
-        else:
-            self.status.end("finished" if finished(self.last_snapshot) else "stopped", f"results in {self.run_dir}")
+        state = "failed" if self._failure else "finished" if finished(self.last_snapshot) else "stopped"
+        self.status.end(state, self._failure or f"results in {self.run_dir}")
+        if self._unshown_end is not None:  # the last epoch's curves, whatever the pace
+            show_curves(self.plots, self._unshown_end)
         if self.info is not None and self.run_dir is not None and (self.run_dir / "map.mrc").is_file():
             show_final_map(self.results, self.plots, self.run_dir)
 

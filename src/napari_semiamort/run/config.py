@@ -155,8 +155,9 @@ class ReconstructionConfig:
 
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU
-    # torch intra-op CPU threads, set by the programs (CLI, dock) before a run; None: torch's default. A
-    # process-wide setting: the library leaves it alone (napari_semiamort.devices.set_cpu_threads)
+    # torch intra-op CPU threads, set by the programs (CLI, dock) before a run; None: the cores free of other
+    # work (napari_semiamort.devices.auto_threads). A process-wide setting: the library leaves it alone
+    # (napari_semiamort.devices.set_cpu_threads)
     threads: int | None = None
     watch: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     snapshot_every: int = 0  # steps between full snapshots (volume, candidates); 0: at epoch ends only

@@ -261,9 +261,9 @@ FIELDS: tuple[Field, ...] = (
     Field("max_shift", "Max shift", ADVANCED, "largest shift, as a fraction of the box", "--max-shift",
           0, 0.5, 0.01, 3),
     # ---------------------------------------------------------------- Advanced: the machine and the view
-    Field("threads", "CPU threads", ADVANCED, "torch's intra-op threads on the CPU; auto: torch's default from "
-          "the command line, all cores but one in the dock (one is left to the interface)", "--threads", 0, 1024,
-          special="auto"),
+    Field("threads", "CPU threads", ADVANCED, "torch's intra-op threads on the CPU; auto: the cores free of other "
+          "work (affinity, cgroup quota, load average), one fewer in the dock (left to the interface)", "--threads",
+          0, 1024, special="auto"),
     Field("snapshot_every", "Snapshot every", ADVANCED, "steps between full snapshots (volume, candidates); 0: at "
           "epoch ends only", "--snapshot-every", 0, 100_000, special="epoch ends", dock_default=10),
 )

@@ -77,7 +77,7 @@ class SceneKeeper:
             return False
         self._framing = True
         try:
-            self.viewer.fit_to_view(layers=layers, margin=0.1)
+            self.viewer.fit_to_view(layers=layers, margin=0.25)
         finally:
             self._framing = False
         return True

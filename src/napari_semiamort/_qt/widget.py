@@ -315,14 +315,14 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
             self._unshown_end = snap  # its curves wait for the next frame due; the verdict is a label
             self._show_verdict(snap.metrics)
         # the layers and curves change at most twice a second, less often where frames draw slowly (a busy
-        # machine, software OpenGL; view.FramePacer): a snapshot not due is dropped, never queued. Each change
-        # is its own event-loop turn (QTimer.singleShot): the loop answers between them.
+        # machine, software OpenGL; view.FramePacer): a snapshot not due is dropped, never queued. The map and
+        # the candidates change in one turn (one frame of the canvas); the curves, their own widget, in the next.
         if snap.volume is None or not self.pacer.due():
             return
         end, self._unshown_end = self._unshown_end, None
         self.results.show_volume(snap.volume, snap.pixel_size, end is not None)
         if snap.watched:
-            QTimer.singleShot(0, lambda: self.results.show_candidates(snap.watched, snap.box, snap.pixel_size))
+            self.results.show_candidates(snap.watched, snap.box, snap.pixel_size)
         if end is not None:
             QTimer.singleShot(0, lambda: show_curves(self.plots, end))
 

@@ -200,6 +200,10 @@ def main(args: argparse.Namespace) -> int:
             raise FileExistsError(f"{run_dir}: exists and is not empty; pass --force to write into it")
         cfg = config_from_args(args)
         set_cpu_threads(cfg.threads)  # a process-wide setting: the program's, not the library's
+        if cfg.threads is None and cfg.device in ("auto", "cpu"):  # the count chosen from the load, recorded:
+            import torch  # a resume runs with the same (the same arithmetic order)
+
+            cfg.threads = torch.get_num_threads()
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in RUN_OUTPUTS:  # --force: a previous run's results must not pass for this one's
             (run_dir / name).unlink(missing_ok=True)

@@ -72,6 +72,7 @@ def test_reconstruct_then_resume_continues_the_run(sim, tmp_path, capsys):
         assert (run / name).is_file(), name
     record = json.loads((run / "config.json").read_text())
     assert record["config"]["heads"] == 4 and "version" in record and "time" in record
+    assert record["config"]["threads"] == 1
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert "pose_error_mean_deg" in json.loads(lines[-1])
@@ -111,6 +112,7 @@ def test_reconstruct_names_missing_stacks(sim, tmp_path, capsys):
     star.write_text((sim / "particles.star").read_text())
     assert main(["reconstruct", str(star), "-o", str(tmp_path / "r")]) == 1
     assert "stacks not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # a failed start leaves no empty run folder behind
 
 
 def test_fsc_command_reports_resolutions_and_pose_errors(sim, tmp_path, capsys):

@@ -178,7 +178,7 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..devices import set_cpu_threads
     from ..run.loop import Reconstruction
-    from ..run.outputs import RUN_OUTPUTS, write_config
+    from ..run.outputs import write_config
     from ..run.session import describe
 
     if args.resume:
@@ -204,10 +204,7 @@ def main(args: argparse.Namespace) -> int:
             import torch  # a resume runs with the same (the same arithmetic order)
 
             cfg.threads = torch.get_num_threads()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in RUN_OUTPUTS:  # --force: a previous run's results must not pass for this one's
-            (run_dir / name).unlink(missing_ok=True)
-        run = Reconstruction(cfg, run_dir=run_dir)
+        run = _new_run(cfg, run_dir)
         print(_summary(describe(run, run_dir, with_handle=False)))
     write_config(run_dir, run.config.to_dict(), resumed=bool(args.resume))
     train(run, run_dir)
@@ -217,6 +214,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"junk: {int(junk.sum())} of {len(junk)} images fit no view of the map and were left out of it "
               f"(rlnSelected 0 in poses.star; poses_kept.star holds the other {int((~junk).sum())})")
     return 0
+
+
+def _new_run(cfg: ReconstructionConfig, run_dir: Path):
+    """The run of ``cfg`` in ``run_dir`` (made here; a previous run's results in it removed). A start that
+    fails (the data cannot be read) leaves no empty run folder behind."""
+    from ..run.loop import Reconstruction
+    from ..run.outputs import RUN_OUTPUTS
+
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_OUTPUTS:  # --force: a previous run's results must not pass for this one's
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        return Reconstruction(cfg, run_dir=run_dir)
+    except BaseException:
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
 
 
 def _saved_threads(run_dir: Path) -> int | None:

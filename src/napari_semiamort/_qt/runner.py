@@ -5,6 +5,8 @@ when the dock goes away. The protocol itself (control, run info, snapshots, post
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from pathlib import Path
 
 from ..run.config import ReconstructionConfig
@@ -42,7 +44,24 @@ def run_in_worker(config: ReconstructionConfig, run_dir: Path, control: Control)
     from ..run.session import train
 
     set_cpu_threads(config.threads)
+    yield_to_the_interface()
     return (yield from train(config, run_dir, control))
+
+
+WORKER_NICENESS = 5  # the worker's threads against the interface's (Linux: per thread)
+
+
+def yield_to_the_interface() -> None:
+    """Lower the calling worker thread's scheduling priority by :data:`WORKER_NICENESS` (the threads it starts,
+    the image loader's, inherit it): where the cores are contended, the Qt main thread and the renderer draw
+    first. Linux only, where a thread's niceness is its own (elsewhere it would lower the whole program)."""
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS)
+    except OSError:
+        pass
 
 
 def resume_in_worker(run_dir: Path, control: Control, epochs: int | None):
@@ -51,6 +70,7 @@ def resume_in_worker(run_dir: Path, control: Control, epochs: int | None):
     from ..run.session import resume
 
     set_cpu_threads(interface_threads())
+    yield_to_the_interface()
     return (yield from resume(run_dir, control, epochs))
 
 

@@ -52,9 +52,12 @@ def test_a_posterior_on_demand_from_a_finished_runs_checkpoint(make_napari_viewe
                  "--stage1", "heads", "--heads", "3", "--batch-size", "32", "--threads", "1"]) == 0
     viewer = make_napari_viewer(strict_qt=True)
     w = ReconstructionWidget(viewer)
+    viewer.window.add_dock_widget(w, name="semiamort")
     w.outdir.setText(str(run_dir))
     w.posterior_particle.setValue(5)
     w.show_posterior()
     qtbot.waitUntil(lambda: SPHERE in viewer.layers, timeout=30_000)
     assert viewer.layers[SPHERE].metadata["particle"] == 5
     assert list(viewer.layers[SPHERE_POINTS].features["label"])[:4] == ["1", "2", "3", "pose"]
+    # not a black canvas in 2D: the run's map beside the sphere, in 3D, and its curves
+    assert "semiamort volume" in viewer.layers and viewer.dims.ndisplay == 3 and len(w.plots.history) == 2

@@ -31,6 +31,7 @@ class RunFolderMixin:
             show_error("a run is in progress: stop it before opening another")
             return
         if not (folder / "checkpoint.pt").is_file():
+            self._pending_posterior = False
             show_error(f"{folder}: no checkpoint.pt here; a run folder holds one from its first epoch on")
             return
         self.outdir.setText(str(folder))
@@ -55,6 +56,9 @@ class RunFolderMixin:
         self.status.set_state("opened", f"epoch {self.info.epoch} of {self.info.epochs}{done} · {self.run_dir}")
         self.progress.setValue(int(1000 * self.info.epoch / max(1, self.info.epochs)))
         self._revalidate()
+        if self._pending_posterior:
+            self._pending_posterior = False
+            self.show_posterior()
 
     def resume_run(self) -> None:
         """Continue the run folder's run from its checkpoint up to the Epochs field's value (with the automatic

@@ -12,8 +12,8 @@ from pathlib import Path
 from ..run.config import ReconstructionConfig
 from ..run.session import Control
 
-__all__ = ["default_run_dir", "duration", "finished", "interface_threads", "open_in_worker", "posterior_in_worker",
-           "resume_in_worker", "run_in_worker", "shutdown", "status_line"]
+__all__ = ["default_run_dir", "duration", "finished", "interface_threads", "open_in_worker", "resume_in_worker",
+           "run_in_worker", "shutdown", "status_line"]
 
 
 def interface_threads() -> int:
@@ -82,15 +82,6 @@ def open_in_worker(run_dir: Path):
 
     set_cpu_threads(interface_threads())
     return open_run(run_dir)
-
-
-def posterior_in_worker(run_dir: Path, index: int):
-    """A posterior from a run folder's checkpoint (the session's), computed with the dock's CPU threads."""
-    from ..devices import set_cpu_threads
-    from ..run.session import posterior_from_checkpoint
-
-    set_cpu_threads(interface_threads())
-    return posterior_from_checkpoint(run_dir, index)
 
 
 def status_line(snap, elapsed: float, progress: float | None = None) -> str:

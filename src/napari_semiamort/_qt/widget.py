@@ -40,7 +40,7 @@ from .actions import export_chimerax, show_curves, show_final_map
 from .form import ConfigForm
 from .layers import CANDIDATES, SPHERE, SPHERE_POINTS, VOLUME, WINNERS, ResultLayers
 from .reopen import RunFolderMixin
-from .runner import default_run_dir, finished, posterior_in_worker, run_in_worker, shutdown
+from .runner import default_run_dir, finished, run_in_worker, shutdown
 from .status import RunStatus
 from .view import FramePacer
 
@@ -74,6 +74,7 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
         self._started = 0.0
         self.pacer = FramePacer(self)  # the live layers change no faster than frames draw
         self._unshown_end: Snapshot | None = None  # the last epoch end whose curves are not drawn yet
+        self._pending_posterior = False  # a posterior asked for before the run folder was open
         self._plots = None
         self._failure = ""
 
@@ -357,8 +358,8 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
 
     # ------------------------------------------------------------------ pose posterior
     def show_posterior(self) -> None:
-        """The chosen particle's posterior: refreshed by the running worker, else computed once (from the run
-        in memory, or from the run folder's checkpoint) in a worker of its own."""
+        """The chosen particle's posterior: refreshed by the running worker, else computed once from the run in
+        memory; with none, the run folder is opened first (its map and curves too, :meth:`open_run`)."""
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error
 
@@ -366,24 +367,15 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
         if self.worker is not None:  # the worker computes it at its next full snapshot (and then every 2 s)
             self._control.ask_posterior(index, live=self.posterior_live.isChecked())
             return
-        if self.info is not None and self.info.handle is not None:
-            job = create_worker(self.info.handle.posterior, index, _ignore_errors=True)
-            job.returned.connect(self._show_posterior)
-        else:
-            out = Path(self.outdir.text().strip())
-            if not (out / "checkpoint.pt").is_file():
-                show_error("no run to question: start one, or give a run folder with a checkpoint")
-                return
-            job = create_worker(posterior_in_worker, out, index, _ignore_errors=True)
-            job.returned.connect(self._posterior_with_info)
+        if self.info is None or self.info.handle is None:
+            self._pending_posterior = True  # asked again once the run folder is open
+            self.open_run(Path(self.outdir.text().strip()))
+            return
+        job = create_worker(self.info.handle.posterior, index, _ignore_errors=True)
+        job.returned.connect(self._show_posterior)
         job.errored.connect(lambda exc: show_error(f"Posterior failed: {exc}"))
         self._posterior_job = job
         job.start()
-
-    def _posterior_with_info(self, result) -> None:
-        self.info, post = result
-        self.run_dir = self.info.run_dir
-        self._show_posterior(post)
 
     def _show_posterior(self, post) -> None:
         self.results.show_posterior(post, self.info.box, self.info.pixel_size)

@@ -119,9 +119,9 @@ FIELDS: tuple[Field, ...] = (
           flag_help="ignore the CTF (data without CTF columns)"),
     Field("halves", "half maps and FSC", DATA, "split the particles in two (rlnRandomSubset, else seeded) and "
           "write half maps and their FSC", "--halves"),
-    Field("mask_diameter", "Mask diameter (Å)", DATA, "soft circular mask on the images, and the radius of "
-          "the polish's spherical solvent mask (default: fitted to the map): the particle's diameter + ~10 % (Å)",
-          "--mask-diameter", 0, 100_000, 10, 1, special="none"),
+    Field("mask_diameter", "Mask diameter (Å)", DATA, "the particle's diameter + ~10 % (Å): a soft circular mask "
+          "on the images and the radius of the polish's spherical solvent mask (none: the images unmasked, the "
+          "solvent mask fitted to the map)", "--mask-diameter", 0, 100_000, 10, 1, special="none"),
     Field("shifts", "Shifts", DATA, "in-plane shifts of off-centre particles: auto searches them in stage 1 and "
           "refines them in stage 2 only if the particles are off centre (the median estimated shift at the "
           "switch is half a pixel or more); yes: estimated throughout; no: the particles are centred (e.g. "

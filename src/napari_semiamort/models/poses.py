@@ -65,14 +65,24 @@ class PoseTable:
 
     @torch.no_grad()
     def step(self, idx: torch.Tensor, w: torch.Tensor, t: torch.Tensor | None) -> None:
-        """One Adam step on the rows ``idx`` from the gradients of ``w`` (and ``t``)."""
+        """One Adam step on the rows ``idx`` from the gradients of ``w`` (and ``t``). A row whose gradient is
+        not finite (its image's loss was NaN or Inf) keeps its pose and its moments: one bad image never puts a
+        NaN into the table."""
+        grad_w = w.grad
+        grad_t = None if t is None or self.shifts is None else t.grad
+        ok = torch.isfinite(grad_w).all(1)
+        if grad_t is not None:
+            ok &= torch.isfinite(grad_t).all(1)
+        if not bool(ok.all()):
+            idx, grad_w = idx[ok], grad_w[ok]
+            t, grad_t = (None, None) if grad_t is None else (t[ok], grad_t[ok])
         step = self._step[idx] + 1
         self._step[idx] = step
-        m, v, upd = self._adam(self._m[idx], self._v[idx], w.grad, step)
+        m, v, upd = self._adam(self._m[idx], self._v[idx], grad_w, step)
         self._m[idx], self._v[idx] = m, v
         self.rotations[idx] = exp_so3(-self.lr * upd) @ self.rotations[idx]
-        if t is not None and self.shifts is not None and t.grad is not None:
-            ms, vs, upd_s = self._adam(self._ms[idx], self._vs[idx], t.grad, step)
+        if grad_t is not None:
+            ms, vs, upd_s = self._adam(self._ms[idx], self._vs[idx], grad_t, step)
             self._ms[idx], self._vs[idx] = ms, vs
             new = t.detach() - self.shift_lr * upd_s
             if self.max_shift is not None:

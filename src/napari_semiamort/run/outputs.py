@@ -126,6 +126,9 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     data, run_dir = run.data, Path(run_dir)
     n = len(data)
     rotations = run.poses.to(torch.float64).numpy()
+    if not np.isfinite(rotations).all() or (run.shifts is not None and not bool(torch.isfinite(run.shifts).all())):
+        raise ValueError(f"{run_dir}: the run's poses hold NaN or Inf; no poses or map written (the inputs are the "
+                         "likely cause: CTF parameters, constant or NaN images, the learning rates)")
     origins = np.zeros((n, 2)) if run.shifts is None else run.shifts.to(torch.float64).numpy() * data.pixel_size
     extra = {} if not run.config.halves or data.half is None else {"rlnRandomSubset": data.half}
     # The poses first: they are the run's result, and the maps below take a pass over the images at full size.
@@ -149,6 +152,10 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     # during training.
     maps_data = run.output_data()
     whole, *halves = run.final_maps(maps_data)
+    if not np.isfinite(whole).all() or not np.any(whole):
+        raise ValueError(f"{run_dir / 'map.mrc'}: the map from the final poses is "
+                         f"{'not finite' if not np.isfinite(whole).all() else 'all zero'}; not written (poses.star "
+                         "is, for inspection)")
     out["map"] = write_mrc(run_dir / "map.mrc", whole, maps_data.pixel_size)
     found = masked(whole, maps_data.pixel_size, run.config.mask_diameter)
     mask = None if found is None else found[0]

@@ -14,6 +14,7 @@ from ..physics.likelihood import ShellNoiseModel, gaussian_nll, l1_loss
 from ..physics.so3 import exp_so3
 from .batches import Batch, ImageSource
 from .frequencies import Frequencies
+from .guard import DivergenceGuard
 
 __all__ = ["SHIFT_CHUNK_VALUES", "ImageModel", "about_z", "square_grid"]
 
@@ -44,6 +45,7 @@ class ImageModel:
         self.volume, self.noise, self.source = volume, noise, source
         self.loss_fn = gaussian_nll if loss == "gaussian" else l1_loss
         self.size = source.size
+        self.guard = DivergenceGuard()  # every training step through it: none that leaves a NaN is kept
 
     @property
     def device(self) -> torch.device:

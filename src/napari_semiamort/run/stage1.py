@@ -148,9 +148,8 @@ class MultiHeadWTA:
         self.optimizer.zero_grad(set_to_none=True)
         opt_volume.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
         model.volume.keep_gradient_within(fr.max_shell)  # the band's edge voxels stay as they were
-        opt_volume.step()
+        model.guard.step(loss, (self.optimizer, opt_volume))
         shifts = None if sh is None else sh[b, head].detach().cpu()
         return Stage1Result(float(loss.detach()), rot[b, head].detach().cpu(), shifts, head.cpu())
 
@@ -243,7 +242,7 @@ class GridEM:
         opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         model.volume.keep_gradient_within(fr.max_shell)  # the band's edge voxels stay as they were
-        opt_volume.step()
+        model.guard.step(loss, (opt_volume,))
         best = weights.argmax(1)
         b = torch.arange(len(idx), device=model.device)
         shifts_out = None if sh is None else sh[b, best].detach().cpu()

@@ -51,7 +51,7 @@ def autodecode_step(model: ImageModel, table: PoseTable, batch: Batch, idx: torc
         loss = (per_image * keep).sum() / keep.sum().clamp_min(1)
     opt_volume.zero_grad(set_to_none=True)
     loss.backward()
-    opt_volume.step()
+    model.guard.step(loss, (opt_volume,))
     residual = pred.detach() - batch.obs
     model.noise.accumulate(residual if keep is None else residual[keep], fr.shells)
     return Stage2Result(float(loss.detach()), rot, sh)

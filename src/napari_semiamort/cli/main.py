@@ -13,6 +13,7 @@ Sub-commands (``semiamort COMMAND --help`` for each):
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -23,6 +24,13 @@ _COMMANDS = {
     "demo": "napari_semiamort.cli.demo",
     "export": "napari_semiamort.cli.export",
     "inspect": "napari_semiamort.cli.inspect_run",
+}
+
+# The errors of writing that end a command with one line (run/folder.py's WRITE_ERRNOS), in plain words
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file would exceed the file size limit (ulimit -f)", errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
 }
 
 
@@ -78,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"semiamort {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a quota, a size limit, a read-only folder: one line, not a traceback
+        if exc.errno is not None and exc.errno not in _WRITE_ERRORS:
+            raise
+        print(f"semiamort {args.command}: error: {_write_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _write_error(exc: OSError) -> str:
+    """A failed write as one line: the file and the problem (or the program's own sentence, an ``OSError`` with
+    no errno), then what the program added (its notes: what is intact, how to go on)."""
+    text = str(exc) if exc.errno is None else f"{exc.filename or 'a file'}: {_WRITE_ERRORS[exc.errno]}"
+    return "; ".join([text, *getattr(exc, "__notes__", ())])
 
 
 if __name__ == "__main__":

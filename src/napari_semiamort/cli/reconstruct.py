@@ -176,38 +176,18 @@ def train(run, run_dir: Path, quiet: bool = False) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..devices import set_cpu_threads
-    from ..run.loop import Reconstruction
+    from ..run.folder import RunFolder
     from ..run.outputs import write_config
-    from ..run.session import describe
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        # what does not change the training: the run's length, where it runs, and the maps' box
-        overrides = {k: getattr(args, k) for k in ("epochs", "device", "threads", "output_box")
-                     if getattr(args, k) is not None}
-        threads = overrides.get("threads", _saved_threads(run_dir))
-        set_cpu_threads(threads)  # before the run builds anything
-        run = Reconstruction.resume(run_dir, **overrides)
-        if threads is None:  # no readable config.json: the checkpoint's own setting
-            set_cpu_threads(run.config.threads)
-        print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.end_epoch}")
-    else:
-        if not args.particles or not args.outdir:
-            raise ValueError("give a particle file (.star, .cs or .mrcs) and -o RUN_DIR (or --resume RUN_DIR)")
-        run_dir = Path(args.outdir)
-        if run_dir.exists() and any(run_dir.iterdir()) and not args.force:
-            raise FileExistsError(f"{run_dir}: exists and is not empty; pass --force to write into it")
-        cfg = config_from_args(args)
-        set_cpu_threads(cfg.threads)  # a process-wide setting: the program's, not the library's
-        if cfg.threads is None and cfg.device in ("auto", "cpu"):  # the count chosen from the load, recorded:
-            import torch  # a resume runs with the same (the same arithmetic order)
-
-            cfg.threads = torch.get_num_threads()
-        run = _new_run(cfg, run_dir)
-        print(_summary(describe(run, run_dir, with_handle=False)))
-    write_config(run_dir, run.config.to_dict(), resumed=bool(args.resume))
-    train(run, run_dir)
+    if not args.resume and not (args.particles and args.outdir):
+        raise ValueError("give a particle file (.star, .cs or .mrcs) and -o RUN_DIR (or --resume RUN_DIR)")
+    run_dir = Path(args.resume or args.outdir)
+    cfg = None if args.resume else config_from_args(args)  # the options checked before the folder is touched
+    # the folder is this run's alone while it runs (run/folder.py); a --force clears it once the data are read
+    with RunFolder(run_dir, new=cfg is not None, force=args.force) as folder:
+        run = _resumed_run(args, folder) if cfg is None else _new_run(cfg, folder)
+        write_config(run_dir, run.config.to_dict(), resumed=cfg is None)
+        train(run, run_dir)
     print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}  ChimeraX: {run_dir / 'chimerax.cxc'}")
     junk = run.state.junk
     if junk is not None and bool(junk.any()):
@@ -216,22 +196,43 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_run(cfg: ReconstructionConfig, run_dir: Path):
-    """The run of ``cfg`` in ``run_dir`` (made here; a previous run's results in it removed). A start that
-    fails (the data cannot be read) leaves no empty run folder behind."""
+def _resumed_run(args: argparse.Namespace, folder):
+    """The run in ``folder`` (a :class:`~napari_semiamort.run.folder.RunFolder`, taken) from its checkpoint."""
+    from ..devices import set_cpu_threads
     from ..run.loop import Reconstruction
-    from ..run.outputs import RUN_OUTPUTS
 
-    made = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_OUTPUTS:  # --force: a previous run's results must not pass for this one's
-        (run_dir / name).unlink(missing_ok=True)
-    try:
-        return Reconstruction(cfg, run_dir=run_dir)
-    except BaseException:
-        if made and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-        raise
+    run_dir = folder.path
+    # what does not change the training: the run's length, where it runs, and the maps' box
+    overrides = {k: getattr(args, k) for k in ("epochs", "device", "threads", "output_box")
+                 if getattr(args, k) is not None}
+    threads = overrides.get("threads", _saved_threads(run_dir))
+    set_cpu_threads(threads)  # before the run builds anything
+    run = Reconstruction.resume(run_dir, **overrides)
+    if threads is None:  # no readable config.json: the checkpoint's own setting
+        set_cpu_threads(run.config.threads)
+    folder.ready(run)
+    print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.end_epoch}")
+    return run
+
+
+def _new_run(cfg: ReconstructionConfig, folder):
+    """The run of ``cfg`` in ``folder`` (a :class:`~napari_semiamort.run.folder.RunFolder`, taken). Its data are
+    read and checked before a previous run's results there are removed (``--force``): a start that fails leaves
+    them as they were (and no empty run folder behind)."""
+    from ..devices import set_cpu_threads
+    from ..run.loop import Reconstruction
+    from ..run.session import describe
+
+    set_cpu_threads(cfg.threads)  # a process-wide setting: the program's, not the library's
+    if cfg.threads is None and cfg.device in ("auto", "cpu"):  # the count chosen from the load, recorded:
+        import torch  # a resume runs with the same (the same arithmetic order)
+
+        cfg.threads = torch.get_num_threads()
+    folder.check_inputs(cfg)  # before the data are read: an input the run would overwrite
+    run = Reconstruction(cfg, run_dir=folder.path)  # writes nothing into the folder before its first epoch ends
+    folder.ready(run)  # its stacks too, the free space; then a previous run's results removed
+    print(_summary(describe(run, folder.path, with_handle=False)))
+    return run
 
 
 def _saved_threads(run_dir: Path) -> int | None:

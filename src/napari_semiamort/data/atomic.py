@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_path"]
+
+# A write that fails for want of room (a full disk, a quota, a file size limit: ``ulimit -f``) or permission
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _umask() -> int:
@@ -18,7 +23,9 @@ def _umask() -> int:
 class atomic_path:
     """Context manager yielding a temporary path next to ``path``; renamed onto it only on success.
 
-    An interrupted write never leaves a half-written file under the final name.
+    An interrupted or failed write never leaves a half-written file under the final name, and its temporary file
+    is removed. A write that fails for want of room or permission raises ``OSError`` naming ``path`` (the final
+    name, not the temporary's), also where the writer raised another error from it (:func:`_write_error`).
     """
 
     def __init__(self, path: str | Path, force: bool = True):
@@ -28,15 +35,42 @@ class atomic_path:
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                raise
+            raise OSError(exc.errno, os.strerror(exc.errno), str(self.path)) from None
         os.close(fd)
         self.tmp = Path(tmp)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give the usual permissions
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+            try:
+                os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give the usual permissions
+                os.replace(self.tmp, self.path)
+            except BaseException:
+                _remove(self.tmp)
+                raise
+            return False
+        cause = _write_error(exc, self.tmp) if isinstance(exc, Exception) else None  # not for Ctrl-C
+        _remove(self.tmp)
+        if cause is not None:
+            raise OSError(cause, os.strerror(cause), str(self.path)) from exc
         return False
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # the write's own error is the one to report
+        tmp.unlink(missing_ok=True)
+
+
+def _write_error(exc: Exception, tmp: Path) -> int | None:
+    """The errno of a write into ``tmp`` that failed for want of room or permission, or None for other failures:
+    the error itself, or the one it was raised from (torch.save into an open file reports a short write as a
+    ``RuntimeError`` raised from the file's ``OSError``; given a path instead, its C++ writer loses the errno)."""
+    for e in (exc, exc.__cause__ or exc.__context__):
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS and e.filename in (None, str(tmp)):
+            return e.errno
+    return None

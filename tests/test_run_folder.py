@@ -244,3 +244,14 @@ def test_atomic_path_names_the_final_file_of_a_write_that_found_no_room_and_leav
             raise RuntimeError("unexpected pos 704 vs 598")  # noqa: B904 - as torch raises it
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_finds_the_reason_of_a_write_whose_writer_dropped_it(tmp_path):
+    """torch.save given a path reports a write beyond the size limit as a RuntimeError without the errno."""
+    code = LIMITED.split("import os, sys")[0] + (
+        "import sys, torch\nfrom napari_semiamort.data.atomic import atomic_path\n"
+        "try:\n    with atomic_path(sys.argv[1]) as tmp:\n        torch.save(torch.zeros(1_000_000), tmp)\n"
+        "except OSError as exc:\n    print(exc.errno, exc.filename)\n")
+    done = run_child([str(tmp_path / "big.pt")], code)
+    assert done.stdout.split() == [str(errno.EFBIG), str(tmp_path / "big.pt")], done.stderr
+    assert list(tmp_path.iterdir()) == []

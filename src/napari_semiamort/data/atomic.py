@@ -11,7 +11,8 @@ from pathlib import Path
 __all__ = ["atomic_path"]
 
 # A write that fails for want of room (a full disk, a quota, a file size limit: ``ulimit -f``) or permission
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_WRITE_ERRNOS = _NO_ROOM | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _umask() -> int:
@@ -67,10 +68,21 @@ def _remove(tmp: Path) -> None:
 
 
 def _write_error(exc: Exception, tmp: Path) -> int | None:
-    """The errno of a write into ``tmp`` that failed for want of room or permission, or None for other failures:
-    the error itself, or the one it was raised from (torch.save into an open file reports a short write as a
-    ``RuntimeError`` raised from the file's ``OSError``; given a path instead, its C++ writer loses the errno)."""
+    """The errno of a write into ``tmp`` that failed for want of room or permission, or None for other failures.
+
+    The error itself, or the one it was raised from (torch.save into an open file reports a short write as a
+    ``RuntimeError`` raised from the file's ``OSError``); or, where a writer dropped the errno (torch.save given
+    a path: its C++ writer raises ``RuntimeError: ... iostream error`` or ``unexpected pos``), the error that
+    writing more into ``tmp`` gets now: the same full disk, quota or size limit refuses it again."""
     for e in (exc, exc.__cause__ or exc.__context__):
         if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS and e.filename in (None, str(tmp)):
             return e.errno
+    if not isinstance(exc, RuntimeError):
+        return None
+    try:
+        with open(tmp, "ab", buffering=0) as fh:
+            fh.write(bytes(1 << 20))
+            os.fsync(fh.fileno())
+    except OSError as probe:
+        return probe.errno if probe.errno in _NO_ROOM else None
     return None

@@ -250,3 +250,27 @@ def test_semiamort_help_lists_the_subcommands():
                          text=True, check=True).stdout
     for cmd in ("reconstruct", "simulate", "fsc", "demo"):
         assert cmd in out
+
+
+def test_a_device_out_of_memory_or_a_diverged_run_ends_in_one_line_saying_what_to_do(monkeypatch, tmp_path, capsys):
+    import torch
+
+    from napari_semiamort.cli import reconstruct
+    from napari_semiamort.run.guard import TrainingDiverged
+
+    def out_of_memory(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+
+    monkeypatch.setattr(reconstruct, "main", out_of_memory)
+    assert main(["reconstruct", "p.star", "-o", str(tmp_path / "r"), "--batch-size", "128"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "CUDA out of memory. Tried to allocate 2.00 GiB" in err and "--batch-size 64" in err
+
+    def diverged(args):
+        raise TrainingDiverged("training diverged: 20 steps in a row ... Check the inputs")
+
+    monkeypatch.setattr(reconstruct, "main", diverged)
+    assert main(["reconstruct", "p.star", "-o", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("semiamort reconstruct: error: training diverged") and err.count("\n") == 1

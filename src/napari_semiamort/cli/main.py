@@ -91,6 +91,30 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"semiamort {args.command}: error: {_write_error(exc)}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # a run that diverged, a GPU out of memory: one line that says what to do
+        line = _run_error(exc, args)
+        if line is None:
+            raise
+        print(f"semiamort {args.command}: error: {line}", file=sys.stderr)
+        return 1
+
+
+def _run_error(exc: RuntimeError, args) -> str | None:
+    """The line for a run's own failures (None: not one, a traceback is more use): training that diverged
+    (:class:`~napari_semiamort.run.guard.TrainingDiverged`), and a device out of memory, with a batch to try."""
+    from ..run.config import ReconstructionConfig
+    from ..run.guard import TrainingDiverged
+
+    if isinstance(exc, TrainingDiverged):
+        return str(exc)
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return None
+    batch = getattr(args, "batch_size", None) or ReconstructionConfig().batch_size
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+    return (f"the device ran out of memory ({first}) at a batch of {batch} images; a batch of {max(1, batch // 2)}"
+            f" needs about half the memory of the step: rerun with --batch-size {max(1, batch // 2)} (and "
+            "--stage2-batch-size likewise where set), or --device cpu")
 
 
 def _write_error(exc: OSError) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .checks import PIXEL_SIZE_RANGE, check_file, check_pixel_size
 from .mrc import Stack
 from .particles import CTF_FIELDS, ParticleTable
 
@@ -102,9 +103,7 @@ def load_pickle_safely(path: str | Path) -> np.ndarray | tuple | list:
     anything else (``os.system``, a class of some package) is refused before any of it runs. Object
     arrays, dicts and other containers are refused after loading.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such pickle file")
+    path = check_file(path, "pickle file")
     try:
         with open(path, "rb") as fh:
             obj = _NumpyOnlyUnpickler(fh, path).load()
@@ -172,6 +171,9 @@ def ctf_to_cryodrgn(ctf: dict[str, np.ndarray], box: int, pixel_size: float) -> 
 def _check_rotations(path: Path, rot: np.ndarray) -> None:
     if rot.ndim != 3 or rot.shape[1:] != (3, 3):
         raise ValueError(f"{path}: rotations have shape {rot.shape}; a cryoDRGN pose file has (N, 3, 3)")
+    if not np.isfinite(rot).all():
+        raise ValueError(f"{path}: rotation {int(np.flatnonzero(~np.isfinite(rot).all((1, 2)))[0]) + 1} holds NaN or "
+                         "Inf values")
     err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max(initial=0.0)
     if err > 1e-3 or np.any(np.linalg.det(rot) < 0):
         raise ValueError(f"{path}: not rotation matrices (RRᵀ differs from I by {err:.2g}, or det < 0)")
@@ -200,6 +202,9 @@ def read_pose_pkl(path: str | Path, box: int, pixel_size: float) -> tuple[np.nda
             f"{path}: translations have shape {trans.shape}; with {len(rot)} rotations a cryoDRGN pose file "
             f"has ({len(rot)}, 2)"
         )
+    if not np.isfinite(trans).all():
+        raise ValueError(f"{path}: translation {int(np.flatnonzero(~np.isfinite(trans).all(1))[0]) + 1} holds NaN or "
+                         "Inf values")
     return rot, trans * (box * pixel_size)
 
 
@@ -271,8 +276,10 @@ def read_cryodrgn(
     """
     stack = Path(stack_path)
     images = Stack(stack)
-    # The header's count: a truncated file is reported by the dataset when a missing image is asked for.
-    n, box, voxel = images.declared, images.box, images.header_pixel_size
+    if images.truncated:  # every image of a bare stack is a particle; checked before a row is made for each
+        raise ValueError(f"{stack}: truncated: the header declares {images.declared:,} images of {images.box} × "
+                         f"{images.box} pixels, the file holds only {len(images):,} complete ones")
+    n, box, voxel = len(images), images.box, images.header_pixel_size
     ctf = None
     ctf_missing = [name for name, default in CTF_FIELDS.items() if default is None]
     if ctf_pkl is not None:
@@ -281,8 +288,10 @@ def read_cryodrgn(
         _check_rows(ctf_pkl, len(ctf["rlnDefocusU"]), stack, n)
         ctf_missing = []
         if pixel_size is None:
+            check_pixel_size(ctf_pixel, f"{ctf_pkl} (column Apix)")
             pixel_size = ctf_pixel if ctf_box == box else ctf_box * ctf_pixel / box
-    if pixel_size is None and voxel not in (0.0, 1.0):  # 0 and 1 Å are what tools write when they do not know
+    lo, hi = PIXEL_SIZE_RANGE
+    if pixel_size is None and voxel != 1.0 and lo <= voxel <= hi:  # 0 and 1 Å: what tools write when they do not know
         pixel_size = voxel
     rotations = origins = None
     if pose_pkl is not None:
@@ -303,6 +312,7 @@ def read_cryodrgn(
         box=box,
         ctf=ctf,
         ctf_missing=ctf_missing,
+        ctf_source=None if ctf_pkl is None else Path(ctf_pkl),
         rotations=rotations,
         origins=origins,
     )

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .checks import check_file, check_pixel_size
 from .mrc import Stack
 from .particles import CTF_FIELDS, ParticleTable, resolve_stacks
 
@@ -67,8 +68,7 @@ def _as_float_array(values: np.ndarray) -> np.ndarray:
 
 def _load_structured(path: Path) -> dict[str, np.ndarray]:
     """The fields of a ``.cs`` file as a dict of column arrays; clear errors for anything else."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such cryoSPARC .cs file")
+    check_file(path, "cryoSPARC .cs file")
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -153,6 +153,17 @@ def _stack_paths(
     return resolve_stacks(path, names, datadir, require=require), rank[inverse.reshape(-1)].astype(np.int64)
 
 
+def _image_indices(path: Path, idx: np.ndarray) -> np.ndarray:
+    """``blob/idx`` as 0-based int64 image indices; a one-line error for anything else."""
+    if idx.dtype.kind not in "iu" or idx.ndim != 1:
+        raise ValueError(f"{path}: blob/idx holds {idx.dtype} values of shape {idx.shape}, not image indices")
+    index = idx.astype(np.int64)
+    if index.size and index.min() < 0:
+        raise ValueError(f"{path}: blob/idx holds {index.min()} in row {int(np.argmin(index)) + 1}; "
+                         "image indices start at 0")
+    return index
+
+
 def _single_pixel_size(path: Path, psize: np.ndarray) -> float:
     values = np.unique(np.asarray(psize, dtype=np.float32))
     if len(values) != 1:
@@ -161,7 +172,7 @@ def _single_pixel_size(path: Path, psize: np.ndarray) -> float:
             f"{path}: particles have {len(values)} different pixel sizes (blob/psize_A: {shown}); "
             "split the file by pixel size (one optics group at a time)"
         )
-    return _as_float(values[0])
+    return check_pixel_size(_as_float(values[0]), f"{path}: blob/psize_A")
 
 
 def _single_box(path: Path, shape: np.ndarray) -> int:
@@ -215,7 +226,7 @@ def read_cs(
     if "blob/psize_A" not in fields:
         raise ValueError(f"{path}: no blob/psize_A field (the pixel size of the particle images)")
     stacks, stack_index = _stack_paths(path, fields["blob/path"], datadir, require_stacks)
-    image_index = fields["blob/idx"].astype(np.int64)
+    image_index = _image_indices(path, fields["blob/idx"])
     pixel_size = _single_pixel_size(path, fields["blob/psize_A"])
     box = _single_box(path, fields["blob/shape"]) if "blob/shape" in fields else None
 

@@ -2,7 +2,10 @@
 
 Preparation, per image and in this order (RELION's ``relion_preprocess`` does the same steps):
 
-1. images with NaN or Inf are skipped (counted and logged at :meth:`ParticleDataset.scan`);
+1. particles that cannot be used are skipped and listed in the log at :meth:`ParticleDataset.scan`: images
+   holding NaN or Inf, values beyond ±1e15 or one value throughout (:func:`~.checks.image_problems`), and
+   rows whose per-particle CTF values are not finite or out of range (:func:`~.checks.ctf_rows_to_skip`;
+   bad optics values are refused when the dataset is made);
 2. downsampling to ``box`` by Fourier cropping (the pixel size grows by the ratio);
 3. normalisation: mean 0, standard deviation 1 in the background ring outside 0.45 of the box;
 4. contrast inversion when the particles are dark on a light background (RELION and our model expect
@@ -24,6 +27,7 @@ import torch
 
 from ..physics.ctf import CtfMode, CTFParams
 from ..physics.fourier import fourier_crop_2d
+from .checks import IMAGE_PROBLEMS, PIXEL_SIZE_RANGE, check_pixel_size, ctf_rows_to_skip, image_problems
 from .mrc import Stack
 from .particles import ParticleTable
 
@@ -121,53 +125,22 @@ class ParticleDataset:
     ):
         self.table = table
         src = table.source
-        if len(table) == 0:
-            raise ValueError(f"{src}: no particles")
         if invert not in ("auto", "yes", "no"):
             raise ValueError(f"invert must be 'auto', 'yes' or 'no', not {invert!r}")
         self.stacks = [Stack(p) for p in table.stacks]
-        boxes = sorted({s.box for s in self.stacks})
-        if len(boxes) > 1:
-            first = {b: next(s.path for s in self.stacks if s.box == b) for b in boxes[:2]}
-            raise ValueError(
-                f"{src}: mixed box sizes: {', '.join(f'{p} has {b} px' for b, p in first.items())}; "
-                "re-extract the particles at one box size"
-            )
-        self.raw_box = boxes[0]
-        if table.box is not None and table.box != self.raw_box:
-            raise ValueError(f"{src}: the metadata says the images are {table.box} px, the stacks hold "
-                             f"{self.raw_box} px images ({self.stacks[0].path})")
-        for s_id, stack in enumerate(self.stacks):
-            used = table.image_index[table.stack_index == s_id]
-            if used.size:
-                stack.check_index(int(used.max()), src)
+        self.raw_box = self._check_stacks()
         self.raw_pixel_size = self._pixel_size(pixel_size)
         if box is None and self.raw_box % 2:
             box = self.raw_box - 1  # the centre convention (N // 2) needs even boxes: crop one Fourier pixel
             log.info("%s: odd box %d: images downsampled to %d", src, self.raw_box, box)
-        self.box = int(box or self.raw_box)
-        if self.box > self.raw_box or self.box < 8 or self.box % 2:
-            raise ValueError(f"box {self.box}: choose an even size from 8 to the images' {self.raw_box} px")
+        self.box = self.check_box(box or None)  # 0: as extracted, as None
         self.pixel_size = self.raw_pixel_size * self.raw_box / self.box
-
+        # input rows (0-based) skipped, with the reason: the CTF's now, the images' at the scan
+        self.skip_reasons: dict[int, str] = {}
         self.ctf: CTFParams | None = None
         self.ctf_mode: torch.Tensor | None = None  # (N,) CtfMode of each image
         if use_ctf:
-            if table.ctf is None:
-                missing = ", ".join(table.ctf_missing) or "all"
-                raise ValueError(f"{src}: CTF fields missing ({missing}); add them or run with --no-ctf")
-            c = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in table.ctf.items()}
-            self.ctf = CTFParams(
-                defocus_u_in_angstroms=c["rlnDefocusU"], defocus_v_in_angstroms=c["rlnDefocusV"],
-                astigmatism_angle_in_degrees=c["rlnDefocusAngle"], voltage_in_kilovolts=c["rlnVoltage"],
-                spherical_aberration_in_mm=c["rlnSphericalAberration"],
-                amplitude_contrast=c["rlnAmplitudeContrast"], phase_shift_in_degrees=c["rlnPhaseShift"],
-                bfactor_in_angstroms_squared=c["rlnCtfBfactor"],
-            )
-            flipped = np.zeros(len(table), bool) if table.phase_flipped is None else table.phase_flipped
-            premult = np.zeros(len(table), bool) if table.ctf_premultiplied is None else table.ctf_premultiplied
-            self.ctf_mode = torch.from_numpy(np.where(premult, CtfMode.PREMULTIPLIED, np.where(
-                flipped, CtfMode.PHASE_FLIPPED, CtfMode.PLAIN)).astype(np.int64))
+            self._set_ctf()
 
         self.reference_rotations = None  # (N, 3, 3) float32 from the file's poses, for metrics
         self.reference_shifts = None  # (N, 2) RELION origins in (prepared) pixels
@@ -187,27 +160,74 @@ class ParticleDataset:
             self._mask = self._soft_mask(self.box, self.pixel_size)
         self._cache: torch.Tensor | None = None
         self.scanned = False  # scan() has run: contrast decided, bad images skipped
-        self.skipped = np.zeros(0, dtype=np.int64)  # rows of the input table skipped for NaN/Inf
+        self.skipped = np.zeros(0, dtype=np.int64)  # rows of the input table skipped (skip_reasons says why)
         self.rows = np.arange(len(table))  # each particle's row in the input table
+
+    def _check_stacks(self) -> int:
+        """The stacks' one box, after checking it against the metadata's and every image index against its stack."""
+        src, table = self.table.source, self.table
+        if not self.stacks:
+            raise ValueError(f"{src}: no particles")
+        boxes = sorted({s.box for s in self.stacks})
+        if len(boxes) > 1:
+            first = {b: next(s.path for s in self.stacks if s.box == b) for b in boxes[:2]}
+            raise ValueError(
+                f"{src}: mixed box sizes: {', '.join(f'{p} has {b} px' for b, p in first.items())}; "
+                "re-extract the particles at one box size"
+            )
+        if table.box is not None and table.box != boxes[0]:
+            raise ValueError(f"{src}: the metadata says the images are {table.box} px, the stacks hold "
+                             f"{boxes[0]} px images ({self.stacks[0].path})")
+        for s_id, stack in enumerate(self.stacks):
+            used = table.image_index[table.stack_index == s_id]
+            if used.size:
+                stack.check_index(int(used.max()), src)
+        return boxes[0]
+
+    def _set_ctf(self) -> None:
+        """Each image's CTF parameters and mode; the rows whose per-particle values are unusable are noted to be
+        skipped at the scan (:func:`~.checks.ctf_rows_to_skip`: bad optics values are refused)."""
+        table, src = self.table, self.table.source
+        if table.ctf is None:
+            missing = ", ".join(table.ctf_missing) or "all"
+            raise ValueError(f"{src}: CTF fields missing ({missing}); add them or run with --no-ctf")
+        skip = ctf_rows_to_skip(table.ctf_source or src, table.ctf)
+        self.skip_reasons.update({i: f"CTF {why}" for i, why in skip.items()})
+        c = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in table.ctf.items()}
+        self.ctf = CTFParams(
+            defocus_u_in_angstroms=c["rlnDefocusU"], defocus_v_in_angstroms=c["rlnDefocusV"],
+            astigmatism_angle_in_degrees=c["rlnDefocusAngle"], voltage_in_kilovolts=c["rlnVoltage"],
+            spherical_aberration_in_mm=c["rlnSphericalAberration"],
+            amplitude_contrast=c["rlnAmplitudeContrast"], phase_shift_in_degrees=c["rlnPhaseShift"],
+            bfactor_in_angstroms_squared=c["rlnCtfBfactor"],
+        )
+        flipped = np.zeros(len(table), bool) if table.phase_flipped is None else table.phase_flipped
+        premult = np.zeros(len(table), bool) if table.ctf_premultiplied is None else table.ctf_premultiplied
+        self.ctf_mode = torch.from_numpy(np.where(premult, CtfMode.PREMULTIPLIED, np.where(
+            flipped, CtfMode.PHASE_FLIPPED, CtfMode.PLAIN)).astype(np.int64))
 
     def _pixel_size(self, override: float | None) -> float:
         src, headers = self.table.source, {round(s.header_pixel_size, 4) for s in self.stacks}
         header = next(iter(headers)) if len(headers) == 1 else None
+        lo, hi = PIXEL_SIZE_RANGE
+        usable = header is not None and header not in _UNSET_PIXEL_SIZES and lo <= header <= hi
         if override is not None:
-            if not override > 0:
-                raise ValueError(f"--pixel-size {override}: must be positive")
-            return float(override)
+            return check_pixel_size(override, "--pixel-size")
         if self.table.pixel_size is not None:
-            plausible = header is not None and header not in _UNSET_PIXEL_SIZES
-            if plausible and abs(header / self.table.pixel_size - 1) > 0.01:
+            metadata = check_pixel_size(self.table.pixel_size, f"{src}: the metadata")
+            if usable and abs(header / metadata - 1) > 0.01:
                 log.warning("%s: the metadata says %.4f Å/px, the stack header %.4f Å/px; using the metadata's "
-                            "(override with --pixel-size)", src, self.table.pixel_size, header)
-            return float(self.table.pixel_size)
-        if header is not None and header not in _UNSET_PIXEL_SIZES:
+                            "(override with --pixel-size)", src, metadata, header)
+            return metadata
+        if usable:
             log.info("%s: pixel size %.4f Å from the stack header", src, header)
             return float(header)
-        said = f"the stack header says {header:g} Å, the usual 'unset' value" if header is not None else \
-            "the stack headers disagree"
+        if header is None:
+            said = "the stack headers disagree"
+        elif header in _UNSET_PIXEL_SIZES:
+            said = f"the stack header says {header:g} Å, the usual 'unset' value"
+        else:
+            said = f"the stack header says {header:g} Å, not a pixel size (allowed: {lo:g}–{hi:g} Å)"
         raise ValueError(f"{src}: no pixel size in the metadata and {said}; give it with --pixel-size")
 
     # ------------------------------------------------------------------ size and subsets
@@ -267,7 +287,9 @@ class ParticleDataset:
         """``box`` (None: the stacks' own, less one pixel when odd) if the images can be prepared at it."""
         box = self.raw_box - self.raw_box % 2 if box is None else int(box)
         if box > self.raw_box or box < 8 or box % 2:
-            raise ValueError(f"{self.source}: box {box}: choose an even size from 8 to the images' {self.raw_box} px")
+            why = "larger than the images" if box > self.raw_box else "odd" if box % 2 else "too small"
+            raise ValueError(f"{self.source}: box {box}: choose an even size from 8 to the images' {self.raw_box} px "
+                             f"({box} px is {why})")
         return box
 
     def at_box(self, box: int | None = None) -> ParticleDataset:
@@ -300,17 +322,18 @@ class ParticleDataset:
         return read_images(self.table, self.stacks, np.asarray(idx), self.raw_box)
 
     def prepare(self, raw: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw images `(B, L0, L0)` → prepared `(B, L, L)` (unmasked) and which were finite `(B,)`."""
+        """Raw images `(B, L0, L0)` → prepared `(B, L, L)` (unmasked) and what is wrong with each `(B,)` int64
+        (0: nothing; else an :data:`~.checks.IMAGE_PROBLEMS` code: such images are prepared as zeros)."""
         x = torch.as_tensor(raw, dtype=torch.float32)
-        finite = torch.isfinite(x).flatten(1).all(1)
-        if not bool(finite.all()):
-            x = torch.where(finite[:, None, None], x, torch.zeros((), dtype=x.dtype))
+        problems = image_problems(x)
+        if bool(problems.any()):
+            x = torch.where(problems[:, None, None] == 0, x, torch.zeros((), dtype=x.dtype))
         if self.box != self.raw_box:
             x = fourier_crop_2d(x, self.box)
         x = normalize_background(x)
         if self.sign != 1.0:
             x = x * self.sign
-        return x, finite
+        return x, problems
 
     def read(self, idx: np.ndarray | torch.Tensor, masked: bool = True) -> torch.Tensor:
         """Prepared images `(B, L, L)` float32 for particle indices ``idx`` (masked unless ``masked=False``)."""
@@ -325,43 +348,68 @@ class ParticleDataset:
 
     # ------------------------------------------------------------------ the first pass
     def scan(self, cache_bytes: float = CACHE_BYTES, chunk: int = 1024, contrast_sample: int = 4096) -> ParticleDataset:
-        """Read every image once: find those with NaN/Inf, decide the contrast, cache when it fits.
+        """Read every image once: find those that cannot be used (NaN or Inf, values beyond ±1e15, constant; or
+        an unusable CTF, found when the dataset was made), decide the contrast, cache when it fits.
 
-        Returns the dataset without the skipped particles (``self`` when none are); the log says how many
-        were skipped and which rows of the input they were.
+        Returns the dataset without the skipped particles (``self`` when none are); the log lists them, with
+        their rows in the input and why (``skip_reasons`` keeps the list).
         """
         n = len(self)
+        if n < 2:  # two halves, an FSC, a noise estimate: one image makes none of them
+            raise ValueError(f"{self.source}: {n} particle(s): a reconstruction needs at least 2")
         cache = len(self) * self.box**2 * 4 <= cache_bytes
-        kept = np.ones(n, bool)
+        problems = np.zeros(n, np.int64)
+        ctf_bad = np.isin(self.rows, [r for r, why in self.skip_reasons.items() if why.startswith("CTF ")])
         cached = torch.empty(n, self.box, self.box) if cache else None  # filled in place: no second copy
         stats: list[torch.Tensor] = []
         sign, self.sign = self.sign, 1.0  # the contrast is measured on the data as they are
         for s in range(0, n, chunk):
             idx = np.arange(s, min(s + chunk, n))
-            x, finite = self.prepare(self.read_raw(idx))
-            kept[idx] = finite.numpy()
+            x, found = self.prepare(self.read_raw(idx))
+            problems[idx] = found.numpy()
             if sum(len(t) for t in stats) < contrast_sample:
-                stats.append(contrast_statistic(x[finite]))
+                stats.append(contrast_statistic(x[torch.from_numpy((problems[idx] == 0) & ~ctf_bad[idx])]))
             if cache:
                 cached[s : s + len(idx)] = x
         self.sign = sign
         self.scanned = True
+        kept = (problems == 0) & ~ctf_bad
+        if kept.sum() < 2:
+            raise ValueError(f"{self.source}: {int(kept.sum())} usable particle(s) of {n} "
+                             f"({self._unusable(problems, ctf_bad)}): a reconstruction needs at least 2")
         if self.invert == "auto":
             self.sign = self._decide_contrast(torch.cat(stats))
         if cache:
             self._cache = cached.mul_(self.sign)
-        bad = np.flatnonzero(~kept)
-        if bad.size == n:
-            raise ValueError(f"{self.table.source}: every image holds NaN or Inf values")
-        if not bad.size:
+        for code, why in IMAGE_PROBLEMS.items():
+            self.skip_reasons.update({int(r): f"image: {why}" for r in self.rows[problems == code]})
+        if kept.all():
             return self
-        rows = self.rows[bad]
-        shown = ", ".join(str(r + 1) for r in rows[:10]) + (" …" if bad.size > 10 else "")
-        log.warning("%s: skipped %d particle(s) whose images hold NaN or Inf (rows %s)",
-                    self.table.source, bad.size, shown)
+        self._report_skipped(problems, ctf_bad)
         out = self.subset(kept)
-        out.skipped = np.concatenate([self.skipped, rows])
+        out.skipped = np.concatenate([self.skipped, self.rows[~kept]])
         return out
+
+    def _unusable(self, problems: np.ndarray, ctf_bad: np.ndarray) -> str:
+        """``"2 images hold NaN or Inf, 1 with unusable CTF values"``: the count of each reason."""
+        counts = [f"{int((problems == code).sum())} images {why}" for code, why in IMAGE_PROBLEMS.items()
+                  if (problems == code).any()]
+        ctf_only = int((ctf_bad & (problems == 0)).sum())
+        return ", ".join(counts + ([f"{ctf_only} with unusable CTF values"] if ctf_only else []))
+
+    def _report_skipped(self, problems: np.ndarray, ctf_bad: np.ndarray, shown: int = 20) -> None:
+        """One warning per reason, listing the rows of the input skipped for it (the first ``shown``)."""
+        for code, why in IMAGE_PROBLEMS.items():
+            rows = self.rows[problems == code]
+            if rows.size:
+                listed = ", ".join(str(r + 1) for r in rows[:shown]) + (" …" if rows.size > shown else "")
+                log.warning("%s: skipped %d particle(s) whose images %s (%s %s)", self.source, rows.size, why,
+                            "row" if rows.size == 1 else "rows", listed)
+        rows = self.rows[ctf_bad & (problems == 0)]
+        if rows.size:
+            listed = "; ".join(f"row {r + 1}: {self.skip_reasons[int(r)].removeprefix('CTF ')}" for r in rows[:shown])
+            log.warning("%s: skipped %d particle(s) whose CTF values are unusable (%s%s)", self.source, rows.size,
+                        listed, "; …" if rows.size > shown else "")
 
     def scan_state(self) -> dict:
         """What :meth:`scan` decided (the contrast, the input rows kept and skipped) and the halves: enough to
@@ -369,7 +417,7 @@ class ParticleDataset:
         if not self.scanned:
             raise RuntimeError(f"{self.source}: scan_state before scan()")
         return {"sign": self.sign, "rows": self.rows.copy(), "skipped": self.skipped.copy(),
-                "half": None if self._half is None else self._half.copy()}
+                "half": None if self._half is None else self._half.copy(), "skip_reasons": dict(self.skip_reasons)}
 
     def restore_scan(self, state: dict, cache_bytes: float = 0.0) -> ParticleDataset:
         """The dataset as :meth:`scan` left it, from :meth:`scan_state`, without reading the images again
@@ -380,6 +428,7 @@ class ParticleDataset:
                              f"{int(rows.max()) + 1}, the file has {len(self)}: is it the run's particle file?")
         out = self if len(rows) == len(self) and np.array_equal(rows, self.rows) else self.subset(rows)
         out.skipped = np.asarray(state["skipped"], dtype=np.int64)
+        out.skip_reasons = dict(state.get("skip_reasons") or {})  # runs saved before issue 20 kept no reasons
         out.sign = float(state["sign"])
         out.scanned = True
         if state.get("half") is not None:

@@ -47,6 +47,7 @@ class ParticleTable:
     box: int | None = None  # image size the metadata states (checked against the stacks)
     ctf: dict[str, np.ndarray] | None = None  # CTF_FIELDS names → (N,) float64; None when incomplete
     ctf_missing: list[str] = field(default_factory=list)  # required CTF fields the file lacks (then ctf is None)
+    ctf_source: Path | None = None  # the file the CTF came from where it is not ``source`` (a cryoDRGN ctf.pkl)
     phase_flipped: np.ndarray | None = None  # (N,) bool: rlnCtfDataArePhaseFlipped
     ctf_premultiplied: np.ndarray | None = None  # (N,) bool: rlnCtfDataAreCtfPremultiplied
     rotations: np.ndarray | None = None  # (N, 3, 3) float64, RELION's A

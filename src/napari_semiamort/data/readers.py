@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .checks import check_file
 from .dataset import ParticleDataset
 from .particles import ParticleTable
 
@@ -32,9 +33,7 @@ def read_particles(
     """The particle table of ``path``, whichever format it is in."""
     path = Path(path)
     suffix = _suffix(path)
-    if not path.exists():
-        kind = {".star": "STAR file", ".cs": "cryoSPARC file"}.get(suffix, "particle file")
-        raise FileNotFoundError(f"{path}: no such {kind}")
+    check_file(path, {".star": "STAR file", ".cs": "cryoSPARC file"}.get(suffix, "particle file"))
     if (ctf_pkl or pose_pkl) and suffix not in STACK_SUFFIXES:
         raise ValueError(f"{path}: cryoDRGN pickles go with a particle stack (.mrcs), not a {suffix} file")
     if suffix == ".star":

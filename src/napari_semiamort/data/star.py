@@ -21,12 +21,13 @@ and every other column the input had.
 from __future__ import annotations
 
 import logging
-import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_path
+from .checks import check_file, check_pixel_size
 from .particles import CTF_FIELDS, ParticleTable, resolve_stacks
 
 __all__ = ["read_star", "read_star_columns", "write_star"]
@@ -54,15 +55,83 @@ log = logging.getLogger("napari_semiamort")
 def _read_blocks(path: Path) -> dict:
     import starfile  # pandas is heavy: imported only where STAR files are read
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such STAR file")
+    text = _check_text(check_file(path, "STAR file"))
     try:
         return starfile.read(path, always_dict=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable STAR file ({exc})") from exc
+        raise ValueError(f"{path}: {_first_ragged_row(text) or f'not a readable STAR file ({exc})'}") from exc
+
+
+_HEADER = re.compile(r"^[ \t]*(data_\S*|loop_|_\S+)", re.MULTILINE)
+_CONTENT = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)  # a line that is neither blank nor a comment
+
+
+def _check_text(path: Path) -> str:
+    """The STAR file's text, after the checks starfile does not make (it reads past them silently): UTF-8
+    throughout, each block name and each column of a block once, no block without content."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}: line {line} holds bytes that are not UTF-8 text ({raw[exc.start:exc.end]!r} at "
+                         f"byte {exc.start}); save the file as UTF-8") from exc
+    seen: dict[str, int] = {}  # block names → line
+    columns: dict[str, int] = {}  # this block's columns (or keys) → line
+    block, line, start, end, in_rows = None, 1, 0, 0, False
+
+    def empty(until: int) -> bool:  # the current block so far holds no column, key or row
+        return block is not None and not columns and _CONTENT.search(text, end, until) is None
+
+    for m in _HEADER.finditer(text):
+        line, start = line + text.count("\n", start, m.start()), m.start()
+        rows_before = _CONTENT.search(text, end, m.start()) is not None  # lines since the last header
+        end = text.find("\n", m.end()) % (len(text) + 1)  # the header line's end (the text's, for the last)
+        token = m.group(1)
+        if token.startswith("data_"):
+            if empty(start):
+                raise ValueError(f"{path}: block {block} (line {seen[block]}) is empty: no loop_ and no values")
+            if token in seen:
+                raise ValueError(f"{path}: block {token} appears twice (lines {seen[token]} and {line})")
+            block, columns, in_rows = token, {}, False
+            seen[token] = line
+        elif token == "loop_":
+            columns, in_rows = {}, False
+        elif block is None or in_rows or rows_before and columns:
+            in_rows = True  # a value in a loop's row that starts with "_", not a column
+        elif token in columns:
+            raise ValueError(f"{path}: column {token} appears twice in {block} (lines {columns[token]} and {line})")
+        else:
+            columns[token] = line
+    if empty(len(text)):
+        raise ValueError(f"{path}: block {block} (line {seen[block]}) is empty: no loop_ and no values")
+    return text
+
+
+def _first_ragged_row(text: str) -> str | None:
+    """Where a loop's row has more or fewer values than the loop has columns (only for a file starfile could not
+    read: this walks every line); None where none is found (values in quotes are not counted)."""
+    block, ncols, in_header = "", 0, False
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0].startswith("data_"):
+            block, ncols, in_header = words[0], 0, False
+        elif words[0] == "loop_":
+            ncols, in_header = 0, True
+        elif in_header and words[0].startswith("_"):
+            ncols += 1
+        elif ncols:
+            in_header = False
+            if len(words) != ncols and '"' not in line and "'" not in line:
+                return f"line {number} has {len(words)} values, the loop of {block} has {ncols} columns"
+    return None
 
 
 def _particle_block(path: Path, blocks: dict):
+    if not blocks:
+        raise ValueError(f"{path}: no data_ block: an empty file, or not a STAR file")
     if "particles" in blocks and hasattr(blocks["particles"], "columns"):
         table = blocks["particles"]
     else:
@@ -103,6 +172,8 @@ def read_star_columns(path: str | Path) -> dict[str, np.ndarray]:
     optics = blocks.get("optics")
     if optics is not None:
         optics = _as_table(optics)
+        if len(optics) == 0:
+            raise ValueError(f"{path}: data_optics has columns but no rows (no optics group is defined)")
     if optics is not None and len(optics):
         if "rlnOpticsGroup" not in optics.columns:
             if len(optics) > 1:
@@ -145,6 +216,10 @@ def _numbers(path: Path, name: str, values, dtype=np.float64) -> np.ndarray:
 
 def _single_value(path: Path, name: str, values: np.ndarray, rel_tol: float) -> float:
     v = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise ValueError(f"{path}: {name} is {v[bad[0]]:g} in row {bad[0] + 1} ({bad.size} such rows); "
+                         "give the pixel size with --pixel-size")
     lo, hi = float(v.min()), float(v.max())
     if hi - lo > rel_tol * max(abs(hi), 1e-12):
         raise ValueError(f"{path}: {name} differs between particles ({lo:g} to {hi:g}); "
@@ -165,9 +240,44 @@ def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: f
     cols = read_star_columns(path)
     optics_rows = cols.pop("_optics", {})
     n = len(cols["rlnImageName"])
+    image_index, stack_names, stack_index = _image_names(path, cols["rlnImageName"])
+    stacks = resolve_stacks(path, stack_names, datadir, require_stacks)
+    pixel_size = _pixel_size(path, cols, pixel_size)
+    box = None
+    if "rlnImageSize" in cols:
+        sizes = np.unique(_numbers(path, "rlnImageSize", cols["rlnImageSize"], np.int64))
+        if len(sizes) > 1:
+            raise ValueError(f"{path}: mixed box sizes {sizes.tolist()} in rlnImageSize; "
+                             "re-extract or split the file so all images have one size")
+        box = int(sizes[0])
 
-    # Image names: index@stack.
-    names = np.asarray(cols["rlnImageName"]).astype(str)
+    # CTF (its values are checked where they are used: ParticleDataset, with use_ctf).
+    missing = [c for c, d in CTF_FIELDS.items() if d is None and c not in cols]
+    ctf = None
+    if not missing:
+        ctf = {c: _numbers(path, c, cols[c]) if c in cols else np.full(n, d, dtype=np.float64)
+               for c, d in CTF_FIELDS.items()}
+
+    def whole(name):
+        return _numbers(path, name, cols[name], np.int64) if name in cols else None
+
+    flipped, premultiplied = whole("rlnCtfDataArePhaseFlipped"), whole("rlnCtfDataAreCtfPremultiplied")
+    rotations, origins = _poses(path, cols, n, pixel_size)
+    # Everything else is carried through; so are the CTF columns of an incomplete CTF (used with --no-ctf).
+    consumed = _CONSUMED - (set(CTF_FIELDS) if ctf is None else set())
+    extra = {c: np.asarray(v) for c, v in cols.items() if c not in consumed}
+    return ParticleTable(
+        source=path, stacks=stacks, stack_index=stack_index, image_index=image_index, pixel_size=pixel_size,
+        box=box, ctf=ctf, ctf_missing=missing,
+        phase_flipped=np.zeros(n, bool) if flipped is None else flipped != 0,
+        ctf_premultiplied=np.zeros(n, bool) if premultiplied is None else premultiplied != 0,
+        rotations=rotations, origins=origins, optics_group=whole("rlnOpticsGroup"), optics=optics_rows, extra=extra,
+    )
+
+
+def _image_names(path: Path, column) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``rlnImageName`` (``index@stack``): each image's 0-based index, the stack names, each image's stack."""
+    names = np.asarray(column).astype(str)
     at = np.char.find(names, "@")
     bad = np.flatnonzero(at < 1)
     if bad.size:
@@ -181,61 +291,47 @@ def read_star(path: str | Path, datadir: str | Path | None = None, pixel_size: f
     if (image_index < 0).any():
         raise ValueError(f"{path}: rlnImageName image indices start at 1; found {image_index.min() + 1}")
     stack_names, stack_index = np.unique(parts[:, 2], return_inverse=True)
-    stacks = resolve_stacks(path, [str(s) for s in stack_names], datadir, require_stacks)
+    return image_index, [str(s) for s in stack_names], stack_index.reshape(-1).astype(np.int64)
 
-    # Pixel size and box.
-    if pixel_size is None:
-        if "rlnImagePixelSize" in cols:
-            ps = _numbers(path, "rlnImagePixelSize", cols["rlnImagePixelSize"])
-            pixel_size = _single_value(path, "rlnImagePixelSize", ps, 0.02)
-        elif "rlnDetectorPixelSize" in cols and "rlnMagnification" in cols:
+
+def _pixel_size(path: Path, cols: dict, given: float | None) -> float | None:
+    """``given`` (``--pixel-size``), else the file's: ``rlnImagePixelSize``, else ``rlnDetectorPixelSize`` (µm) ·
+    10⁴ / ``rlnMagnification``; None where it has neither. Checked (:func:`check_pixel_size`)."""
+    where = "--pixel-size"
+    if given is None and "rlnImagePixelSize" in cols:
+        where = f"{path}: rlnImagePixelSize"
+        ps = _numbers(path, "rlnImagePixelSize", cols["rlnImagePixelSize"])
+        given = _single_value(path, "rlnImagePixelSize", ps, 0.02)
+    elif given is None and "rlnDetectorPixelSize" in cols and "rlnMagnification" in cols:
+        where = f"{path}: rlnDetectorPixelSize / rlnMagnification"
+        with np.errstate(divide="ignore", invalid="ignore"):  # a magnification of 0 is reported as Inf
             ps = (_numbers(path, "rlnDetectorPixelSize", cols["rlnDetectorPixelSize"]) * 1e4
                   / _numbers(path, "rlnMagnification", cols["rlnMagnification"]))
-            pixel_size = _single_value(path, "pixel size (rlnDetectorPixelSize / rlnMagnification)", ps, 0.02)
-    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
-        raise ValueError(f"{path}: pixel size {pixel_size} Å is not positive; give it with --pixel-size")
-    box = None
-    if "rlnImageSize" in cols:
-        sizes = np.unique(_numbers(path, "rlnImageSize", cols["rlnImageSize"], np.int64))
-        if len(sizes) > 1:
-            raise ValueError(f"{path}: mixed box sizes {sizes.tolist()} in rlnImageSize; "
-                             "re-extract or split the file so all images have one size")
-        box = int(sizes[0])
+        given = _single_value(path, "pixel size (rlnDetectorPixelSize / rlnMagnification)", ps, 0.02)
+    return None if given is None else check_pixel_size(given, where)
 
-    # CTF.
-    missing = [c for c, d in CTF_FIELDS.items() if d is None and c not in cols]
-    ctf = None
-    if not missing:
-        ctf = {c: _numbers(path, c, cols[c]) if c in cols else np.full(n, d, dtype=np.float64)
-               for c, d in CTF_FIELDS.items()}
 
-    def flag(name):
-        return np.asarray(cols[name]).astype(np.int64) != 0 if name in cols else np.zeros(n, bool)
-
-    # Poses.
-    rotations = origins = None
+def _poses(path: Path, cols: dict, n: int, pixel_size: float | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The file's poses as ``(rotations, origins in Å)``, or ``(None, None)``: no angles, RELION's "unset"
+    −999, or values that are not finite (reported; the poses only serve the pose-error log)."""
     angle_cols = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-    if all(c in cols for c in angle_cols):
-        ang = np.stack([_numbers(path, c, cols[c]) for c in angle_cols], -1)
-        if not (ang == _UNSET).any():
-            rotations = angles_to_matrices(ang)
-            if "rlnOriginXAngst" in cols and "rlnOriginYAngst" in cols:
-                origins = np.stack([_numbers(path, c, cols[c]) for c in ("rlnOriginXAngst", "rlnOriginYAngst")], -1)
-            elif "rlnOriginX" in cols and "rlnOriginY" in cols and pixel_size is not None:
-                origins = np.stack([_numbers(path, c, cols[c]) for c in ("rlnOriginX", "rlnOriginY")], -1) * pixel_size
-            else:
-                origins = np.zeros((n, 2))
-
-    optics_group = np.asarray(cols["rlnOpticsGroup"]).astype(np.int64) if "rlnOpticsGroup" in cols else None
-    # Everything else is carried through; so are the CTF columns of an incomplete CTF (used with --no-ctf).
-    consumed = _CONSUMED - (set(CTF_FIELDS) if ctf is None else set())
-    extra = {c: np.asarray(v) for c, v in cols.items() if c not in consumed}
-    return ParticleTable(
-        source=path, stacks=stacks, stack_index=stack_index.astype(np.int64), image_index=image_index,
-        pixel_size=None if pixel_size is None else float(pixel_size), box=box, ctf=ctf, ctf_missing=missing,
-        phase_flipped=flag("rlnCtfDataArePhaseFlipped"), ctf_premultiplied=flag("rlnCtfDataAreCtfPremultiplied"),
-        rotations=rotations, origins=origins, optics_group=optics_group, optics=optics_rows, extra=extra,
-    )
+    if not all(c in cols for c in angle_cols):
+        return None, None
+    ang = np.stack([_numbers(path, c, cols[c]) for c in angle_cols], -1)
+    if (ang == _UNSET).any():
+        return None, None
+    if "rlnOriginXAngst" in cols and "rlnOriginYAngst" in cols:
+        origins = np.stack([_numbers(path, c, cols[c]) for c in ("rlnOriginXAngst", "rlnOriginYAngst")], -1)
+    elif "rlnOriginX" in cols and "rlnOriginY" in cols and pixel_size is not None:
+        origins = np.stack([_numbers(path, c, cols[c]) for c in ("rlnOriginX", "rlnOriginY")], -1) * pixel_size
+    else:
+        origins = np.zeros((n, 2))
+    bad = np.flatnonzero(~np.isfinite(np.concatenate([ang, origins], -1)).all(-1))
+    if bad.size:
+        log.warning("%s: the angles or origins of row %d (%d rows in all) are not finite: the file's poses are "
+                    "not used (they only serve the pose-error log)", path, bad[0] + 1, bad.size)
+        return None, None
+    return angles_to_matrices(ang), origins
 
 
 def angles_to_matrices(angles_deg: np.ndarray) -> np.ndarray:

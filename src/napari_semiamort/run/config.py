@@ -209,12 +209,43 @@ class ReconstructionConfig:
              "restarts and max_restarts must be at least 1, restart_margin at least 0"),
             (self.reassign_max_freq is None or 0 < self.reassign_max_freq <= 1,
              "reassign_max_freq must lie in (0, 1] (or None: stage 1's band at the switch)"),
-            (min(self.encoder_lr, self.volume_lr, self.volume_lr_autodecode, self.pose_lr) > 0,
-             "learning rates must be positive"),
         ]
-        for ok, msg in checks:
+        for ok, msg in self._number_checks() + checks:
             if not ok:
                 raise ValueError(f"invalid configuration: {msg}")
+
+    def _number_checks(self) -> list[tuple[bool, str]]:
+        """The numeric settings' checks (a NaN passes every comparison, so finiteness comes first): learning rates
+        finite and above 0, every other float finite, then the ranges of the run's length, reach and inputs."""
+        import math
+
+        from ..data.checks import PIXEL_SIZE_RANGE  # the data layer's own plausible range
+
+        rates = ("encoder_lr", "volume_lr", "volume_lr_autodecode", "pose_lr", "shift_lr")
+        checks = [(math.isfinite(getattr(self, n)) and getattr(self, n) > 0,
+                   f"{n} must be a finite number greater than 0, not {getattr(self, n)}") for n in rates]
+        floats = [f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), float)]
+        checks += [(math.isfinite(getattr(self, n)), f"{n} must be a finite number, not {getattr(self, n)}")
+                   for n in floats]
+        lo, hi = PIXEL_SIZE_RANGE
+        return checks + [
+            (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
+            (0 <= self.max_shift <= 0.5,
+             f"max_shift must lie in [0, 0.5] (a fraction of the box), not {self.max_shift}"),
+            (self.threads is None or self.threads >= 0, f"threads must be 0 (auto) or more, not {self.threads}"),
+            (self.pixel_size is None or lo <= self.pixel_size <= hi,
+             f"pixel_size must lie in {lo:g}–{hi:g} Å (or None: the file's), not {self.pixel_size}"),
+            (self.mask_diameter is None or self.mask_diameter > 0,
+             f"mask_diameter must be greater than 0 Å (or None: no mask), not {self.mask_diameter}"),
+            (self.seed >= 0, f"seed must be 0 or more, not {self.seed}"),
+            (self.hidden >= 1 and self.reassign_candidates >= 1,
+             "hidden and reassign_candidates must be at least 1"),
+            (min(self.inplane_search, self.reassign_epochs, self.reassign_steps, self.restart_epochs,
+                 self.snapshot_every) >= 0,
+             "inplane_search, reassign_epochs, reassign_steps, restart_epochs and snapshot_every must be at least 0"),
+            (self.volume_init_noise >= 0 and 0 <= self.volume_lr_final_fraction <= 1,
+             "volume_init_noise must be at least 0, volume_lr_final_fraction lie in [0, 1]"),
+        ]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

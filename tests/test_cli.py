@@ -274,3 +274,11 @@ def test_a_device_out_of_memory_or_a_diverged_run_ends_in_one_line_saying_what_t
     assert main(["reconstruct", "p.star", "-o", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("semiamort reconstruct: error: training diverged") and err.count("\n") == 1
+
+
+def test_a_loop_of_symbolic_links_given_as_the_particles_is_one_line(tmp_path, capsys):
+    (tmp_path / "a.star").symlink_to(tmp_path / "b.star")
+    (tmp_path / "b.star").symlink_to(tmp_path / "a.star")
+    assert main(["reconstruct", str(tmp_path / "a.star"), "-o", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "a loop of symbolic links" in err and err.count("\n") == 1

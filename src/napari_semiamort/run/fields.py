@@ -282,7 +282,12 @@ def fields_in(group: str) -> tuple[Field, ...]:
 def to_value(f: Field, value: Any) -> Any:
     """A value as the config takes it: a path absolute, an empty path or text None."""
     if f.path is not None:
-        return None if value is None or not str(value).strip() else str(Path(value).resolve())
+        if value is None or not str(value).strip():
+            return None
+        try:
+            return str(Path(value).resolve())
+        except RuntimeError as exc:  # Python < 3.13 raises it for a loop of symbolic links
+            raise ValueError(f"{value}: a loop of symbolic links ({f.label})") from exc
     return value
 
 

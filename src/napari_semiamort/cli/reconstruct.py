@@ -138,41 +138,50 @@ def restart_choice(m: dict, tried: int) -> str:
 
 
 def train(run, run_dir: Path, quiet: bool = False) -> None:
-    """Iterate a run to the end with a progress bar; on Ctrl-C keep what was reached."""
+    """Iterate a run to the end with a progress bar, then write its outputs. Ctrl-C or SIGTERM stops it after the
+    step in progress (:mod:`~napari_semiamort.run.interrupt`): a checkpoint at that step and the map and poses
+    reached are written, and the program exits with 130 (Ctrl-C) or 143 (SIGTERM)."""
     from tqdm import tqdm
 
+    from ..run.interrupt import StopRequest, position
     from ..run.outputs import write_outputs
     from ..run.verdict import verdict_lines
 
-    total = run.total_steps
     # The bar is for terminals; in a log file (nohup, a cluster job) the epoch lines alone are kept.
-    bar = tqdm(total=total, initial=run.step_count, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=run.total_steps, initial=run.step_count, unit="step", dynamic_ncols=True,
                disable=quiet or not sys.stderr.isatty())
     last_restart = None
-    try:
-        for snap in run:
-            if snap.total_steps != bar.total:  # restarts were added while none stood out
-                bar.total = snap.total_steps
-                bar.refresh()
-            if last_restart is not None and snap.restart is None:
-                # the restarts' record; with one-step epochs a newer epoch's entry follows it already
-                last = next(m for m in reversed(run.history) if "chosen_restart" in m)
-                tried = len(last.get("restart_losses", ())) or run.config.restarts
-                bar.write(restart_choice(last, tried), file=sys.stdout)
-            last_restart = snap.restart
-            bar.update(1)
-            bar.set_postfix(epoch=snap.epoch + 1, stage=snap.stage, loss=f"{snap.loss:.4f}")
-            if snap.epoch_end:
-                bar.write(format_metrics(snap.metrics), file=sys.stdout)
-                for line, _ in verdict_lines(snap.metrics):  # stage 1's at the switch, the run's at its end
-                    bar.write(line, file=sys.stdout)
-    except KeyboardInterrupt:
-        bar.write(f"interrupted: writing the map and poses reached so far to {run_dir}")
-        run.save_checkpoint()
-        raise
-    finally:
-        bar.close()
-        write_outputs(run, run_dir)
+    with StopRequest() as stop:  # a signal only sets a flag, looked at between two steps
+        try:
+            for snap in run:
+                if snap.total_steps != bar.total:  # restarts were added while none stood out
+                    bar.total = snap.total_steps
+                    bar.refresh()
+                if last_restart is not None and snap.restart is None:
+                    # the restarts' record; with one-step epochs a newer epoch's entry follows it already
+                    last = next(m for m in reversed(run.history) if "chosen_restart" in m)
+                    tried = len(last.get("restart_losses", ())) or run.config.restarts
+                    bar.write(restart_choice(last, tried), file=sys.stdout)
+                last_restart = snap.restart
+                bar.update(1)
+                bar.set_postfix(epoch=snap.epoch + 1, stage=snap.stage, loss=f"{snap.loss:.4f}")
+                if snap.epoch_end:
+                    bar.write(format_metrics(snap.metrics), file=sys.stdout)
+                    for line, _ in verdict_lines(snap.metrics):  # stage 1's at the switch, the run's at its end
+                        bar.write(line, file=sys.stdout)
+                if stop.requested:
+                    break
+        finally:
+            bar.close()
+            if stop.requested:
+                print(f"{stop.name}: stopped {position(run)}; checkpoint saved, writing the map and poses reached "
+                      f"to {run_dir}", flush=True)
+                run.save_checkpoint()
+            write_outputs(run, run_dir)
+        if stop.requested:
+            print(f"map: {run_dir / 'map.mrc'}  poses: {run_dir / 'poses.star'}; to go on: semiamort reconstruct "
+                  f"--resume {run_dir}", flush=True)
+            raise SystemExit(stop.exit_code)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -247,7 +256,7 @@ def _summary(info) -> str:
     """One line on the data as the run sees them."""
     size = f"box {info.box}" + (f" (from {info.raw_box}; maps at box {info.map_box})"
                                 if info.raw_box != info.box else "")
-    skipped = f", {info.skipped} skipped (NaN/Inf)" if info.skipped else ""
+    skipped = f", {info.skipped} skipped (unusable: NaN/Inf, constant, or bad CTF values; listed above)" if info.skipped else ""
     return (f"{info.n_particles} particles{skipped}, {size}, {info.pixel_size:.3f} Å/px, "
             f"{'inverted' if info.inverted else 'contrast as is'}, device {info.device}"
             + ("" if info.stage1_band is None else f"\n{info.stage1_band}"))

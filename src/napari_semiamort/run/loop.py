@@ -10,8 +10,6 @@ pose steps to one volume step.
 
 from __future__ import annotations
 
-import copy
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +23,14 @@ from ..data.readers import open_dataset
 from ..devices import select_device
 from ..models.volume import HartleyVolume
 from ..physics.likelihood import ShellNoiseModel
-from . import maps, passes, polish, verdict
+from . import checkpoint, maps, passes, polish, verdict
 from .batches import ImageSource
 from .build import initial_noise, initial_volume, widen_stage1_band
-from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import ReconstructionConfig
 from .frequencies import Frequencies, FrequencyBank
 from .metrics import epoch_record, truth_metrics
-from .restarts import RestartPolicy
+from .progress import EpochProgress
+from .restarts import RestartPolicy, train_restarts
 from .schedule import STAGE1, STAGE2, Schedule
 from .scorer import ImageModel, about_z
 from .search import GridSearch
@@ -68,6 +66,9 @@ class Reconstruction:
         self.restarts = RestartPolicy(cfg, len(self.data))
         self.step_count = 0
         self.trial: int | None = None  # the restart being trained, while restarts run
+        self.progress: EpochProgress | None = None  # the epoch in progress (None between epochs)
+        self.resumed: dict | None = None  # a resumed run's checkpoint (its file, metrics.jsonl's size), till it trains
+        self._saved_at = time.monotonic()  # the last checkpoint's time
         self.reference: torch.Tensor | None = None  # a polish epoch's map (Hartley), which its pose steps score against
         self.reference_map = maps.read_reference(cfg.reference_map, self.size, self.data.pixel_size) \
             if cfg.reference_map else None
@@ -140,28 +141,11 @@ class Reconstruction:
 
     # ---------------------------------------------------------------- the loop
     def __iter__(self) -> Iterator[Snapshot]:
-        if self.state.epoch == 0 and self.schedule.restarts_enabled:
-            yield from self._restarts()
+        if self.resumed is not None:  # what was written after the checkpoint goes
+            checkpoint.settle(self)
+        if self.trial is not None or (self.state.epoch == 0 and self.schedule.restarts_enabled):
+            yield from train_restarts(self)
         yield from self._epochs()
-
-    def _restarts(self) -> Iterator[Snapshot]:
-        """Train initialisations for ``restart_epochs`` epochs each (:class:`~.restarts.RestartPolicy` says how
-        many); keep the lowest loss's."""
-        policy = self.restarts
-        while not policy.done:
-            self.trial = k = len(policy.losses)
-            if k > 0:
-                self._initialise(policy.seed(k))
-            yield from self._epochs(self.config.restart_epochs)
-            policy.record(self.state.history[-1]["loss"], copy.deepcopy(self.state_dict()))
-        self.trial = None
-        steps = self.step_count
-        best = policy.take_best()  # the copy is let go: at box 512 a volume and its moments are 3 GB
-        self.load_state_dict(best)
-        self.step_count = steps  # the steps of every restart were taken
-        self.state.history[-1].update(policy.summary(best["trial"]))
-        if self.run_dir is not None:
-            self.save_checkpoint()
 
     def _epochs(self, until: int | None = None) -> Iterator[Snapshot]:  # None: the run's end
         while self.state.epoch < (self.end_epoch if until is None else until):
@@ -170,22 +154,26 @@ class Reconstruction:
     def _epoch(self) -> Iterator[Snapshot]:
         st = self.state
         stage = self.schedule.stage(st.epoch, st.switched_at, st.history)
-        t_epoch = time.perf_counter()  # the epoch's time counts the switch's and the reassignment's passes
-        notes = self._between_epochs(stage)  # for the epoch's metrics
-        batches = self.schedule.batches(st.epoch, stage)
-        loader = iter(BatchLoader(self.data, [b.numpy() for b in batches]))
-        losses: list[float] = []
+        if self.progress is None or self.progress.epoch != st.epoch:  # else: stopped between two steps, goes on
+            started = time.perf_counter()  # the epoch's time counts the switch's and the reassignment's passes
+            notes = self._between_epochs(stage)  # for the epoch's metrics
+            self.progress = EpochProgress(st.epoch, notes, self.reference, started=started)
+        p, batches = self.progress, self.schedule.batches(st.epoch, stage)
+        loader = iter(BatchLoader(self.data, [b.numpy() for b in batches[p.done:]]))
         try:
-            for s, idx in enumerate(batches):
+            for idx in batches[p.done:]:
                 _, images = next(loader)  # read ahead by the loader's thread
                 t0 = time.perf_counter()
-                losses.append(self._step(stage, idx, images))
+                p.losses.append(self._step(stage, idx, images))
                 self.step_count += 1
                 ips = len(idx) / max(time.perf_counter() - t0, 1e-9)
                 metrics = None
-                if s == len(batches) - 1:
-                    metrics = self._finish_epoch(stage, losses, time.perf_counter() - t_epoch, notes)
-                yield self._snapshot(stage, losses[-1], ips, metrics)
+                if p.done == len(batches):
+                    self.progress = None
+                    metrics = self._finish_epoch(stage, p.losses, p.elapsed(), p.notes)
+                elif self.run_dir is not None and checkpoint.checkpoint_due(self._saved_at):  # a long epoch's
+                    self.save_checkpoint()
+                yield self._snapshot(stage, p.losses[-1], ips, metrics)
         finally:
             loader.close()  # stops the read-ahead thread when the run stops mid-epoch
 
@@ -286,11 +274,9 @@ class Reconstruction:
             if 0 <= i < len(self.data):
                 st.paths.setdefault(int(i), []).append(st.poses[i][2].tolist())
         st.epoch += 1
-        if self.run_dir is not None:
-            if self.trial is None:  # restarts are checkpointed once the best is chosen
-                self.save_checkpoint()
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
+        if self.run_dir is not None:  # the line first: the checkpoint records the file's size with it
+            checkpoint.append_metrics(self.run_dir, metrics)
+            self.save_checkpoint()  # the restarts' epochs too, with their record
         return metrics
 
     # ---------------------------------------------------------------- snapshots
@@ -374,27 +360,23 @@ class Reconstruction:
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        st = self.state
-        return {
-            "config": self.config.to_dict(), "epoch": st.epoch, "step": self.step_count,
-            **self.stage1.state_dict(),
-            "volume": self.model.volume.state_dict(), "opt_volume": self.opt_volume.state_dict(),
-            "noise": self.model.noise.state_dict(), "junk": st.junk, "modes": st.modes and st.modes._asdict(),
-            "poses": st.poses, "winners": st.winners, "shifts": st.shifts, "previous_poses": st.previous_poses,
-            "table": None if st.table is None else st.table.state_dict(), "switched_at": st.switched_at,
-            "history": st.history, "paths": st.paths, "trial": self.trial, "data": self.data.scan_state()}
+        return checkpoint.run_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        restore_state(self, state)
+        checkpoint.restore_state(self, state)
 
     def save_checkpoint(self) -> Path:
-        return save_checkpoint(self.run_dir, self.state_dict())
+        """The run as it stands (between two steps) to ``RUN_DIR/checkpoint.pt`` (:mod:`.checkpoint`)."""
+        self._saved_at = time.monotonic()
+        return checkpoint.save_checkpoint(self.run_dir, checkpoint.checkpoint_state(self))
 
     @classmethod
     def resume(cls, run_dir: str | Path, cache_images: bool = True, **overrides) -> Reconstruction:
         """Continue a run from ``RUN_DIR/checkpoint.pt`` (epochs may be raised via ``overrides``), without
-        scanning the images again; ``cache_images=False`` to question a run without reading its images."""
-        state, cfg = load_checkpoint(run_dir, **overrides)
+        scanning the images again, from the step it was taken at; ``cache_images=False`` to question a run
+        without reading its images."""
+        state, cfg = checkpoint.load_checkpoint(run_dir, **overrides)
         run = cls(cfg, run_dir=run_dir, _scan=state.get("data"), _cache=cache_images)
         run.load_state_dict(state)
+        checkpoint.restore_resume(run, state)
         return run

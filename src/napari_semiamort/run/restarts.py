@@ -21,6 +21,9 @@ disagreed by 112-129°. The policy holds one start's state at a time, the lowest
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -28,7 +31,7 @@ from ..metrics.alignment import align_poses
 from .config import ReconstructionConfig
 
 __all__ = ["AGREEMENT_DEG", "AGREEMENT_MIN_EPOCHS", "AGREEMENT_NULL_FRACTION", "AGREEMENT_SAMPLE",
-           "RESTART_SEED_STRIDE", "RestartPolicy", "restart_gap"]
+           "RESTART_SEED_STRIDE", "RestartPolicy", "restart_gap", "train_restarts"]
 
 RESTART_SEED_STRIDE = 7919  # restart k starts from seed + 7919 k (a prime: the seeds never coincide)
 # Two starts agree when their poses, aligned (one rotation, either hand), differ by less than this median angle:
@@ -125,9 +128,44 @@ class RestartPolicy:
                 "restart_gap": round(restart_gap(self.losses), 6), "restart_disagreement_deg": pairs,
                 "restart_agrees_with": sorted(set(self.agreeing(chosen)))}
 
+    def state_dict(self) -> dict:
+        """The record so far (each start's loss and poses on the sample, the pairs' angles, the choice and its
+        state), for a checkpoint taken while the restarts run: the resumed run ends the selection the same way."""
+        pairs = [[i, j, d, self.shuffled[(i, j)]] for (i, j), d in self.disagreement.items()]
+        return {"planned": self.planned, "losses": list(self.losses), "poses": list(self.poses), "pairs": pairs,
+                "chosen": self.chosen, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.planned, self.losses, self.poses = int(state["planned"]), list(state["losses"]), list(state["poses"])
+        self.disagreement = {(int(i), int(j)): float(d) for i, j, d, _ in state["pairs"]}
+        self.shuffled = {(int(i), int(j)): float(s) for i, j, _, s in state["pairs"]}
+        self.chosen, self.best = state["chosen"], state["best"]
+
     def resumed(self, history: list[dict]) -> None:
         """A resumed run counts the restarts it tried (a checkpoint taken during the restarts has no record and
         leaves the count as it is)."""
         tried = [len(m["restart_losses"]) for m in history if "restart_losses" in m]
         if tried:
             self.planned = max(self.config.restarts, tried[-1])
+
+
+def train_restarts(run) -> Iterator:
+    """Train ``run``'s initialisations (a :class:`~napari_semiamort.run.Reconstruction`'s) for ``restart_epochs``
+    epochs each, as its :class:`RestartPolicy` plans them, yielding their steps' snapshots; then go on from the
+    chosen one. A run resumed (or iterated again) during the restarts goes on with the start it was training."""
+    policy = run.restarts
+    while not policy.done:
+        if run.trial != (k := len(policy.losses)):  # a new start
+            run.trial = k
+            if k > 0:
+                run._initialise(policy.seed(k))
+        yield from run._epochs(run.config.restart_epochs)
+        policy.record(run.state.history[-1]["loss"], copy.deepcopy(run.state_dict()))
+    run.trial = None
+    steps = run.step_count
+    best = policy.take_best()  # the copy is let go: at box 512 a volume and its moments are 3 GB
+    run.load_state_dict(best)
+    run.step_count = steps  # the steps of every restart were taken
+    run.state.history[-1].update(policy.summary(best["trial"]))
+    if run.run_dir is not None:
+        run.save_checkpoint()

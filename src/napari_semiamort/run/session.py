@@ -174,7 +174,9 @@ def _steps(run, control: Control) -> Iterator:
     last_posterior = 0.0
     for snap in run:
         yield snap
-        if control.stop:
+        if control.stop:  # between two steps: a checkpoint at this one, which Resume run goes on from
+            if run.run_dir is not None:
+                run.save_checkpoint()
             return
         ids = control.take_watch()
         if ids is not None:

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # before training started (a run's own Ctrl-C is handled at a step boundary)
+        print(f"semiamort {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"semiamort {args.command}: error: {exc}", file=sys.stderr)
         return 1

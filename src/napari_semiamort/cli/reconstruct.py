@@ -256,7 +256,8 @@ def _summary(info) -> str:
     """One line on the data as the run sees them."""
     size = f"box {info.box}" + (f" (from {info.raw_box}; maps at box {info.map_box})"
                                 if info.raw_box != info.box else "")
-    skipped = f", {info.skipped} skipped (unusable: NaN/Inf, constant, or bad CTF values; listed above)" if info.skipped else ""
+    skipped = (f", {info.skipped} skipped (unusable: NaN/Inf, constant, or bad CTF values; listed above)"
+               if info.skipped else "")
     return (f"{info.n_particles} particles{skipped}, {size}, {info.pixel_size:.3f} Å/px, "
             f"{'inverted' if info.inverted else 'contrast as is'}, device {info.device}"
             + ("" if info.stage1_band is None else f"\n{info.stage1_band}"))

@@ -26,9 +26,9 @@ __all__ = ["RUN_OUTPUTS", "chimerax_script", "chimerax_text", "otsu_level", "wri
            "write_outputs"]
 
 # Every file a run writes in its folder (a new run with --force clears them first).
-RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "map.mrc", "map_masked.mrc", "mask.mrc", "half1.mrc",
-               "half2.mrc", "fsc.csv", "fsc.png", "poses.star", "poses_kept.star", "poses.cs", "chimerax.cxc",
-               "ctf.pkl", "pose.pkl")
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "map.mrc", "map_masked.mrc",
+               "mask.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "fsc.png", "poses.star", "poses_kept.star", "poses.cs",
+               "chimerax.cxc", "ctf.pkl", "pose.pkl")
 
 
 def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Path:

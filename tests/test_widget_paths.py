@@ -205,3 +205,32 @@ def test_fifty_starts_and_stops_leave_no_threads_and_no_growing_memory(make_napa
     # arenas; runs kept alive would grow it steadily with the runs
     assert _rss_mb() - rss < 64
     assert all((tmp_path / f"run{k}" / "map.mrc").is_file() for k in range(50))
+
+
+def test_the_dock_takes_the_run_folders_lock_a_folder_in_use_is_refused(make_napari_viewer, finished_run, qtbot):
+    import subprocess
+    import sys
+
+    from napari_semiamort.run.folder import LOCK
+
+    viewer, w = _dock(make_napari_viewer)
+    holder = subprocess.Popen(  # a command-line run holds the folder
+        [sys.executable, "-c", "import sys, time\nfrom napari_semiamort.run.folder import RunLock\n"
+         "RunLock(sys.argv[1], command='semiamort reconstruct (the other)').acquire()\nprint('held', flush=True)\n"
+         "time.sleep(120)", str(finished_run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        w.outdir.setText(str(finished_run))
+        w.form["epochs"].value = 3
+        w.resume_run()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+        assert w.status.state == "failed" and f"PID {holder.pid}" in w.status.text()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    done = len((finished_run / "metrics.jsonl").read_text().splitlines())
+    w.form["epochs"].value = done + 1  # the other run gone: its lock is stale, taken over; the dock's own removed after
+    w.resume_run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    assert w.status.state == "finished" and not (finished_run / LOCK).exists()

@@ -135,14 +135,19 @@ def train(config: ReconstructionConfig, run_dir: str | Path, control: Control) -
     run_dir = Path(run_dir)
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _locked(run_dir)
     try:
         run = Reconstruction(config, run_dir=run_dir)
     except BaseException:  # a start that failed (unreadable data) leaves no empty run folder behind
+        lock.release()
         if made and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
-    write_config(run_dir, config.to_dict())
-    return (yield from _drive(run, run_dir, control))
+    try:
+        write_config(run_dir, config.to_dict())
+        return (yield from _drive(run, run_dir, control))
+    finally:
+        lock.release()
 
 
 def resume(run_dir: str | Path, control: Control, epochs: int | None = None) -> Iterator:
@@ -151,9 +156,23 @@ def resume(run_dir: str | Path, control: Control, epochs: int | None = None) -> 
     from .loop import Reconstruction
     from .outputs import write_config
 
-    run = Reconstruction.resume(run_dir, **({} if epochs is None else {"epochs": int(epochs)}))
-    write_config(Path(run_dir), run.config.to_dict(), resumed=True)
-    return (yield from _drive(run, Path(run_dir), control))
+    lock = _locked(Path(run_dir))
+    try:
+        run = Reconstruction.resume(run_dir, **({} if epochs is None else {"epochs": int(epochs)}))
+        write_config(Path(run_dir), run.config.to_dict(), resumed=True)
+        return (yield from _drive(run, Path(run_dir), control))
+    finally:
+        lock.release()
+
+
+def _locked(run_dir: Path):
+    """The run folder's lock, taken for this run (:class:`~.folder.RunLock`: a folder where another run is alive
+    is refused in one line, a stale lock taken over)."""
+    from .folder import RunLock
+
+    lock = RunLock(run_dir, command="napari: the Ab-initio reconstruction dock")
+    lock.acquire()
+    return lock
 
 
 def _drive(run, run_dir: Path, control: Control) -> Iterator:

@@ -11,8 +11,10 @@ through :meth:`DivergenceGuard.step`, in place of the optimisers' own:
 * :data:`MAX_FAILURES` failed steps in a row: :class:`TrainingDiverged`, which ends the run with a non-zero exit
   and a message that names what to check, instead of training on.
 
-The cost is one copy of the step's parameters per step (the volume and the encoder: a few MB at box 64), a few
-reductions over them, and one host sync (the decision).
+The cost is one copy of the step's parameters per step into buffers kept from step to step, three max-magnitude
+reductions over them and their gradients, and one host sync (the decision): within the measurement's noise at
+box 64 on a CPU (``benchmarks/guard_cost.py``: 1.04× / 1.02× the unguarded images/s in stage 1 / 2, ±4 %; the
+first version, with a fresh copy and ``isfinite`` passes, measured 0.92× / 0.91×).
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ class TrainingDiverged(RuntimeError):
     """The loss stayed NaN or Inf however low the learning rates went: the inputs are the likely cause."""
 
 
+def _largest(t: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude in ``t`` (a 0-d tensor; NaN where ``t`` holds one), in one pass without a temporary
+    of its size (``aminmax``: 0.04 ms for 262,144 floats here, where ``vector_norm(inf)`` took 0.69 ms and
+    ``isfinite().all()`` 0.39 ms)."""
+    low, high = torch.aminmax(t.detach())
+    return torch.maximum(-low, high)
+
+
 def _params(optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
     return [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
 
@@ -45,29 +55,36 @@ class DivergenceGuard:
         self.max_failures = max_failures
         self.in_a_row = 0
         self.refused = 0  # steps refused in all
+        self._saved: dict[int, torch.Tensor] = {}  # each parameter's copy before the step (kept: no allocation)
+        self._largest: dict[int, torch.Tensor] = {}  # each parameter's largest magnitude after the last kept step
 
     def step(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> bool:
         """After ``loss.backward()``: step ``optimizers``, and keep the step only if the loss, the gradients and
         the parameters after it are finite and not blown up; else put the parameters back as they were, clear
-        the optimisers' moments for them and halve the rates. True if kept. One host sync per step."""
-        params = _params(optimizers)
-        before = [p.detach().clone() for p in params]
+        the optimisers' moments for them and halve the rates. True if kept. One host sync per step; the copies
+        go into buffers kept from step to step, the checks are max-magnitude reductions (NaN propagates)."""
+        params = [p for p in _params(optimizers) if p.numel()]
         bad = ~torch.isfinite(loss.detach()).all()
         for p in params:
+            key = id(p)
+            if key not in self._saved or self._saved[key].shape != p.shape:
+                self._saved[key] = torch.empty_like(p.detach())
+                self._largest[key] = _largest(p.detach())
+            self._saved[key].copy_(p.detach())
             if p.grad is not None:
-                bad = bad | ~torch.isfinite(p.grad).all()
+                bad = bad | ~torch.isfinite(_largest(p.grad))
         for opt in optimizers:
             opt.step()
-        for p, b in zip(params, before, strict=True):
-            if p.numel():
-                after = p.detach()
-                bad = bad | ~torch.isfinite(after).all() | (after.abs().max() > BLOW_UP * (b.abs().max() + 1))
+        largest = {id(p): _largest(p.detach()) for p in params}
+        for p in params:  # a NaN compares false: not finite and blown up are one test
+            bad = bad | ~(largest[id(p)] <= BLOW_UP * (self._largest[id(p)] + 1))
         if not bool(bad):
+            self._largest.update(largest)
             self.in_a_row = 0
             return True
         with torch.no_grad():
-            for p, b in zip(params, before, strict=True):
-                p.copy_(b)
+            for p in params:
+                p.copy_(self._saved[id(p)])
         for opt in optimizers:  # the moments that drove the step out of range go with it
             for p in params:
                 opt.state.pop(p, None)

@@ -11,14 +11,18 @@ Examples:
 
 Inputs: a RELION STAR (3.0 to 5), a cryoSPARC .cs (its passthrough file is found when beside it), or an
 MRC stack (.mrcs, .mrc, .mrcs.gz) with an optional cryoDRGN ctf.pkl. The run folder receives config.json,
-metrics.jsonl (one line per epoch), checkpoint.pt (each epoch), map.mrc (and half1.mrc / half2.mrc with
+metrics.jsonl (one line per epoch), checkpoint.pt (each epoch, each restart epoch and every 10 minutes; the one
+before kept as checkpoint.prev.pt), map.mrc (and half1.mrc / half2.mrc with
 --halves), map_masked.mrc and mask.mrc (the map within a soft sphere about the particle), poses.star (RELION
 3.1; poses.cs too for a .cs input), fsc.csv / fsc.png and chimerax.cxc.
 Restarts: the first --restart-epochs epochs are trained from --restarts initialisations (more, up to
 --max-restarts, while no two agree and no loss stands out by --restart-margin); the run goes on from one whose
 poses agree with another's (the lowest loss of those), else from the lowest loss. --restarts 1 turns them off.
 Each option's value is named by its unit (Å, PX, EPOCHS, FRACTION_OF_NYQUIST, …) or lists its choices in braces.
-Ctrl-C stops cleanly: the last checkpoint and the current map and poses are written.
+Ctrl-C or SIGTERM stops at the next step: a checkpoint there (--resume goes on to the uninterrupted run's map),
+the map and poses reached written, exit 130 / 143; a second one aborts at once. A run holds RUN_DIR/.semiamort.lock
+while it runs: a second run (or --force) into a folder in use is refused. A step that would put a NaN or an Inf
+into the model is rolled back and the learning rates halved (20 in a row end the run with what to check).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ reference map at the run's box."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import torch
 
@@ -14,13 +17,32 @@ from ..physics.fourier import fft_centered, frequency_grid_2d, resample_map
 from .batches import ImageSource
 from .state import Modes
 
-__all__ = ["backproject", "final_maps", "insert", "insert_modes", "masked", "read_reference"]
+__all__ = ["PROGRESS_FROM", "backproject", "final_maps", "insert", "insert_modes", "masked", "read_reference"]
+
+log = logging.getLogger("napari_semiamort")
+
+PROGRESS_FROM = 20_000  # final maps of more images than this say how far they are, every tenth of the way
+
+
+class _Progress:
+    """Every tenth of a long insertion, a line in the log: how many images of how many, and the time so far (the
+    final maps of 200,000 images took 18 minutes, silent, after a Ctrl-C; issue 20)."""
+
+    def __init__(self, label: str | None, total: int):
+        self.label, self.total, self.start, self.next = label, total, time.perf_counter(), 0.1
+
+    def done(self, n: int) -> None:
+        if self.label is None or self.total <= PROGRESS_FROM or n < self.next * self.total:
+            return
+        self.next = (int(10 * n / self.total) + 1) / 10
+        log.info(f"{self.label}: {n:,} of {self.total:,} images inserted ({100 * n / self.total:.0f} %, "
+                 f"{time.perf_counter() - self.start:.0f} s)")
 
 
 @torch.no_grad()
 def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, which: np.ndarray,
            data: ParticleDataset | None = None, batch: int = 256, radius: float | None = None,
-           weights: torch.Tensor | None = None) -> FourierInserter:
+           weights: torch.Tensor | None = None, progress: str | None = None) -> FourierInserter:
     """The images ``which`` inserted into a frequency grid with ``poses`` `(N, 3, 3)` (and ``shifts`` `(N, 2)`
     in the run's pixels), every frequency up to Nyquist (or ``radius`` Fourier pixels); ``weights`` `(N,)`: each
     image's weight in the sums (its image and CTF scaled by the square root: ``Σ w c y / Σ w c²``). With ``poses``
@@ -28,7 +50,7 @@ def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None
     read and transformed once; poses whose weight is 0 for a whole batch are skipped.
 
     ``data``: the same particles prepared at another box (:meth:`ParticleDataset.at_box`), for a map at that
-    box; default the run's images."""
+    box; default the run's images. ``progress``: a name for the log's progress lines of a long insertion."""
     data = source.data if data is None else data
     device = source.device
     if poses.dim() == 3:  # one pose per image
@@ -39,6 +61,7 @@ def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None
     inserter = FourierInserter(data.box, device, radius)
     freqs = frequency_grid_2d(data.box, device=device)  # (L, L, 2) cycles per pixel
     px = source.data.pixel_size / data.pixel_size  # the run's pixels in ``data``'s
+    report = _Progress(progress, len(which))
     for s in range(0, len(which), batch):
         idx = torch.from_numpy(np.asarray(which[s : s + batch], dtype=np.int64))
         image = fft_centered(data.read(idx.numpy()).to(device), 2)
@@ -56,6 +79,7 @@ def insert(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None
                 root = w.sqrt()[:, None, None]
                 f, ctf = f * root, ctf * root
             inserter.insert(f, poses[idx, j].to(device), ctf)
+        report.done(s + len(idx))
     return inserter
 
 
@@ -67,15 +91,15 @@ def backproject(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor |
 
 def insert_modes(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, which: np.ndarray,
                  radius: float | None = None, modes: Modes | None = None,
-                 data: ParticleDataset | None = None) -> FourierInserter:
+                 data: ParticleDataset | None = None, progress: str | None = None) -> FourierInserter:
     """The images ``which`` inserted at ``poses`` (and ``shifts``) as :func:`insert` does, or, with ``modes``, each
     spread over its modes by their weights (one pass over the images): the first mode at its pose as it is now
     (refined since the modes were found), the others where the view search found them."""
     if modes is None:
-        return insert(source, poses, shifts, which, data, radius=radius)
+        return insert(source, poses, shifts, which, data, radius=radius, progress=progress)
     rotations = torch.cat([poses[:, None], modes.rotations[:, 1:]], 1)
     at = None if shifts is None else torch.cat([shifts[:, None], modes.shifts[:, 1:]], 1)
-    return insert(source, rotations, at, which, data, radius=radius, weights=modes.weights)
+    return insert(source, rotations, at, which, data, radius=radius, weights=modes.weights, progress=progress)
 
 
 def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | None, data: ParticleDataset,
@@ -88,11 +112,11 @@ def final_maps(source: ImageSource, poses: torch.Tensor, shifts: torch.Tensor | 
     split = source.data.half
     kept = np.ones(len(source), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     if not halves or split is None:
-        whole = insert_modes(source, poses, shifts, np.flatnonzero(kept), None, modes, data)
+        whole = insert_modes(source, poses, shifts, np.flatnonzero(kept), None, modes, data, "map.mrc")
         return whole.volume().cpu().numpy(), None, None
-    first = insert_modes(source, poses, shifts, np.flatnonzero((split == 1) & kept), None, modes, data)
+    first = insert_modes(source, poses, shifts, np.flatnonzero((split == 1) & kept), None, modes, data, "half1.mrc")
     half1 = first.volume().cpu().numpy()
-    second = insert_modes(source, poses, shifts, np.flatnonzero((split == 2) & kept), None, modes, data)
+    second = insert_modes(source, poses, shifts, np.flatnonzero((split == 2) & kept), None, modes, data, "half2.mrc")
     half2 = second.volume().cpu().numpy()
     first.add_(second)  # the whole set's sums, without a third grid (1.6 GB each at box 512)
     del second

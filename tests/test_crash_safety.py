@@ -7,6 +7,7 @@ the kill or the signal lands at a known step, never on a timer), or in this proc
 two steps."""
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -289,7 +290,8 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_and_says_so(star, tmp
     (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # as a disk that filled up might leave it
     with caplog.at_level("WARNING", logger="napari_semiamort"):
         resumed = Reconstruction.resume(tmp_path)
-    assert resumed.epoch == 2 and [r.getMessage() for r in caplog.records] == [
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # the CLI's tests set INFO
+    assert resumed.epoch == 2 and warnings == [
         f"{tmp_path}: checkpoint.pt is incomplete or damaged (PytorchStreamReader failed reading zip archive: "
         "failed finding central directory): using checkpoint.prev.pt (written after epoch 2)"]
     for _ in resumed:  # epoch 3 again: its line in metrics.jsonl, written before, comes once

@@ -115,6 +115,7 @@ def test_the_messages_name_the_verdict_the_signal_and_what_to_try():
     found = verdict_message(_record("found", 0.93, True))
     assert found.startswith("verdict (the run): a structure was found: the map explains 93 %")
     assert "70–14 Å" in found and "two independent starts reached the same poses" in found
+    assert "the map explains all of the images' signal" in verdict_message(_record("found", 1.01, True))
     assert "not confirmed: no two independent starts" in verdict_message(_record("found", 0.9, False))
     assert "start" not in verdict_message(_record("found", 0.9, None))  # one start: nothing to confirm
     failed = verdict_message(_record("failed", 0.12, False, final=False), final=False)

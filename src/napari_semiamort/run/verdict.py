@@ -174,7 +174,9 @@ def verdict_message(m: dict, final: bool = True) -> str | None:
         return (f"verdict ({what}): cannot judge: the images' signal is below {100 * MIN_SIGNAL:.0f} % of their "
                 f"power at every resolution the map is judged at{starts}" + ("" if band is None else f". Try {band}"))
     left_out = m.get(f"explained_junk{key}", 0.0)
-    text = f"the map explains {100 * e:.0f} % of the images' signal at their poses ({low:.0f}–{high:.0f} Å)"
+    # an estimate over the noise model: a right map reads ~100 % ± a few, shown as "all" rather than "101 %"
+    share = "all" if e >= 0.995 else f"{100 * e:.0f} %"
+    text = f"the map explains {share} of the images' signal at their poses ({low:.0f}–{high:.0f} Å)"
     right = DOUBTFUL_BELOW if final else DOUBTFUL_BELOW_STAGE1
     if e < right:
         text += f", where a right map explains ≥ {100 * right:.0f} %" + ("" if final else " at the switch")

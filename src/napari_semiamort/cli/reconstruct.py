@@ -224,7 +224,8 @@ def _resumed_run(args: argparse.Namespace, folder):
     if threads is None:  # no readable config.json: the checkpoint's own setting
         set_cpu_threads(run.config.threads)
     folder.ready(run)
-    print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.end_epoch}")
+    where = "" if run.trial is None else f" in restart {run.trial + 1} (of the restarts' first epochs)"
+    print(f"resuming {run_dir} at epoch {run.epoch + 1} of {run.end_epoch}{where}")
     return run
 
 

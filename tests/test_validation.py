@@ -81,6 +81,9 @@ def test_a_nan_defocus_row_is_skipped_and_listed_and_the_run_makes_a_real_map(da
         assert _reconstruct(data) == 0
     assert "skipped 1 particle(s) whose CTF values are unusable (row 5: rlnDefocusU nan Å)" in caplog.text
     _assert_a_real_map(data / "run")
+    skipped = (data / "run" / "skipped.csv").read_text().splitlines()  # the list, in the run folder too
+    assert skipped[0] == "input_row,reason" and len(skipped) == 2
+    assert skipped[1].startswith("5,") and "nan" in skipped[1]
     assert len(read_star_columns(data / "run" / "poses.star")["rlnImageName"]) == 31
 
 
@@ -133,6 +136,8 @@ def test_constant_images_are_skipped_and_listed_and_the_run_makes_a_real_map(dat
         assert _reconstruct(data) == 0
     assert "skipped 2 particle(s) whose images are constant (zero variance) (rows 3, 8)" in caplog.text
     _assert_a_real_map(data / "run")
+    rows = [line.split(",")[0] for line in (data / "run" / "skipped.csv").read_text().splitlines()[1:]]
+    assert rows == ["3", "8"]
     assert len(read_star_columns(data / "run" / "poses.star")["rlnImageName"]) == 30
 
 

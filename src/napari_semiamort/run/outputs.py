@@ -3,6 +3,7 @@ as CSV and PNG, the config, and a ChimeraX script that opens the maps."""
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import shlex
@@ -28,7 +29,7 @@ __all__ = ["RUN_OUTPUTS", "chimerax_script", "chimerax_text", "otsu_level", "wri
 # Every file a run writes in its folder (a new run with --force clears them first).
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "map.mrc", "map_masked.mrc",
                "mask.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "fsc.png", "poses.star", "poses_kept.star", "poses.cs",
-               "chimerax.cxc", "ctf.pkl", "pose.pkl")
+               "chimerax.cxc", "ctf.pkl", "pose.pkl", "skipped.csv")
 
 
 def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Path:
@@ -49,6 +50,21 @@ def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Pat
         record["config"] = config_dict
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def write_skipped(run_dir: Path, data) -> Path | None:
+    """``skipped.csv``: each input row the run left out (1-based, as the log lists them) and why (a NaN or
+    constant image, an unusable CTF value, …); none written, and an earlier one removed, when none was skipped."""
+    path = run_dir / "skipped.csv"
+    reasons = getattr(data, "skip_reasons", None) or {}
+    if not reasons:
+        path.unlink(missing_ok=True)
+        return None
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        table = csv.writer(fh)
+        table.writerow(["input_row", "reason"])
+        table.writerows([row + 1, why] for row, why in sorted(reasons.items()))
     return path
 
 
@@ -147,6 +163,9 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
         from ..data.cryosparc import write_cs
 
         out["poses_cs"] = write_cs(run_dir / "poses.cs", data.table, rotations, origins, force=True)
+    skipped = write_skipped(run_dir, data)
+    if skipped is not None:
+        out["skipped"] = skipped
     # The map and the half maps from the final poses (Run.final_maps), at the images' own box unless
     # output_box says otherwise; the decoder's volume stays in checkpoint.pt and is what the viewer showed
     # during training.

@@ -16,17 +16,44 @@ _WRITE_ERRNOS = _NO_ROOM | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status): setting it to 0
+    and back, the only portable way, gives a file another thread creates in between loose permissions."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk; where the system cannot (a folder on some
+    file systems, Windows), nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:  # the data did not reach the disk: the write failed
+            raise
+    finally:
+        os.close(fd)
 
 
 class atomic_path:
     """Context manager yielding a temporary path next to ``path``; renamed onto it only on success.
 
     An interrupted or failed write never leaves a half-written file under the final name, and its temporary file
-    is removed. A write that fails for want of room or permission raises ``OSError`` naming ``path`` (the final
-    name, not the temporary's), also where the writer raised another error from it (:func:`_write_error`).
+    is removed; the file is flushed to the disk before the rename and the folder's entry after it, so that a
+    crash of the machine leaves the old file or the new one, whole. A write that fails for want of room or
+    permission raises ``OSError`` naming ``path`` (the final name, not the temporary's), also where the writer
+    raised another error from it (:func:`_write_error`).
     """
 
     def __init__(self, path: str | Path, force: bool = True):
@@ -50,7 +77,9 @@ class atomic_path:
         if exc_type is None:
             try:
                 os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give the usual permissions
+                _fsync(self.tmp)
                 os.replace(self.tmp, self.path)
+                _fsync(self.path.parent, directory=True)
             except BaseException:
                 _remove(self.tmp)
                 raise

@@ -53,6 +53,23 @@ def write_config(run_dir: Path, config_dict: dict, resumed: bool = False) -> Pat
     return path
 
 
+def _finite_poses(run, run_dir: Path) -> np.ndarray:
+    """The run's rotations `(N, 3, 3)` float64, or ``ValueError`` where a pose or a shift holds NaN or Inf."""
+    rotations = run.poses.to(torch.float64).numpy()
+    if not np.isfinite(rotations).all() or (run.shifts is not None and not bool(torch.isfinite(run.shifts).all())):
+        raise ValueError(f"{run_dir}: the run's poses hold NaN or Inf; no poses or map written (the inputs are the "
+                         "likely cause: CTF parameters, constant or NaN images, the learning rates)")
+    return rotations
+
+
+def _check_map(volume: np.ndarray, path: Path) -> None:
+    """``ValueError`` for a map that holds NaN or Inf or is all zero: such a map is never written."""
+    if not np.isfinite(volume).all() or not np.any(volume):
+        raise ValueError(f"{path}: the map from the final poses is "
+                         f"{'not finite' if not np.isfinite(volume).all() else 'all zero'}; not written (poses.star "
+                         "is, for inspection)")
+
+
 def write_skipped(run_dir: Path, data) -> Path | None:
     """``skipped.csv``: each input row the run left out (1-based, as the log lists them) and why (a NaN or
     constant image, an unusable CTF value, …); none written, and an earlier one removed, when none was skipped."""
@@ -141,10 +158,7 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     """Everything a finished (or interrupted) :class:`~napari_semiamort.run.Reconstruction` leaves."""
     data, run_dir = run.data, Path(run_dir)
     n = len(data)
-    rotations = run.poses.to(torch.float64).numpy()
-    if not np.isfinite(rotations).all() or (run.shifts is not None and not bool(torch.isfinite(run.shifts).all())):
-        raise ValueError(f"{run_dir}: the run's poses hold NaN or Inf; no poses or map written (the inputs are the "
-                         "likely cause: CTF parameters, constant or NaN images, the learning rates)")
+    rotations = _finite_poses(run, run_dir)
     origins = np.zeros((n, 2)) if run.shifts is None else run.shifts.to(torch.float64).numpy() * data.pixel_size
     extra = {} if not run.config.halves or data.half is None else {"rlnRandomSubset": data.half}
     # The poses first: they are the run's result, and the maps below take a pass over the images at full size.
@@ -171,10 +185,7 @@ def write_outputs(run, run_dir: Path) -> dict[str, Path]:
     # during training.
     maps_data = run.output_data()
     whole, *halves = run.final_maps(maps_data)
-    if not np.isfinite(whole).all() or not np.any(whole):
-        raise ValueError(f"{run_dir / 'map.mrc'}: the map from the final poses is "
-                         f"{'not finite' if not np.isfinite(whole).all() else 'all zero'}; not written (poses.star "
-                         "is, for inspection)")
+    _check_map(whole, run_dir / "map.mrc")
     out["map"] = write_mrc(run_dir / "map.mrc", whole, maps_data.pixel_size)
     found = masked(whole, maps_data.pixel_size, run.config.mask_diameter)
     mask = None if found is None else found[0]

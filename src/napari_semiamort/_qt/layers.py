@@ -66,13 +66,15 @@ class ResultLayers:
                                   contrast_limits=(-3, 3))
         else:
             layers[CANDIDATES].data = montage
-            layers[CANDIDATES].scale = (px, px)
+            if tuple(layers[CANDIDATES].scale) != (px, px):  # a new scale re-lays the scene: only when it changes
+                layers[CANDIDATES].scale = (px, px)
         if WINNERS not in layers:  # an image, not shapes: it also shows while the view is 3D
             self.viewer.add_image(frame, name=WINNERS, scale=(px, px), translate=offset, colormap="red",
                                   blending="additive", contrast_limits=(0, 1))
         else:
             layers[WINNERS].data = frame
-            layers[WINNERS].scale = (px, px)
+            if tuple(layers[WINNERS].scale) != (px, px):
+                layers[WINNERS].scale = (px, px)
         layers[CANDIDATES].metadata["rows"] = labels
 
     def show_posterior(self, post, box: int, pixel_size: float) -> None:

@@ -98,9 +98,16 @@ class FramePacer:
         self.least, self.most, self.budget = least, most, budget
         self.interval, self.worst, self.last = least, 0.0, 0.0
         self._beat = time.perf_counter()
-        self.timer = QTimer(parent)
+        self.timer = QTimer(parent)  # beats only while a run is live (:meth:`live`): an idle dock wakes nothing
         self.timer.timeout.connect(self._tick)
-        self.timer.start(20)
+
+    def live(self, on: bool) -> None:
+        """Start the heartbeat when a run starts, stop it when it ends."""
+        if on:
+            self._beat, self.worst = time.perf_counter(), 0.0
+            self.timer.start(20)
+        else:
+            self.timer.stop()
 
     def _tick(self) -> None:
         now = time.perf_counter()

@@ -274,6 +274,7 @@ class ReconstructionWidget(RunFolderMixin, QWidget):
         self.status.set_state("stopping")
 
     def _set_running(self, running: bool) -> None:
+        self.pacer.live(running)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         if running:
